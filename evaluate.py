@@ -1,0 +1,256 @@
+"""Evaluate a checkpoint on labeled cells, or classify a folder of unlabeled cells (paper Sec. 3.2).
+
+Metrics (Sec. 3.2): MCA, the mean over classes of each class's accuracy
+(recall), and ACA, the overall accuracy. Both are reported as fractions in code
+and JSON and as percentages on the console.
+
+    python evaluate.py                                   # runs/pretrained.pt on its own test split
+    python evaluate.py --checkpoint CKPT --data DIR      # every cell of DIR (or --split test)
+    python evaluate.py --checkpoint CKPT --data DIR --json
+    python evaluate.py --checkpoint CKPT --predict DIR --out predictions.csv
+"""
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from data import (
+    DataError, get_dataset, load_checkpoint, load_unlabeled, model_inputs, pick_device, stratified_split,
+    write_text_atomic,
+)  # fmt: skip
+from model import ParallelResNet
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(num_classes, num_classes) counts; rows are the true class, columns the prediction."""
+    y_true, y_pred = torch.as_tensor(y_true).long().cpu(), torch.as_tensor(y_pred).long().cpu()
+    return torch.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> list[float | None]:
+    """Recall of each class; None for a class with no samples (its accuracy is undefined)."""
+    totals = confusion.sum(dim=1)
+    return [float(confusion[i, i] / totals[i]) if totals[i] > 0 else None for i in range(len(totals))]
+
+
+def mca_aca(y_true, y_pred, num_classes: int) -> tuple[float, float]:
+    """(MCA, ACA) as fractions (Sec. 3.2).
+
+    MCA averages the accuracies of the classes that have samples: a class absent
+    from y_true has no accuracy to average, and counting it as 0 or 1 would
+    move MCA by an amount that says nothing about the model.
+    """
+    confusion = confusion_matrix(y_true, y_pred, num_classes)
+    present = [accuracy for accuracy in per_class_accuracy(confusion) if accuracy is not None]
+    total = int(confusion.sum())
+    mca = sum(present) / len(present) if present else 0.0
+    aca = float(confusion.diagonal().sum()) / total if total else 0.0
+    return mca, aca
+
+
+def summarize(labels: torch.Tensor, probabilities: torch.Tensor, class_names: list[str]) -> dict:
+    """Every metric this project reports, from true labels and predicted probabilities."""
+    num_classes = len(class_names)
+    predictions = probabilities.argmax(dim=1)
+    confusion = confusion_matrix(labels, predictions, num_classes)
+    mca, aca = mca_aca(labels, predictions, num_classes)
+    loss = F.nll_loss(torch.log(probabilities.clamp_min(1e-12)), labels).item() if len(labels) else float("nan")
+    return {
+        "mca": mca,
+        "aca": aca,
+        "loss": loss,
+        "count": len(labels),
+        "per_class": dict(zip(class_names, per_class_accuracy(confusion))),
+        "confusion": confusion.tolist(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+
+
+@torch.inference_mode()
+def predict_probabilities(model, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Softmax probabilities (Eq. 1) for uint8 cells, in eval mode, without augmentation."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        approximation, details = model_inputs(images[start : start + batch_size], device)
+        outputs.append(torch.softmax(model(approximation, details).float(), dim=1).cpu())
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.zeros(0, len(model.head.bias))
+
+
+def model_from_checkpoint(checkpoint: dict, device: torch.device) -> ParallelResNet:
+    model = ParallelResNet(len(checkpoint["class_names"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pictures
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size default font
+        return ImageFont.load_default()
+
+
+def draw_confusion(confusion, class_names: list[str], path: str | Path, title: str = "") -> None:
+    """Row-normalised confusion matrix as a PNG: true class down, prediction across, percent in cells."""
+    confusion = torch.as_tensor(confusion, dtype=torch.float64)
+    rows = confusion / confusion.sum(dim=1, keepdim=True).clamp_min(1)
+    n, cell, left, top = len(class_names), 78, 150, 150
+    image = Image.new("RGB", (left + n * cell + 20, top + n * cell + 50), "white")
+    draw = ImageDraw.Draw(image)
+    font, small = _font(14), _font(12)
+    draw.text((10, 10), title or "confusion matrix (% of each true class)", fill="black", font=font)
+    draw.text((left, top - 20), "predicted class", fill="black", font=small)
+    for i in range(n):
+        for j in range(n):
+            value = float(rows[i, j])
+            shade = int(255 - 200 * value)
+            color = (shade, shade, 255) if i == j else (255, shade, shade)
+            box = (left + j * cell, top + i * cell, left + (j + 1) * cell, top + (i + 1) * cell)
+            draw.rectangle(box, fill=color, outline="gray")
+            draw.text((box[0] + 14, box[1] + 30), f"{100 * value:.1f}", fill="black", font=font)
+        draw.text((8, top + i * cell + 30), class_names[i][:18], fill="black", font=small)
+        label = Image.new("RGBA", (120, 16), (255, 255, 255, 0))
+        ImageDraw.Draw(label).text((0, 0), class_names[i][:18], fill="black", font=small)
+        image.paste(label.rotate(90, expand=True), (left + i * cell + 30, top - 145), label.rotate(90, expand=True))
+    draw.text((8, top + n * cell + 15), "rows: true class", fill="black", font=small)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(path).with_name(f".{Path(path).name}.tmp")
+    temporary.write_bytes(buffer.getvalue())
+    temporary.replace(path)
+
+
+def format_report(metrics: dict, class_names: list[str]) -> str:
+    lines = [f"MCA {100 * metrics['mca']:.2f}%  ACA {100 * metrics['aca']:.2f}%  ({metrics['count']} cells)"]
+    width = max(len(name) for name in class_names)
+    for name, accuracy in metrics["per_class"].items():
+        lines.append(f"  {name:<{width}}  " + ("  n/a (no cells)" if accuracy is None else f"{100 * accuracy:6.2f}%"))
+    lines.append("confusion matrix (% of each true class; rows true, columns predicted):")
+    lines.append(" " * (width + 2) + " ".join(f"{name[:6]:>6}" for name in class_names))
+    for name, row in zip(class_names, metrics["confusion"]):
+        total = max(sum(row), 1)
+        lines.append(f"  {name:<{width}}" + " ".join(f"{100 * count / total:6.1f}" for count in row))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def split_of_checkpoint(checkpoint: dict, dataset, split: str):
+    """Recreate the split the checkpoint's run made (same fractions, same seed) and return one part."""
+    info = checkpoint.get("split")
+    if not info:
+        raise DataError("--split: this checkpoint records no split; use --split all")
+    parts = stratified_split(dataset.labels, info["fractions"], info["seed"])
+    if split not in info["names"]:
+        raise DataError(f"--split {split}: this checkpoint's run made the splits {', '.join(info['names'])}")
+    return dataset.subset(parts[info["names"].index(split)])
+
+
+def labeled_data_for(checkpoint: dict, data: str | None, split: str):
+    """The cells to evaluate, with labels in the checkpoint's class order."""
+    run_args = checkpoint.get("args", {})
+    class_names = checkpoint["class_names"]
+    own_data = data is None
+    source = data if data is not None else run_args.get("data")
+    kind = checkpoint.get("data_kind", "source")
+    dataset = get_dataset(
+        source, kind, None, checkpoint.get("image_size", 112), checkpoint.get("normalize", "none"), run_args.get("seed", 0)
+    )
+    unknown = [name for name in dataset.class_names if name not in class_names]
+    if unknown:
+        where = data or "the checkpoint's data"
+        raise DataError(
+            f"--checkpoint: the model knows {', '.join(class_names)}, but {where} also has {', '.join(unknown)}"
+        )
+    dataset.labels = torch.tensor([class_names.index(dataset.class_names[label]) for label in dataset.labels.tolist()])
+    dataset.class_names = list(class_names)
+    if split == "auto":
+        split = "test" if own_data and checkpoint.get("split") else "all"
+    if split != "all":
+        dataset = split_of_checkpoint(checkpoint, dataset, split)
+    return dataset, split
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="runs/pretrained.pt", help="model to evaluate (default: runs/pretrained.pt)")
+    parser.add_argument("--data", default=None, help="labeled cells (default: the checkpoint's own data)")
+    parser.add_argument("--split", default="auto", choices=["auto", "all", "train", "val", "test", "pool"],
+                        help="which cells of the data (default: auto = the checkpoint's test split on its own data, "
+                        "all cells of --data)")  # fmt: skip
+    parser.add_argument("--predict", default=None, help="folder of unlabeled cells to classify instead (default: off)")
+    parser.add_argument("--out", default="predictions.csv", help="CSV written by --predict (default: predictions.csv)")
+    parser.add_argument("--png", default=None, help="confusion matrix PNG (default: confusion.png beside the checkpoint)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of text (default: off)")
+    parser.add_argument("--batch-size", type=int, default=256, help="inference batch size (default: 256)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    args = parser.parse_args(argv)
+    try:
+        device = pick_device(args.device)
+        checkpoint = load_checkpoint(args.checkpoint)
+        model = model_from_checkpoint(checkpoint, device)
+        class_names = checkpoint["class_names"]
+        if args.predict:
+            return predict_folder(model, checkpoint, args, device)
+        dataset, split = labeled_data_for(checkpoint, args.data, args.split)
+    except DataError as error:
+        sys.exit(f"error: {error}")
+    probabilities = predict_probabilities(model, dataset.images, device, args.batch_size)
+    metrics = summarize(dataset.labels, probabilities, class_names)
+    png = args.png or str(Path(args.checkpoint).with_name("confusion.png"))
+    draw_confusion(metrics["confusion"], class_names, png, f"{Path(args.checkpoint).name} on {dataset.source} ({split})")
+    metrics.update(checkpoint=args.checkpoint, data=dataset.source, split=split, png=png)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"{args.checkpoint} on {dataset.source} ({split} split)")
+        print(format_report(metrics, class_names))
+        print(f"confusion matrix drawn to {png}")
+    return metrics
+
+
+def predict_folder(model, checkpoint: dict, args, device) -> list[dict]:
+    """Classify every image of a folder: file, predicted class, each class's probability, entropy (Eq. 3)."""
+    images, files = load_unlabeled(args.predict, checkpoint.get("image_size", 112), checkpoint.get("normalize", "none"))
+    from active import entropy  # imported here: active.py itself imports this file
+
+    probabilities = predict_probabilities(model, images, device, args.batch_size)
+    uncertainty = entropy(probabilities)
+    class_names = checkpoint["class_names"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "predicted", *[f"p_{name}" for name in class_names], "entropy"])
+    rows = []
+    for file, row, value in zip(files, probabilities.tolist(), uncertainty.tolist()):
+        predicted = class_names[max(range(len(row)), key=row.__getitem__)]
+        writer.writerow([file, predicted, *[f"{p:.6f}" for p in row], f"{value:.6f}"])
+        rows.append({"file": file, "predicted": predicted, "entropy": value})
+    write_text_atomic(buffer.getvalue(), args.out)
+    print(f"classified {len(files)} cells from {args.predict}; predictions written to {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

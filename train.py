@@ -1,0 +1,180 @@
+"""Pretrain the parallel residual networks on a small source dataset (paper Sec. 2.1 and 3.1).
+
+The paper's "initial learning": the network of Fig. 5 is trained from scratch
+on SNPHEp-2 (5 classes) with rotation augmentation (18 degree steps, 20 views
+per image), Adam at learning rate 0.001, stopping when the validation loss has
+not improved for 5 epochs in a row. The best checkpoint (lowest validation
+loss) is what active.py fine-tunes on the target.
+
+    python train.py                                      # embedded synthetic 5-class source
+    python train.py --data DIR [--classes homogeneous coarse_speckled ...]
+    python train.py --resume                             # continue a killed run
+
+Writes runs/pretrained.pt (read by active.py by default) and, after every
+epoch, runs/pretrained.pt.state so that a killed run resumes where it was.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from data import (
+    DataError, get_dataset, load_checkpoint, model_inputs, parse_class_list, pick_device, rotation_angles, save_atomic,
+    seed_everything, stratified_split,
+)  # fmt: skip
+from evaluate import draw_confusion, format_report, predict_probabilities, summarize
+from model import ParallelResNet, trainable_parameters
+
+
+def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, generator=None):
+    """One pass over every (image, rotation view) pair in a random order; returns (loss, accuracy, seen).
+
+    With views=20 an epoch sees each training image at 0, 18, ..., 342 degrees
+    (Sec. 3.1: augmentation "increases the original training set by a factor
+    of 20"), rotated on the fly so the 20x set is never stored.
+    """
+    model.train()
+    angles = rotation_angles(views)
+    order = torch.randperm(len(images) * views, generator=generator)
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        pairs = order[start : start + batch_size]
+        index, view = pairs // views, pairs % views
+        approximation, details = model_inputs(images[index], device, angles[view] if views > 1 else None)
+        target = labels[index].to(device)
+        logits = model(approximation, details)
+        loss = F.cross_entropy(logits, target)  # Eq. 2 on the softmax of Eq. 1
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(index)
+        correct += (logits.argmax(dim=1) == target).sum().item()
+    return total_loss / len(order), correct / len(order), len(order)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="labeled source cells (default: the embedded synthetic 5-class set)")
+    parser.add_argument("--classes", nargs="+", default=None,
+                        help="keep only these classes, e.g. drop cytoplasmatic from ICPR2012 (default: all found)")  # fmt: skip
+    parser.add_argument("--out", default="runs/pretrained.pt", help="best checkpoint (default: runs/pretrained.pt)")
+    parser.add_argument("--epochs", type=int, default=30, help="maximum epochs (default: 30; the paper stopped at 32)")
+    parser.add_argument("--patience", type=int, default=5,
+                        help="stop after this many epochs without a lower validation loss (default: 5, Sec. 3.1)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001, Sec. 3.1)")
+    parser.add_argument("--rotations", type=int, default=20,
+                        help="rotation views per training image, 360/N degrees apart (default: 20 = 18 degree steps, "
+                        "Sec. 3.1; 1 turns augmentation off)")  # fmt: skip
+    parser.add_argument("--val-fraction", type=float, default=0.15, help="validation share, stratified (default: 0.15)")
+    parser.add_argument("--test-fraction", type=float, default=0.15,
+                        help="test share, reported once at the end and never used for training (default: 0.15)")  # fmt: skip
+    parser.add_argument("--image-size", type=int, default=112, help="cells are resized to this (default: 112, Sec. 3.1)")
+    parser.add_argument("--normalize", default="none", choices=["none", "max"],
+                        help="per-cell intensity stretch before the network (default: none, as in the paper)")  # fmt: skip
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and order (default: 0)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT.state if it exists (default: off)")
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except DataError as error:
+        sys.exit(f"error: {error}")
+
+
+def run(args):
+    for flag, value in [("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--rotations", args.rotations)]:
+        if value < 1:
+            raise DataError(f"{flag} {value}: expected a positive integer")
+    if args.image_size < 16 or args.image_size % 4:
+        raise DataError(f"--image-size {args.image_size}: expected a multiple of 4, at least 16")
+    if not (0 < args.val_fraction < 1 and 0 <= args.test_fraction < 1 and args.val_fraction + args.test_fraction < 1):
+        raise DataError("--val-fraction/--test-fraction: expected fractions in (0, 1) that sum to less than 1")
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    classes = parse_class_list(args.classes)
+    dataset = get_dataset(args.data, "source", classes, args.image_size, args.normalize, args.seed)
+    names = ["train", "val", "test"]
+    fractions = [1 - args.val_fraction - args.test_fraction, args.val_fraction, args.test_fraction]
+    train_idx, val_idx, test_idx = stratified_split(dataset.labels, fractions, args.seed)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise DataError(f"--data: {len(dataset)} cells are too few to split into train and validation sets")
+    train_set, val_set, test_set = (dataset.subset(part) for part in (train_idx, val_idx, test_idx))
+    print(f"data: {dataset.source}, {len(dataset)} cells, classes {', '.join(dataset.class_names)}")
+    print(f"split: {len(train_set)} train x {args.rotations} rotations, {len(val_set)} validation, {len(test_set)} test")
+
+    model = ParallelResNet(len(dataset.class_names)).to(device)
+    optimizer = torch.optim.Adam(trainable_parameters(model), lr=args.lr)
+    generator = torch.Generator().manual_seed(args.seed)
+    record = {
+        "class_names": dataset.class_names,
+        "args": {key: value for key, value in vars(args).items()},
+        "data_kind": "source",
+        "image_size": args.image_size,
+        "normalize": args.normalize,
+        "split": {"names": names, "fractions": fractions, "seed": args.seed},
+    }
+    state_path = Path(args.out).with_name(Path(args.out).name + ".state")
+    start_epoch, best_loss, bad_epochs, history = 1, float("inf"), 0, []
+    if args.resume and state_path.exists():
+        state = load_checkpoint(state_path, "--resume")
+        if state["class_names"] != dataset.class_names or state["args"].get("data") != args.data:
+            raise DataError(f"--resume: {state_path} was made on other data or classes; remove it or drop --resume")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, best_loss, bad_epochs, history = (
+            state["epoch"] + 1, state["best_loss"], state["bad_epochs"], state["history"]
+        )  # fmt: skip
+        print(f"resumed from {state_path} after epoch {state['epoch']}")
+
+    for epoch in range(start_epoch, args.epochs + 1):
+        if bad_epochs >= args.patience:
+            break
+        started = time.time()
+        train_loss, train_acc, seen = train_epoch(
+            model, optimizer, train_set.images, train_set.labels, args.batch_size, device, args.rotations, generator
+        )
+        val = summarize(val_set.labels, predict_probabilities(model, val_set.images, device), dataset.class_names)
+        seconds = time.time() - started
+        improved = val["loss"] < best_loss
+        if improved:
+            best_loss, bad_epochs = val["loss"], 0
+            save_atomic({**record, "model": model.state_dict(), "epoch": epoch, "metrics": {"val": val}}, args.out)
+        else:
+            bad_epochs += 1  # Sec. 3.1: stop when the validation loss has not improved 5 times in a row
+        history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
+                        "val_mca": val["mca"], "val_aca": val["aca"], "seconds": seconds})  # fmt: skip
+        print(
+            f"epoch {epoch:3d} | train loss {train_loss:.4f} acc {100 * train_acc:5.1f}% | val loss {val['loss']:.4f} "
+            f"MCA {100 * val['mca']:5.1f}% ACA {100 * val['aca']:5.1f}% | {seconds:5.1f}s {seen / seconds:6.0f} img/s"
+            + (" | saved" if improved else ""),
+            flush=True,
+        )
+        save_atomic({**record, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                     "best_loss": best_loss, "bad_epochs": bad_epochs, "history": history,
+                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}, state_path)  # fmt: skip
+
+    # The test split is looked at once, after training, by the chosen (best validation loss) model.
+    best = load_checkpoint(args.out)
+    model.load_state_dict(best["model"])
+    metrics = dict(best["metrics"])
+    if len(test_set):
+        metrics["test"] = summarize(test_set.labels, predict_probabilities(model, test_set.images, device), dataset.class_names)
+        draw_confusion(metrics["test"]["confusion"], dataset.class_names, Path(args.out).with_name("pretrained-confusion.png"),
+                       f"pretraining, test split of {dataset.source}")  # fmt: skip
+    save_atomic({**best, "metrics": metrics, "history": history}, args.out)
+    print(f"best epoch {best['epoch']}: validation MCA {100 * metrics['val']['mca']:.2f}% ACA {100 * metrics['val']['aca']:.2f}%")
+    if "test" in metrics:
+        print("test split: " + format_report(metrics["test"], dataset.class_names))
+    print(f"checkpoint written to {args.out}")
+    return {"checkpoint": args.out, "metrics": metrics, "history": history}
+
+
+if __name__ == "__main__":
+    main()
