@@ -52,6 +52,11 @@ CLASS_ALIASES = {
 SOURCE_CLASSES = ["homogeneous", "coarse_speckled", "fine_speckled", "nucleolar", "centromere"]  # SNPHEp-2
 TARGET_CLASSES = ["homogeneous", "speckled", "nucleolar", "centromere", "nuclear_membrane", "golgi"]  # LSHEp-2, I3A
 
+# Short names for console lines and plots, as in the paper's figures (Sec. 3.2).
+SHORT_NAMES = {"homogeneous": "Homo", "speckled": "Speck", "fine_speckled": "Fine", "coarse_speckled": "Coarse",
+               "nucleolar": "Nucl", "centromere": "Centro", "nuclear_membrane": "NucMe", "golgi": "Golgi",
+               "cytoplasmatic": "Cyto", "mitotic_spindle": "MitSp"}  # fmt: skip
+
 _ALIAS_TO_CLASS = {alias: name for name, aliases in CLASS_ALIASES.items() for alias in aliases}
 
 
@@ -443,11 +448,11 @@ def synthetic_dataset(
     )
 
 
-def get_dataset(data: str | None, kind: str, classes: list[str] | None, image_size: int, normalize: str, seed: int):
+def get_dataset(data, kind, classes, image_size, normalize, seed, synthetic_cells=None):
     """--data DIR if given, else the synthetic default of this kind ('source' or 'target')."""
     if data:
         return load_dataset(data, classes, image_size, normalize)
-    dataset = synthetic_dataset(kind, seed=seed, image_size=image_size)
+    dataset = synthetic_dataset(kind, synthetic_cells, seed=seed, image_size=image_size)
     if classes is not None:
         missing = [name for name in classes if name not in dataset.class_names]
         if missing:

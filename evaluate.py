@@ -176,7 +176,8 @@ def labeled_data_for(checkpoint: dict, data: str | None, split: str):
     source = data if data is not None else run_args.get("data")
     kind = checkpoint.get("data_kind", "source")
     dataset = get_dataset(
-        source, kind, None, checkpoint.get("image_size", 112), checkpoint.get("normalize", "none"), run_args.get("seed", 0)
+        source, kind, None, checkpoint.get("image_size", 112), checkpoint.get("normalize", "none"),
+        run_args.get("seed", 0), run_args.get("synthetic_cells"),
     )
     unknown = [name for name in dataset.class_names if name not in class_names]
     if unknown:

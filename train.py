@@ -61,6 +61,8 @@ def main(argv=None):
     parser.add_argument("--data", default=None, help="labeled source cells (default: the embedded synthetic 5-class set)")
     parser.add_argument("--classes", nargs="+", default=None,
                         help="keep only these classes, e.g. drop cytoplasmatic from ICPR2012 (default: all found)")  # fmt: skip
+    parser.add_argument("--synthetic-cells", type=int, default=300,
+                        help="size of the synthetic source when no --data is given (default: 300)")  # fmt: skip
     parser.add_argument("--out", default="runs/pretrained.pt", help="best checkpoint (default: runs/pretrained.pt)")
     parser.add_argument("--epochs", type=int, default=30, help="maximum epochs (default: 30; the paper stopped at 32)")
     parser.add_argument("--patience", type=int, default=5,
@@ -97,7 +99,9 @@ def run(args):
     device = pick_device(args.device)
     seed_everything(args.seed)
     classes = parse_class_list(args.classes)
-    dataset = get_dataset(args.data, "source", classes, args.image_size, args.normalize, args.seed)
+    dataset = get_dataset(
+        args.data, "source", classes, args.image_size, args.normalize, args.seed, args.synthetic_cells
+    )
     names = ["train", "val", "test"]
     fractions = [1 - args.val_fraction - args.test_fraction, args.val_fraction, args.test_fraction]
     train_idx, val_idx, test_idx = stratified_split(dataset.labels, fractions, args.seed)

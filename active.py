@@ -1,0 +1,404 @@
+"""Active learning on the target dataset with the pretrained parallel networks (paper Sec. 2.2, Table 1, Fig. 7, Sec. 3.1-3.3).
+
+The loop (Table 1):
+ 1. split the target 80/20 (stratified, seeded): the 80% is the unlabeled pool,
+    the 20% the test set, used only to report MCA and ACA after each round;
+ 2. budget = limit x pool size; label k = 15% of it at random (the simulated
+    oracle reveals the stored labels);
+ 3. fine-tune on everything labeled so far: with the pretrained checkpoint
+    (IN) the 5-class head is replaced by a fresh one for the target classes
+    and both branches are frozen up to the second pooling layer; with
+    --scratch the whole network trains from random initialisation;
+ 4. score every unlabeled pool image by its uncertainty, entropy by default (Eq. 3);
+ 5. label the m = 10% of the budget most uncertain images, and go to 3 until
+    the budget is spent exactly.
+
+The paper's four cases (Sec. 3.2, 3.3, Table 2):
+    IN-AL   python active.py --limit 0.2                              (default)
+    IN-RS   python active.py --limit 0.2 --strategy random
+    AL      python active.py --limit 0.2 --scratch
+    RS      python active.py --limit 0.2 --scratch --strategy random
+With --strategy random the whole budget is drawn at random and the network is
+trained once, as in the paper. Add --data DIR for real data (e.g. ../shared/data/i3a).
+
+A run directory (--out, default runs/<case>-limit<limit>-seed<seed>) gets
+state.pt after every round, so `python active.py --resume RUN_DIR` continues a
+killed run; at the end results.json, labeled.csv, model.pt and confusion.png.
+
+Speed: the frozen layers give each image the same output in every round, so
+with a pretrained checkpoint their output is computed once for the whole
+dataset (`early_feature_cache`) and every round trains and scores only the
+layers above it. --no-cache runs the full network every step instead.
+"""
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from data import (
+    DataError, get_dataset, load_checkpoint, model_inputs, parse_class_list, pick_device, save_atomic, SHORT_NAMES, seed_everything,
+    stratified_split, write_text_atomic,
+)  # fmt: skip
+from evaluate import draw_confusion, summarize
+from model import ParallelResNet, freeze_early_layers, replace_head, trainable_parameters
+
+# ---------------------------------------------------------------------------------------------
+# Uncertainty measures (Sec. 2.2). Each maps (N, C) class probabilities to N scores, higher = more uncertain.
+
+
+def entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """H(x) = -sum_j p_j log p_j (Eq. 3, natural log). The paper's Eq. 3 drops the minus sign;
+    xlogy gives 0 log 0 = 0, so a zero probability yields no NaN or inf."""
+    return -torch.special.xlogy(probabilities, probabilities).sum(dim=1)
+
+
+def least_confidence(probabilities: torch.Tensor) -> torch.Tensor:
+    """1 - max_j p_j: Eq. 4's confidence C, turned so that the least confident scores highest."""
+    return 1.0 - probabilities.max(dim=1).values
+
+
+def margin(probabilities: torch.Tensor) -> torch.Tensor:
+    """1 - (p1 - p2): Eq. 5's margin between the two most probable classes, turned likewise."""
+    top2 = probabilities.topk(2, dim=1).values
+    return 1.0 - (top2[:, 0] - top2[:, 1])
+
+
+UNCERTAINTY = {"entropy": entropy, "least-confidence": least_confidence, "margin": margin}
+
+
+def select_most_uncertain(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Positions of the `count` highest scores, highest first (ties: lower position first)."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return order[:count]
+
+
+def round_sizes(pool_size: int, limit: float, k: int | None = None, m: int | None = None, strategy: str = "entropy"):
+    """How many images each round labels: [k, m, m, ..., last], summing to the budget exactly.
+
+    Sec. 3.1: budget = limit x pool (20% of 50,758 = 10,152), k = 15% of the
+    budget at random first (1500), then m = 10% per round (1000). The last
+    round is smaller when m does not divide what is left. The random strategy
+    labels the whole budget at once.
+    """
+    budget = min(pool_size, max(1, round(limit * pool_size)))
+    if strategy == "random":
+        return [budget]
+    k = min(budget, max(1, round(0.15 * budget)) if k is None else k)
+    m = max(1, round(0.10 * budget)) if m is None else m
+    sizes, left = [k], budget - k
+    while left > 0:
+        sizes.append(min(m, left))
+        left -= sizes[-1]
+    return sizes
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and scoring on the labeled set
+
+
+@torch.inference_mode()
+def early_feature_cache(model: ParallelResNet, images: torch.Tensor, device, batch_size: int = 256):
+    """The frozen layers' output for every image, once (float16 on the CPU: 50 KB a cell).
+
+    Valid because those layers are fixed, their BatchNorm is in eval mode and
+    fine-tuning uses no augmentation, so their output never changes (Sec. 3.1).
+    """
+    model.eval()
+    approximations, details = [], []
+    for start in range(0, len(images), batch_size):
+        early_approximation, early_details = model.early_features(*model_inputs(images[start : start + batch_size], device))
+        approximations.append(early_approximation.to("cpu", torch.float16))
+        details.append(early_details.to("cpu", torch.float16))
+    return torch.cat(approximations), torch.cat(details)
+
+
+def forward_fn(model: ParallelResNet, images: torch.Tensor, cache, device):
+    """A function from dataset indices to logits: through the cached early features if any, else the full network."""
+    if cache is not None:
+        early_approximation, early_details = cache
+
+        def forward(index):
+            inputs = early_approximation[index].to(device).float(), early_details[index].to(device).float()
+            return model.head(model.late_features(*inputs))
+
+    else:
+
+        def forward(index):
+            return model(*model_inputs(images[index], device))
+
+    return forward
+
+
+def fine_tune(model, forward, labels, labeled, args, generator, device):
+    """Adam at args.lr until the training loss has not decreased for args.patience epochs (Sec. 3.1).
+
+    Returns (epochs run, final training loss, images seen).
+    """
+    optimizer = torch.optim.Adam(trainable_parameters(model), lr=args.lr)
+    model.train()
+    best, bad, epoch, seen, epoch_loss = float("inf"), 0, 0, 0, float("nan")
+    labeled = torch.as_tensor(labeled)
+    while epoch < args.max_epochs and bad < args.patience:
+        epoch += 1
+        order = labeled[torch.randperm(len(labeled), generator=generator)]
+        total = 0.0
+        for start in range(0, len(order), args.batch_size):
+            index = order[start : start + args.batch_size]
+            loss = F.cross_entropy(forward(index), labels[index].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(index)
+        epoch_loss = total / len(order)
+        seen += len(order)
+        if epoch_loss < best - 1e-4:
+            best, bad = epoch_loss, 0
+        else:
+            bad += 1
+    return epoch, epoch_loss, seen, optimizer
+
+
+@torch.inference_mode()
+def probabilities_of(model, forward, indices: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Class probabilities for dataset indices; eval mode (BN running statistics), no augmentation."""
+    model.eval()
+    outputs = [torch.softmax(forward(indices[start : start + batch_size]).float(), dim=1).cpu()
+               for start in range(0, len(indices), batch_size)]  # fmt: skip
+    return torch.cat(outputs) if outputs else torch.zeros(0, model.head.out_features)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def case_name(args) -> str:
+    strategy = {"entropy": "al", "random": "rs"}.get(args.strategy, args.strategy)
+    return strategy if args.scratch else f"in-{strategy}"
+
+
+def data_fingerprint(dataset) -> dict:
+    return {"source": dataset.source, "cells": len(dataset), "class_names": dataset.class_names,
+            "label_sum": int(dataset.labels.sum()), "files_head": dataset.files[:3]}  # fmt: skip
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=float, default=0.2, help="labeling budget as a fraction of the pool (default: 0.2)")
+    parser.add_argument("--data", default=None, help="labeled target cells (default: the embedded synthetic 6-class set)")
+    parser.add_argument("--classes", nargs="+", default=None, help="keep only these target classes (default: all found)")
+    parser.add_argument("--synthetic-cells", type=int, default=1500,
+                        help="size of the synthetic target when no --data is given (default: 1500)")  # fmt: skip
+    parser.add_argument("--checkpoint", default="runs/pretrained.pt",
+                        help="pretrained network from train.py (default: runs/pretrained.pt)")  # fmt: skip
+    parser.add_argument("--scratch", action="store_true", help="no pretraining: train the whole network from random "
+                        "initialisation (the AL and RS cases; default: off)")  # fmt: skip
+    parser.add_argument("--strategy", default="entropy", choices=["entropy", "least-confidence", "margin", "random"],
+                        help="how to pick images to label (default: entropy, Eq. 3)")  # fmt: skip
+    parser.add_argument("--k", type=int, default=None, help="random seed-set size (default: 15%% of the budget)")
+    parser.add_argument("--m", type=int, default=None, help="images labeled per round (default: 10%% of the budget)")
+    parser.add_argument("--round-start", default="continue", choices=["continue", "restart"],
+                        help="each round fine-tunes from the previous round's weights (continue) or from the "
+                        "pretrained or initial weights (restart) (default: continue)")  # fmt: skip
+    parser.add_argument("--max-epochs", type=int, default=30, help="most epochs per fine-tuning (default: 30)")
+    parser.add_argument("--patience", type=int, default=5,
+                        help="stop when the training loss has not decreased this many epochs (default: 5, Sec. 3.1)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001, Sec. 3.1)")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out test share (default: 0.2, Sec. 3.1)")
+    parser.add_argument("--image-size", type=int, default=112,
+                        help="with --scratch: cell size (default: 112); otherwise the checkpoint's")  # fmt: skip
+    parser.add_argument("--normalize", default="none", choices=["none", "max"],
+                        help="with --scratch: per-cell intensity stretch (default: none); otherwise the checkpoint's")  # fmt: skip
+    parser.add_argument("--no-cache", action="store_true",
+                        help="run the frozen layers every step instead of caching their output (default: cache)")  # fmt: skip
+    parser.add_argument("--out", default=None, help="run directory (default: runs/<case>-limit<limit>-seed<seed>)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed run from its state.pt")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the split, the seed set and training (default: 0)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            return resume(args)
+        return run(args)
+    except DataError as error:
+        sys.exit(f"error: {error}")
+
+
+def resume(args):
+    state_path = Path(args.resume) / "state.pt"
+    state = load_checkpoint(state_path, "--resume") if state_path.exists() else None
+    if state is None:
+        raise DataError(f"--resume {args.resume}: no state.pt in that folder")
+    saved = argparse.Namespace(**state["args"])
+    given, defaults = vars(args), vars(build_parser().parse_args([]))
+    for key in ("data", "limit", "classes", "strategy", "scratch", "seed", "k", "m"):
+        if given[key] != defaults[key] and given[key] != getattr(saved, key):
+            raise DataError(
+                f"--resume {args.resume}: the run was made with --{key.replace('_', '-')} {getattr(saved, key)}, "
+                f"not {given[key]}; start a new run with another --out instead"
+            )
+    saved.resume, saved.out, saved.device = args.resume, args.resume, args.device
+    return run(saved, state)
+
+
+def run(args, state=None):
+    if not 0 < args.limit <= 1:
+        raise DataError(f"--limit {args.limit}: expected a fraction in (0, 1]")
+    if not 0 < args.test_fraction < 1:
+        raise DataError(f"--test-fraction {args.test_fraction}: expected a fraction in (0, 1)")
+    for flag, value in [("--k", args.k), ("--m", args.m), ("--max-epochs", args.max_epochs), ("--batch-size", args.batch_size)]:
+        if value is not None and value < 1:
+            raise DataError(f"{flag} {value}: expected a positive integer")
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    out = Path(args.out or f"runs/{case_name(args)}-limit{args.limit:g}-seed{args.seed}")
+    args.out = str(out)
+    classes = parse_class_list(args.classes)
+
+    # The network: pretrained (IN) with a new head and frozen early layers, or from scratch (Sec. 3.1, 3.2).
+    pretrained = None
+    if not args.scratch:  # the target cells must be prepared exactly as the source cells were
+        pretrained = load_checkpoint(args.checkpoint)
+        args.image_size, args.normalize = pretrained.get("image_size", 112), pretrained.get("normalize", "none")
+    dataset = get_dataset(
+        args.data, "target", classes, args.image_size, args.normalize, args.seed, args.synthetic_cells
+    )
+    fingerprint = data_fingerprint(dataset)
+    if state is not None and state["fingerprint"] != fingerprint:
+        raise DataError(f"--resume {args.out}: the data differs from the run's ({state['fingerprint']['source']})")
+    num_classes = len(dataset.class_names)
+    model = ParallelResNet(num_classes)
+    if pretrained is not None:
+        pretrained_model = ParallelResNet(len(pretrained["class_names"]))
+        pretrained_model.load_state_dict(pretrained["model"])
+        model = freeze_early_layers(replace_head(pretrained_model, num_classes))
+    model.to(device)
+    initial_weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+    # Step 1: the 80/20 split. The test part is only ever evaluated, never trained on or scored for selection.
+    pool, test = stratified_split(dataset.labels, [1 - args.test_fraction, args.test_fraction], args.seed)
+    sizes = round_sizes(len(pool), args.limit, args.k, args.m, args.strategy)
+    budget = sum(sizes)
+    cache = None
+    if pretrained is not None and not args.no_cache:
+        started = time.time()
+        cache = early_feature_cache(model, dataset.images, device)
+        print(f"cached the frozen layers' output for {len(dataset)} cells in {time.time() - started:.1f}s")
+    forward = forward_fn(model, dataset.images, cache, device)
+    uncertainty = None if args.strategy == "random" else UNCERTAINTY[args.strategy]
+
+    generator = torch.Generator().manual_seed(args.seed)
+    labeled: list[int] = []  # dataset indices, in labeling order
+    reasons: list[str] = []
+    label_round: list[int] = []
+    rounds: list[dict] = []
+    optimizer = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        initial_weights = state["initial_weights"]
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        labeled, reasons, label_round, rounds = state["labeled"], state["reasons"], state["label_round"], state["rounds"]
+        print(f"resumed {args.out} after round {len(rounds)} ({len(labeled)}/{budget} labeled)")
+    print(f"{case_name(args).upper()}: pool {len(pool)}, test {len(test)}, budget {budget} = "
+          f"{' + '.join(map(str, sizes)) if len(sizes) < 8 else f'{sizes[0]} + {len(sizes) - 1} rounds of <= {sizes[1]}'}")  # fmt: skip
+
+    for round_index in range(len(rounds), len(sizes)):
+        started = time.time()
+        in_pool = torch.ones(len(dataset), dtype=torch.bool)
+        in_pool[labeled] = False
+        unlabeled = pool[in_pool[pool]]
+        # Steps 2 and 4-5: the seed set at random, then the most uncertain unlabeled pool images.
+        if round_index == 0 or uncertainty is None:
+            chosen = unlabeled[torch.randperm(len(unlabeled), generator=generator)[: sizes[round_index]]]
+            chosen_reasons = ["random"] * len(chosen)
+            score_seconds = 0.0
+        else:
+            scores = uncertainty(probabilities_of(model, forward, unlabeled))
+            positions = select_most_uncertain(scores, sizes[round_index])
+            chosen = unlabeled[positions]
+            chosen_reasons = [f"{args.strategy}={value:.6f}" for value in scores[positions].tolist()]
+            score_seconds = time.time() - started
+        labeled += chosen.tolist()
+        reasons += chosen_reasons
+        label_round += [round_index] * len(chosen)
+        queried = torch.bincount(dataset.labels[chosen], minlength=num_classes).tolist()
+
+        # Step 3: fine-tune on everything labeled so far.
+        if args.round_start == "restart":
+            model.load_state_dict(initial_weights)
+        train_started = time.time()
+        epochs, train_loss, seen, optimizer = fine_tune(model, forward, dataset.labels, labeled, args, generator, device)
+        train_seconds = time.time() - train_started
+
+        # Report on the test split (never used for any decision).
+        metrics = summarize(dataset.labels[test], probabilities_of(model, forward, test), dataset.class_names)
+        rounds.append({
+            "round": round_index, "labeled": len(labeled), "queried": dict(zip(dataset.class_names, queried)),
+            "mca": metrics["mca"], "aca": metrics["aca"], "per_class": metrics["per_class"],
+            "epochs": epochs, "train_loss": train_loss, "train_seconds": train_seconds, "score_seconds": score_seconds,
+        })  # fmt: skip
+        save_atomic({
+            "args": vars(args), "fingerprint": fingerprint, "round": round_index, "labeled": labeled, "reasons": reasons,
+            "label_round": label_round, "rounds": rounds, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "initial_weights": initial_weights,
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "class_names": dataset.class_names,
+        }, out / "state.pt")  # fmt: skip
+        histogram = " ".join(f"{SHORT_NAMES.get(name, name[:6])}:{count}" for name, count in zip(dataset.class_names, queried))
+        print(
+            f"round {round_index:2d} | labeled {len(labeled):5d}/{budget} | queried {histogram} | "
+            f"MCA {100 * metrics['mca']:5.1f}% ACA {100 * metrics['aca']:5.1f}% | train {train_seconds:5.1f}s "
+            f"({epochs} ep, {seen / max(train_seconds, 1e-9):5.0f} img/s) score {score_seconds:4.1f}s | "
+            f"{time.time() - started:5.1f}s",
+            flush=True,
+        )
+
+    return finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, model, budget, out)
+
+
+def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, model, budget, out):
+    """Write what a run leaves behind: results.json, labeled.csv, model.pt, confusion.png."""
+    device = next(model.parameters()).device
+    # Recompute the final test metrics with the full network: they must equal the cached path's.
+    forward = forward_fn(model, dataset.images, None, device)
+    metrics = summarize(dataset.labels[test], probabilities_of(model, forward, test), dataset.class_names)
+    split = {"names": ["pool", "test"], "fractions": [1 - args.test_fraction, args.test_fraction], "seed": args.seed}
+    checkpoint = {
+        "model": model.state_dict(), "class_names": dataset.class_names, "args": vars(args), "round": len(rounds) - 1,
+        "metrics": {"test": metrics}, "data_kind": "target", "split": split,
+        "image_size": args.image_size, "normalize": args.normalize,
+    }  # fmt: skip
+    save_atomic(checkpoint, out / "model.pt")
+    draw_confusion(metrics["confusion"], dataset.class_names, out / "confusion.png",
+                   f"{case_name(args).upper()} at limit {args.limit:g}, test split")  # fmt: skip
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["index", "file", "label", "round", "reason"])
+    for index, reason, round_index in zip(labeled, reasons, label_round):
+        writer.writerow([index, dataset.files[index], dataset.class_names[dataset.labels[index]], round_index, reason])
+    write_text_atomic(buffer.getvalue(), out / "labeled.csv")
+    results = {
+        "args": vars(args), "case": case_name(args), "mca": metrics["mca"], "aca": metrics["aca"],
+        "per_class": metrics["per_class"], "confusion": metrics["confusion"], "budget": budget,
+        "labeled": len(labeled), "pool": len(pool), "test": len(test), "rounds": rounds,
+    }  # fmt: skip
+    write_text_atomic(json.dumps(results, indent=2), out / "results.json")
+    print(f"final: MCA {100 * metrics['mca']:.2f}% ACA {100 * metrics['aca']:.2f}% with {len(labeled)} labels "
+          f"({len(labeled) / len(pool):.1%} of the pool); run written to {out}")  # fmt: skip
+    return results
+
+
+if __name__ == "__main__":
+    main()

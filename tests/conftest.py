@@ -1,0 +1,23 @@
+"""Shared fixtures: the scripts are flat top-level files, so the project root goes on sys.path."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+I3A = ROOT.parent / "shared" / "data" / "i3a"
+
+# Tiny settings that keep every end-to-end test to seconds on 2 CPU cores.
+TINY = ["--image-size", "32", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory):
+    """A tiny pretrained checkpoint made by train.py itself on the synthetic source."""
+    import train
+
+    out = tmp_path_factory.mktemp("pretrain") / "pretrained.pt"
+    train.main(TINY + ["--synthetic-cells", "60", "--epochs", "2", "--rotations", "2", "--out", str(out)])
+    return out

@@ -1,0 +1,122 @@
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+import active
+from active import entropy, least_confidence, margin, round_sizes, select_most_uncertain
+from conftest import TINY
+
+UNIFORM = torch.full((1, 4), 0.25)
+ONE_HOT = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+WITH_ZEROS = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
+
+
+def test_entropy_on_hand_made_probabilities():
+    scores = entropy(torch.cat([UNIFORM, ONE_HOT, WITH_ZEROS]))
+    assert torch.isfinite(scores).all()
+    assert scores.tolist() == pytest.approx([math.log(4), 0.0, math.log(2)])
+
+
+def test_least_confidence_and_margin():
+    probabilities = torch.cat([UNIFORM, ONE_HOT, WITH_ZEROS, torch.tensor([[0.7, 0.2, 0.1, 0.0]])])
+    assert least_confidence(probabilities).tolist() == pytest.approx([0.75, 0.0, 0.5, 0.3])
+    assert margin(probabilities).tolist() == pytest.approx([1.0, 0.0, 1.0, 0.5])
+
+
+def test_select_most_uncertain_takes_the_top_m():
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.9, 0.0])
+    assert select_most_uncertain(scores, 3).tolist() == [1, 3, 2]
+
+
+def test_round_sizes_follow_the_paper():
+    sizes = round_sizes(50758, 0.2)  # Sec. 3.1: budget 10,152, k = 1500 (15%), m = 1000 (10%)
+    assert sum(sizes) == 10152 and sizes[0] == round(0.15 * 10152) and sizes[1] == round(0.10 * 10152)
+    assert sizes[-1] <= sizes[1] and all(size > 0 for size in sizes)
+    assert round_sizes(1000, 0.2, k=30, m=50) == [30, 50, 50, 50, 20]
+    assert round_sizes(1000, 0.2, strategy="random") == [200]
+    assert sum(round_sizes(7, 1.0)) == 7
+
+
+def run_active(tmp_path, name, extra, pretrained=None):
+    out = tmp_path / name
+    args = TINY + ["--synthetic-cells", "120", "--limit", "0.5", "--max-epochs", "2", "--out", str(out)] + extra
+    if pretrained is not None:
+        args += ["--checkpoint", str(pretrained)]
+    return active.main(args), out
+
+
+@pytest.mark.parametrize("extra, case", [
+    (["--scratch", "--strategy", "random"], "rs"),
+    (["--scratch"], "al"),
+    (["--strategy", "random"], "in-rs"),
+    ([], "in-al"),
+])
+def test_four_cases_end_to_end(pretrained, tmp_path, extra, case):
+    results, out = run_active(tmp_path, case, extra, None if "--scratch" in extra else pretrained)
+    assert results["case"] == case
+    written = json.loads((out / "results.json").read_text())
+    pool, budget = written["pool"], written["budget"]
+    assert budget == round(0.5 * pool) == written["labeled"]
+    rows = list(csv.DictReader((out / "labeled.csv").open()))
+    indices = [int(row["index"]) for row in rows]
+    assert len(indices) == len(set(indices)) == budget  # the budget exactly, nobody twice
+    assert (out / "model.pt").exists() and (out / "confusion.png").exists()
+    # the test split is never labeled
+    import data
+    dataset = data.synthetic_dataset("target", 120, seed=0, image_size=32)
+    _, test = data.stratified_split(dataset.labels, [0.8, 0.2], 0)
+    assert not set(indices) & set(test.tolist())
+    rounds = written["rounds"]
+    if "random" in extra:
+        assert len(rounds) == 1 and {row["reason"] for row in rows} == {"random"}
+    else:
+        assert [r["labeled"] for r in rounds] == list(torch.tensor(round_sizes(pool, 0.5)).cumsum(0).tolist())
+        assert rows[-1]["reason"].startswith("entropy=") and rows[0]["reason"] == "random"
+    assert all(0 <= r["mca"] <= 1 and sum(r["queried"].values()) > 0 for r in rounds)
+
+
+def test_fine_tuning_leaves_the_frozen_layers_alone(pretrained, tmp_path):
+    results, out = run_active(tmp_path, "frozen", ["--k", "10", "--m", "10"], pretrained)
+    before = torch.load(pretrained, weights_only=True)["model"]
+    after = torch.load(out / "model.pt", weights_only=True)["model"]
+    frozen = [key for key in before if ".early." in key]
+    assert frozen and all(torch.equal(before[key], after[key]) for key in frozen)  # running stats included
+    assert not torch.equal(before["final_block.conv1.weight"], after["final_block.conv1.weight"])
+
+
+def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrained, tmp_path, monkeypatch):
+    extra = ["--k", "8", "--m", "10"]
+    whole, whole_dir = run_active(tmp_path, "whole", extra, pretrained)
+    real_fine_tune, calls = active.fine_tune, []
+
+    def killed_in_round_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed after round 1's state was written
+        return real_fine_tune(*args, **kwargs)
+
+    monkeypatch.setattr(active, "fine_tune", killed_in_round_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_active(tmp_path, "killed", extra, pretrained)
+    monkeypatch.setattr(active, "fine_tune", real_fine_tune)
+    killed_dir = tmp_path / "killed"
+    assert torch.load(killed_dir / "state.pt", weights_only=True)["round"] == 1
+    resumed = active.main(["--resume", str(killed_dir), "--device", "cpu"])
+    assert (killed_dir / "labeled.csv").read_text() == (whole_dir / "labeled.csv").read_text()
+    assert resumed["mca"] == whole["mca"] and resumed["aca"] == whole["aca"]
+    assert [r["mca"] for r in resumed["rounds"]] == [r["mca"] for r in whole["rounds"]]
+    with pytest.raises(SystemExit) as exit_info:
+        active.main(["--resume", str(killed_dir), "--limit", "0.3"])
+    assert "--limit" in str(exit_info.value)
+
+
+def test_active_bad_flags(tmp_path, pretrained):
+    for flags, message in [(["--limit", "0"], "--limit 0"), (["--limit", "1.5"], "--limit 1.5"),
+                           (["--checkpoint", str(tmp_path / "none.pt")], "no such file"),
+                           (["--resume", str(tmp_path)], "no state.pt")]:
+        with pytest.raises(SystemExit) as exit_info:
+            active.main(TINY + ["--out", str(tmp_path / "x")] + flags)
+        assert str(exit_info.value).startswith("error: ") and message in str(exit_info.value)
