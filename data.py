@@ -424,7 +424,7 @@ def synthetic_cell(class_name: str, rng: np.random.Generator) -> np.ndarray:
 def synthetic_dataset(
     kind: str = "source", num_cells: int | None = None, seed: int = 0, image_size: int = IMAGE_SIZE
 ) -> CellDataset:
-    """The embedded default data: 'source' (5 SNPHEp-2 classes, balanced, 300 cells) or
+    """The embedded default data: 'source' (5 SNPHEp-2 classes, balanced, 300 cells unless num_cells says otherwise) or
     'target' (6 LSHEp-2 classes, LSHEp-2's imbalance, 1500 cells). Same seed, same cells."""
     if kind == "source":
         class_names, proportions = SOURCE_CLASSES, [1 / len(SOURCE_CLASSES)] * len(SOURCE_CLASSES)

@@ -61,8 +61,8 @@ def main(argv=None):
     parser.add_argument("--data", default=None, help="labeled source cells (default: the embedded synthetic 5-class set)")
     parser.add_argument("--classes", nargs="+", default=None,
                         help="keep only these classes, e.g. drop cytoplasmatic from ICPR2012 (default: all found)")  # fmt: skip
-    parser.add_argument("--synthetic-cells", type=int, default=300,
-                        help="size of the synthetic source when no --data is given (default: 300)")  # fmt: skip
+    parser.add_argument("--synthetic-cells", type=int, default=200,
+                        help="size of the synthetic source when no --data is given (default: 200)")  # fmt: skip
     parser.add_argument("--out", default="runs/pretrained.pt", help="best checkpoint (default: runs/pretrained.pt)")
     parser.add_argument("--epochs", type=int, default=30, help="maximum epochs (default: 30; the paper stopped at 32)")
     parser.add_argument("--patience", type=int, default=5,
