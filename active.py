@@ -1,4 +1,4 @@
-"""Active learning on the target dataset with the pretrained parallel networks (paper Sec. 2.2, Table 1, Fig. 7, Sec. 3.1-3.3).
+"""Active learning on the target dataset with the pretrained networks (paper Sec. 2.2, Table 1, Fig. 7, Sec. 3.1-3.3).
 
 The loop (Table 1):
  1. split the target 80/20 (stratified, seeded): the 80% is the unlabeled pool,
@@ -43,9 +43,18 @@ import torch
 import torch.nn.functional as F
 
 from data import (
-    DataError, get_dataset, load_checkpoint, model_inputs, parse_class_list, pick_device, save_atomic, SHORT_NAMES, seed_everything,
-    stratified_split, write_text_atomic,
-)  # fmt: skip
+    SHORT_NAMES,
+    DataError,
+    get_dataset,
+    load_checkpoint,
+    model_inputs,
+    parse_class_list,
+    pick_device,
+    save_atomic,
+    seed_everything,
+    stratified_split,
+    write_text_atomic,
+)
 from evaluate import draw_confusion, summarize
 from model import ParallelResNet, freeze_early_layers, replace_head, trainable_parameters
 
@@ -113,7 +122,9 @@ def early_feature_cache(model: ParallelResNet, images: torch.Tensor, device, bat
     model.eval()
     approximations, details = [], []
     for start in range(0, len(images), batch_size):
-        early_approximation, early_details = model.early_features(*model_inputs(images[start : start + batch_size], device))
+        early_approximation, early_details = model.early_features(
+            *model_inputs(images[start : start + batch_size], device)
+        )
         approximations.append(early_approximation.to("cpu", torch.float16))
         details.append(early_details.to("cpu", torch.float16))
     return torch.cat(approximations), torch.cat(details)
@@ -139,11 +150,14 @@ def forward_fn(model: ParallelResNet, images: torch.Tensor, cache, device):
 def fine_tune(model, forward, labels, labeled, args, generator, device):
     """Adam at args.lr until the training loss has not decreased for args.patience epochs (Sec. 3.1).
 
-    Returns (epochs run, final training loss, images seen).
+    With args.stop_weights == "best" the weights of the epoch with the lowest
+    training loss are restored at the end (a late spike of the loss on a small
+    labeled set would otherwise be what the round keeps); "last" keeps the
+    final epoch's. Returns (epochs run, the kept epoch's training loss, images seen, optimizer).
     """
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=args.lr)
     model.train()
-    best, bad, epoch, seen, epoch_loss = float("inf"), 0, 0, 0, float("nan")
+    best, bad, epoch, seen, epoch_loss, best_weights = float("inf"), 0, 0, 0, float("nan"), None
     labeled = torch.as_tensor(labeled)
     while epoch < args.max_epochs and bad < args.patience:
         epoch += 1
@@ -158,10 +172,15 @@ def fine_tune(model, forward, labels, labeled, args, generator, device):
             total += loss.item() * len(index)
         epoch_loss = total / len(order)
         seen += len(order)
-        if epoch_loss < best - 1e-4:
+        if epoch_loss < best - 1e-4:  # "decreased": by more than 1e-4
             best, bad = epoch_loss, 0
+            if args.stop_weights == "best":
+                best_weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
         else:
             bad += 1
+    if best_weights is not None and bad > 0:
+        model.load_state_dict(best_weights)
+        epoch_loss = best
     return epoch, epoch_loss, seen, optimizer
 
 
@@ -169,8 +188,10 @@ def fine_tune(model, forward, labels, labeled, args, generator, device):
 def probabilities_of(model, forward, indices: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Class probabilities for dataset indices; eval mode (BN running statistics), no augmentation."""
     model.eval()
-    outputs = [torch.softmax(forward(indices[start : start + batch_size]).float(), dim=1).cpu()
-               for start in range(0, len(indices), batch_size)]  # fmt: skip
+    outputs = [
+        torch.softmax(forward(indices[start : start + batch_size]).float(), dim=1).cpu()
+        for start in range(0, len(indices), batch_size)
+    ]
     return torch.cat(outputs) if outputs else torch.zeros(0, model.head.out_features)
 
 
@@ -184,44 +205,98 @@ def case_name(args) -> str:
 
 
 def data_fingerprint(dataset) -> dict:
-    return {"source": dataset.source, "cells": len(dataset), "class_names": dataset.class_names,
-            "label_sum": int(dataset.labels.sum()), "files_head": dataset.files[:3]}  # fmt: skip
+    return {
+        "source": dataset.source,
+        "cells": len(dataset),
+        "class_names": dataset.class_names,
+        "label_sum": int(dataset.labels.sum()),
+        "files_head": dataset.files[:3],
+    }
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=float, default=0.2, help="labeling budget as a fraction of the pool (default: 0.2)")
-    parser.add_argument("--data", default=None, help="labeled target cells (default: the embedded synthetic 6-class set)")
-    parser.add_argument("--classes", nargs="+", default=None, help="keep only these target classes (default: all found)")
-    parser.add_argument("--synthetic-cells", type=int, default=1500,
-                        help="size of the synthetic target when no --data is given (default: 1500)")  # fmt: skip
-    parser.add_argument("--checkpoint", default="runs/pretrained.pt",
-                        help="pretrained network from train.py (default: runs/pretrained.pt)")  # fmt: skip
-    parser.add_argument("--scratch", action="store_true", help="no pretraining: train the whole network from random "
-                        "initialisation (the AL and RS cases; default: off)")  # fmt: skip
-    parser.add_argument("--strategy", default="entropy", choices=["entropy", "least-confidence", "margin", "random"],
-                        help="how to pick images to label (default: entropy, Eq. 3)")  # fmt: skip
+    parser.add_argument(
+        "--limit", type=float, default=0.2, help="labeling budget as a fraction of the pool (default: 0.2)"
+    )
+    parser.add_argument(
+        "--data", default=None, help="labeled target cells (default: the embedded synthetic 6-class set)"
+    )
+    parser.add_argument(
+        "--classes", nargs="+", default=None, help="keep only these target classes (default: all found)"
+    )
+    parser.add_argument(
+        "--synthetic-cells",
+        type=int,
+        default=1500,
+        help="size of the synthetic target when no --data is given (default: 1500)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default="runs/pretrained.pt",
+        help="pretrained network from train.py (default: runs/pretrained.pt)",
+    )
+    parser.add_argument(
+        "--scratch",
+        action="store_true",
+        help="no pretraining: train the whole network from random initialisation (the AL and RS cases; default: off)",
+    )
+    parser.add_argument(
+        "--strategy",
+        default="entropy",
+        choices=["entropy", "least-confidence", "margin", "random"],
+        help="how to pick images to label (default: entropy, Eq. 3)",
+    )
     parser.add_argument("--k", type=int, default=None, help="random seed-set size (default: 15%% of the budget)")
     parser.add_argument("--m", type=int, default=None, help="images labeled per round (default: 10%% of the budget)")
-    parser.add_argument("--round-start", default="continue", choices=["continue", "restart"],
-                        help="each round fine-tunes from the previous round's weights (continue) or from the "
-                        "pretrained or initial weights (restart) (default: continue)")  # fmt: skip
+    parser.add_argument(
+        "--round-start",
+        default="continue",
+        choices=["continue", "restart"],
+        help="each round fine-tunes from the previous round's weights (continue) or from the "
+        "pretrained or initial weights (restart) (default: continue)",
+    )
     parser.add_argument("--max-epochs", type=int, default=30, help="most epochs per fine-tuning (default: 30)")
-    parser.add_argument("--patience", type=int, default=5,
-                        help="stop when the training loss has not decreased this many epochs (default: 5, Sec. 3.1)")  # fmt: skip
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="stop when the training loss has not decreased this many epochs (default: 5, Sec. 3.1)",
+    )
+    parser.add_argument(
+        "--stop-weights",
+        default="best",
+        choices=["best", "last"],
+        help="after fine-tuning keep the weights of the epoch with the lowest training loss, or the last (default: best)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001, Sec. 3.1)")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out test share (default: 0.2, Sec. 3.1)")
-    parser.add_argument("--image-size", type=int, default=112,
-                        help="with --scratch: cell size (default: 112); otherwise the checkpoint's")  # fmt: skip
-    parser.add_argument("--normalize", default="none", choices=["none", "max"],
-                        help="with --scratch: per-cell intensity stretch (default: none); otherwise the checkpoint's")  # fmt: skip
-    parser.add_argument("--no-cache", action="store_true",
-                        help="run the frozen layers every step instead of caching their output (default: cache)")  # fmt: skip
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=112,
+        help="with --scratch: cell size (default: 112); otherwise the checkpoint's",
+    )
+    parser.add_argument(
+        "--normalize",
+        default="none",
+        choices=["none", "max"],
+        help="with --scratch: per-cell intensity stretch (default: none); otherwise the checkpoint's",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run the frozen layers every step instead of caching their output (default: cache)",
+    )
     parser.add_argument("--out", default=None, help="run directory (default: runs/<case>-limit<limit>-seed<seed>)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed run from its state.pt")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the split, the seed set and training (default: 0)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for the split, the seed set and training (default: 0)"
+    )
     return parser
 
 
@@ -230,21 +305,24 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.resume:
-            return resume(args)
+            explicit = build_parser()
+            for action in explicit._actions:  # parse again keeping only the flags actually given
+                action.default = argparse.SUPPRESS
+            return resume(args, vars(explicit.parse_args(argv)))
         return run(args)
     except DataError as error:
         sys.exit(f"error: {error}")
 
 
-def resume(args):
+def resume(args, given: dict):
+    """Continue the run in args.resume with its own saved arguments; flags that would change it are refused."""
     state_path = Path(args.resume) / "state.pt"
-    state = load_checkpoint(state_path, "--resume") if state_path.exists() else None
-    if state is None:
+    if not state_path.exists():
         raise DataError(f"--resume {args.resume}: no state.pt in that folder")
+    state = load_checkpoint(state_path, "--resume")
     saved = argparse.Namespace(**state["args"])
-    given, defaults = vars(args), vars(build_parser().parse_args([]))
-    for key in ("data", "limit", "classes", "strategy", "scratch", "seed", "k", "m"):
-        if given[key] != defaults[key] and given[key] != getattr(saved, key):
+    for key in ("data", "limit", "classes", "strategy", "scratch", "seed", "k", "m", "checkpoint", "round_start"):
+        if key in given and given[key] != getattr(saved, key):
             raise DataError(
                 f"--resume {args.resume}: the run was made with --{key.replace('_', '-')} {getattr(saved, key)}, "
                 f"not {given[key]}; start a new run with another --out instead"
@@ -258,7 +336,12 @@ def run(args, state=None):
         raise DataError(f"--limit {args.limit}: expected a fraction in (0, 1]")
     if not 0 < args.test_fraction < 1:
         raise DataError(f"--test-fraction {args.test_fraction}: expected a fraction in (0, 1)")
-    for flag, value in [("--k", args.k), ("--m", args.m), ("--max-epochs", args.max_epochs), ("--batch-size", args.batch_size)]:
+    for flag, value in [
+        ("--k", args.k),
+        ("--m", args.m),
+        ("--max-epochs", args.max_epochs),
+        ("--batch-size", args.batch_size),
+    ]:
         if value is not None and value < 1:
             raise DataError(f"{flag} {value}: expected a positive integer")
     device = pick_device(args.device)
@@ -310,10 +393,17 @@ def run(args, state=None):
         initial_weights = state["initial_weights"]
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        labeled, reasons, label_round, rounds = state["labeled"], state["reasons"], state["label_round"], state["rounds"]
+        labeled, reasons, label_round, rounds = (
+            state["labeled"],
+            state["reasons"],
+            state["label_round"],
+            state["rounds"],
+        )
         print(f"resumed {args.out} after round {len(rounds)} ({len(labeled)}/{budget} labeled)")
-    print(f"{case_name(args).upper()}: pool {len(pool)}, test {len(test)}, budget {budget} = "
-          f"{' + '.join(map(str, sizes)) if len(sizes) < 8 else f'{sizes[0]} + {len(sizes) - 1} rounds of <= {sizes[1]}'}")  # fmt: skip
+    print(
+        f"{case_name(args).upper()}: pool {len(pool)}, test {len(test)}, budget {budget} = "
+        f"{' + '.join(map(str, sizes)) if len(sizes) < 8 else f'{sizes[0]} + {len(sizes) - 1} rounds of <= {sizes[1]}'}"
+    )
 
     for round_index in range(len(rounds), len(sizes)):
         started = time.time()
@@ -340,23 +430,48 @@ def run(args, state=None):
         if args.round_start == "restart":
             model.load_state_dict(initial_weights)
         train_started = time.time()
-        epochs, train_loss, seen, optimizer = fine_tune(model, forward, dataset.labels, labeled, args, generator, device)
+        epochs, train_loss, seen, optimizer = fine_tune(
+            model, forward, dataset.labels, labeled, args, generator, device
+        )
         train_seconds = time.time() - train_started
 
         # Report on the test split (never used for any decision).
         metrics = summarize(dataset.labels[test], probabilities_of(model, forward, test), dataset.class_names)
-        rounds.append({
-            "round": round_index, "labeled": len(labeled), "queried": dict(zip(dataset.class_names, queried)),
-            "mca": metrics["mca"], "aca": metrics["aca"], "per_class": metrics["per_class"],
-            "epochs": epochs, "train_loss": train_loss, "train_seconds": train_seconds, "score_seconds": score_seconds,
-        })  # fmt: skip
-        save_atomic({
-            "args": vars(args), "fingerprint": fingerprint, "round": round_index, "labeled": labeled, "reasons": reasons,
-            "label_round": label_round, "rounds": rounds, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "initial_weights": initial_weights,
-            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "class_names": dataset.class_names,
-        }, out / "state.pt")  # fmt: skip
-        histogram = " ".join(f"{SHORT_NAMES.get(name, name[:6])}:{count}" for name, count in zip(dataset.class_names, queried))
+        rounds.append(
+            {
+                "round": round_index,
+                "labeled": len(labeled),
+                "queried": dict(zip(dataset.class_names, queried)),
+                "mca": metrics["mca"],
+                "aca": metrics["aca"],
+                "per_class": metrics["per_class"],
+                "epochs": epochs,
+                "train_loss": train_loss,
+                "train_seconds": train_seconds,
+                "score_seconds": score_seconds,
+            }
+        )
+        save_atomic(
+            {
+                "args": vars(args),
+                "fingerprint": fingerprint,
+                "round": round_index,
+                "labeled": labeled,
+                "reasons": reasons,
+                "label_round": label_round,
+                "rounds": rounds,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "initial_weights": initial_weights,
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "class_names": dataset.class_names,
+            },
+            out / "state.pt",
+        )
+        histogram = " ".join(
+            f"{SHORT_NAMES.get(name, name[:6])}:{count}" for name, count in zip(dataset.class_names, queried)
+        )
         print(
             f"round {round_index:2d} | labeled {len(labeled):5d}/{budget} | queried {histogram} | "
             f"MCA {100 * metrics['mca']:5.1f}% ACA {100 * metrics['aca']:5.1f}% | train {train_seconds:5.1f}s "
@@ -376,13 +491,23 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
     metrics = summarize(dataset.labels[test], probabilities_of(model, forward, test), dataset.class_names)
     split = {"names": ["pool", "test"], "fractions": [1 - args.test_fraction, args.test_fraction], "seed": args.seed}
     checkpoint = {
-        "model": model.state_dict(), "class_names": dataset.class_names, "args": vars(args), "round": len(rounds) - 1,
-        "metrics": {"test": metrics}, "data_kind": "target", "split": split,
-        "image_size": args.image_size, "normalize": args.normalize,
-    }  # fmt: skip
+        "model": model.state_dict(),
+        "class_names": dataset.class_names,
+        "args": vars(args),
+        "round": len(rounds) - 1,
+        "metrics": {"test": metrics},
+        "data_kind": "target",
+        "split": split,
+        "image_size": args.image_size,
+        "normalize": args.normalize,
+    }
     save_atomic(checkpoint, out / "model.pt")
-    draw_confusion(metrics["confusion"], dataset.class_names, out / "confusion.png",
-                   f"{case_name(args).upper()} at limit {args.limit:g}, test split")  # fmt: skip
+    draw_confusion(
+        metrics["confusion"],
+        dataset.class_names,
+        out / "confusion.png",
+        f"{case_name(args).upper()} at limit {args.limit:g}, test split",
+    )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["index", "file", "label", "round", "reason"])
@@ -390,13 +515,23 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
         writer.writerow([index, dataset.files[index], dataset.class_names[dataset.labels[index]], round_index, reason])
     write_text_atomic(buffer.getvalue(), out / "labeled.csv")
     results = {
-        "args": vars(args), "case": case_name(args), "mca": metrics["mca"], "aca": metrics["aca"],
-        "per_class": metrics["per_class"], "confusion": metrics["confusion"], "budget": budget,
-        "labeled": len(labeled), "pool": len(pool), "test": len(test), "rounds": rounds,
-    }  # fmt: skip
+        "args": vars(args),
+        "case": case_name(args),
+        "mca": metrics["mca"],
+        "aca": metrics["aca"],
+        "per_class": metrics["per_class"],
+        "confusion": metrics["confusion"],
+        "budget": budget,
+        "labeled": len(labeled),
+        "pool": len(pool),
+        "test": len(test),
+        "rounds": rounds,
+    }
     write_text_atomic(json.dumps(results, indent=2), out / "results.json")
-    print(f"final: MCA {100 * metrics['mca']:.2f}% ACA {100 * metrics['aca']:.2f}% with {len(labeled)} labels "
-          f"({len(labeled) / len(pool):.1%} of the pool); run written to {out}")  # fmt: skip
+    print(
+        f"final: MCA {100 * metrics['mca']:.2f}% ACA {100 * metrics['aca']:.2f}% with {len(labeled)} labels "
+        f"({len(labeled) / len(pool):.1%} of the pool); run written to {out}"
+    )
     return results
 
 

@@ -53,9 +53,18 @@ SOURCE_CLASSES = ["homogeneous", "coarse_speckled", "fine_speckled", "nucleolar"
 TARGET_CLASSES = ["homogeneous", "speckled", "nucleolar", "centromere", "nuclear_membrane", "golgi"]  # LSHEp-2, I3A
 
 # Short names for console lines and plots, as in the paper's figures (Sec. 3.2).
-SHORT_NAMES = {"homogeneous": "Homo", "speckled": "Speck", "fine_speckled": "Fine", "coarse_speckled": "Coarse",
-               "nucleolar": "Nucl", "centromere": "Centro", "nuclear_membrane": "NucMe", "golgi": "Golgi",
-               "cytoplasmatic": "Cyto", "mitotic_spindle": "MitSp"}  # fmt: skip
+SHORT_NAMES = {
+    "homogeneous": "Homo",
+    "speckled": "Speck",
+    "fine_speckled": "Fine",
+    "coarse_speckled": "Coarse",
+    "nucleolar": "Nucl",
+    "centromere": "Centro",
+    "nuclear_membrane": "NucMe",
+    "golgi": "Golgi",
+    "cytoplasmatic": "Cyto",
+    "mitotic_spindle": "MitSp",
+}
 
 _ALIAS_TO_CLASS = {alias: name for name, aliases in CLASS_ALIASES.items() for alias in aliases}
 
@@ -125,7 +134,9 @@ def read_cell(path: Path) -> np.ndarray:
     if array.ndim == 3:
         array = array.max(axis=2)
     if min(array.shape) < MIN_SIDE:
-        raise DataError(f"{path}: image is {array.shape[1]}x{array.shape[0]} px; expected at least {MIN_SIDE} px a side")
+        raise DataError(
+            f"{path}: image is {array.shape[1]}x{array.shape[0]} px; expected at least {MIN_SIDE} px a side"
+        )
     return np.clip(array, 0.0, 1.0)
 
 
@@ -163,7 +174,11 @@ class CellDataset:
     def subset(self, indices: torch.Tensor) -> "CellDataset":
         index_list = indices.tolist()
         return CellDataset(
-            self.images[indices], self.labels[indices], self.class_names, [self.files[i] for i in index_list], self.source
+            self.images[indices],
+            self.labels[indices],
+            self.class_names,
+            [self.files[i] for i in index_list],
+            self.source,
         )
 
 
@@ -316,8 +331,14 @@ def load_unlabeled(folder: str | Path, image_size: int = IMAGE_SIZE, normalize: 
 
 
 # LSHEp-2's imbalance (Sec. 3.2: 375 Golgi and 814 nuclear membrane among 10,152 random cells).
-TARGET_PROPORTIONS = {"homogeneous": 0.22, "speckled": 0.22, "nucleolar": 0.22, "centromere": 0.22,
-                      "nuclear_membrane": 0.08, "golgi": 0.04}  # fmt: skip
+TARGET_PROPORTIONS = {
+    "homogeneous": 0.22,
+    "speckled": 0.22,
+    "nucleolar": 0.22,
+    "centromere": 0.22,
+    "nuclear_membrane": 0.08,
+    "golgi": 0.04,
+}
 
 
 def _blobs(grid_y, grid_x, centers, sigmas, amplitudes):
@@ -332,7 +353,7 @@ def _smooth_noise(rng, shape, sigma):
     """White noise blurred by a Gaussian of the given sigma (pixels), scaled to unit std."""
     noise = rng.standard_normal(shape)
     radius = max(1, int(3 * sigma))
-    kernel = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
+    kernel = np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * sigma**2))
     kernel /= kernel.sum()
     noise = np.apply_along_axis(np.convolve, 0, noise, kernel, mode="same")
     noise = np.apply_along_axis(np.convolve, 1, noise, kernel, mode="same")
@@ -374,16 +395,26 @@ def synthetic_cell(class_name: str, rng: np.random.Generator) -> np.ndarray:
         if name == "homogeneous":
             return nucleus * (0.85 + 0.08 * _smooth_noise(rng, (side, side), 3) + 0.15 * (rho > 0.7) * (rho < 1.05))
         if name in ("speckled", "fine_speckled", "coarse_speckled"):
-            grain = {"speckled": rng.uniform(0.8, 1.6), "fine_speckled": rng.uniform(0.7, 1.2),
-                     "coarse_speckled": rng.uniform(1.6, 2.6)}[name]  # fmt: skip
+            grain = {
+                "speckled": rng.uniform(0.8, 1.6),
+                "fine_speckled": rng.uniform(0.7, 1.2),
+                "coarse_speckled": rng.uniform(1.6, 2.6),
+            }[name]
             texture = np.clip(0.55 + 0.3 * _smooth_noise(rng, (side, side), grain), 0, None)
-            holes = _blobs(grid_y, grid_x, _points_in_nucleus(rng, int(rng.integers(0, 4)), cy, cx, ry, rx, angle, 0.5),
-                           [radius * 0.12] * 4, [0.6] * 4)  # fmt: skip
+            holes = _blobs(
+                grid_y,
+                grid_x,
+                _points_in_nucleus(rng, int(rng.integers(0, 4)), cy, cx, ry, rx, angle, 0.5),
+                [radius * 0.12] * 4,
+                [0.6] * 4,
+            )
             return nucleus * np.clip(texture - holes, 0, None)
         if name == "nucleolar":
             count = int(rng.integers(2, 7))
             centers = _points_in_nucleus(rng, count, cy, cx, ry, rx, angle, 0.6)
-            spots = _blobs(grid_y, grid_x, centers, rng.uniform(0.07, 0.14, count) * radius, rng.uniform(0.7, 1.0, count))
+            spots = _blobs(
+                grid_y, grid_x, centers, rng.uniform(0.07, 0.14, count) * radius, rng.uniform(0.7, 1.0, count)
+            )
             return nucleus * (0.3 + 0.05 * _smooth_noise(rng, (side, side), 1.5)) + nucleus * spots
         if name == "centromere":
             count = int(rng.integers(25, 60))
@@ -400,13 +431,19 @@ def synthetic_cell(class_name: str, rng: np.random.Generator) -> np.ndarray:
             distance = rng.uniform(0.75, 1.05, count)
             spread = side_angle + rng.normal(0, 0.5, count)
             centers = np.stack([cy + distance * ry * np.sin(spread), cx + distance * rx * np.cos(spread)], axis=1)
-            fragments = _blobs(grid_y, grid_x, centers, rng.uniform(0.06, 0.13, count) * radius, rng.uniform(0.6, 1.0, count))
+            fragments = _blobs(
+                grid_y, grid_x, centers, rng.uniform(0.06, 0.13, count) * radius, rng.uniform(0.6, 1.0, count)
+            )
             return nucleus * 0.22 + fragments
         raise ValueError(f"no synthetic pattern for class {name}")
 
     image = pattern(class_name)
     # Borrow a little of a random other pattern: real classes overlap (Sec. 2: interclass similarities).
-    others = [name for name in ("homogeneous", "speckled", "nucleolar", "centromere", "nuclear_membrane") if name != class_name]
+    others = [
+        name
+        for name in ("homogeneous", "speckled", "nucleolar", "centromere", "nuclear_membrane")
+        if name != class_name
+    ]
     image = image + rng.uniform(0.0, 0.35) * pattern(others[int(rng.integers(len(others)))])
     # A neighbouring cell cut by the crop, as in real crops.
     if rng.random() < 0.4:
@@ -444,7 +481,11 @@ def synthetic_dataset(
             labels.append(label)
     files = [f"synthetic:{kind}:{seed}:{index}" for index in range(len(labels))]
     return CellDataset(
-        torch.from_numpy(np.stack(images)).unsqueeze(1), torch.tensor(labels), list(class_names), files, f"synthetic-{kind}"
+        torch.from_numpy(np.stack(images)).unsqueeze(1),
+        torch.tensor(labels),
+        list(class_names),
+        files,
+        f"synthetic-{kind}",
     )
 
 
@@ -456,7 +497,9 @@ def get_dataset(data, kind, classes, image_size, normalize, seed, synthetic_cell
     if classes is not None:
         missing = [name for name in classes if name not in dataset.class_names]
         if missing:
-            raise DataError(f"--classes: {', '.join(missing)} not in the synthetic {kind} set ({', '.join(dataset.class_names)})")
+            raise DataError(
+                f"--classes: {', '.join(missing)} not in the synthetic {kind} set ({', '.join(dataset.class_names)})"
+            )
         keep = torch.tensor([dataset.class_names[label] in classes for label in dataset.labels.tolist()])
         dataset = dataset.subset(torch.nonzero(keep).squeeze(1))
         dataset.labels = torch.tensor([classes.index(dataset.class_names[label]) for label in dataset.labels.tolist()])

@@ -22,9 +22,15 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from data import (
-    DataError, get_dataset, load_checkpoint, load_unlabeled, model_inputs, pick_device, stratified_split,
+    DataError,
+    get_dataset,
+    load_checkpoint,
+    load_unlabeled,
+    model_inputs,
+    pick_device,
+    stratified_split,
     write_text_atomic,
-)  # fmt: skip
+)
 from model import ParallelResNet
 
 # ---------------------------------------------------------------------------------------------
@@ -176,8 +182,13 @@ def labeled_data_for(checkpoint: dict, data: str | None, split: str):
     source = data if data is not None else run_args.get("data")
     kind = checkpoint.get("data_kind", "source")
     dataset = get_dataset(
-        source, kind, None, checkpoint.get("image_size", 112), checkpoint.get("normalize", "none"),
-        run_args.get("seed", 0), run_args.get("synthetic_cells"),
+        source,
+        kind,
+        None,
+        checkpoint.get("image_size", 112),
+        checkpoint.get("normalize", "none"),
+        run_args.get("seed", 0),
+        run_args.get("synthetic_cells"),
     )
     unknown = [name for name in dataset.class_names if name not in class_names]
     if unknown:
@@ -196,14 +207,22 @@ def labeled_data_for(checkpoint: dict, data: str | None, split: str):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="runs/pretrained.pt", help="model to evaluate (default: runs/pretrained.pt)")
+    parser.add_argument(
+        "--checkpoint", default="runs/pretrained.pt", help="model to evaluate (default: runs/pretrained.pt)"
+    )
     parser.add_argument("--data", default=None, help="labeled cells (default: the checkpoint's own data)")
-    parser.add_argument("--split", default="auto", choices=["auto", "all", "train", "val", "test", "pool"],
-                        help="which cells of the data (default: auto = the checkpoint's test split on its own data, "
-                        "all cells of --data)")  # fmt: skip
+    parser.add_argument(
+        "--split",
+        default="auto",
+        choices=["auto", "all", "train", "val", "test", "pool"],
+        help="which cells of the data (default: auto = the checkpoint's test split on its own data, "
+        "all cells of --data)",
+    )
     parser.add_argument("--predict", default=None, help="folder of unlabeled cells to classify instead (default: off)")
     parser.add_argument("--out", default="predictions.csv", help="CSV written by --predict (default: predictions.csv)")
-    parser.add_argument("--png", default=None, help="confusion matrix PNG (default: confusion.png beside the checkpoint)")
+    parser.add_argument(
+        "--png", default=None, help="confusion matrix PNG (default: confusion.png beside the checkpoint)"
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of text (default: off)")
     parser.add_argument("--batch-size", type=int, default=256, help="inference batch size (default: 256)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
@@ -221,7 +240,9 @@ def main(argv=None):
     probabilities = predict_probabilities(model, dataset.images, device, args.batch_size)
     metrics = summarize(dataset.labels, probabilities, class_names)
     png = args.png or str(Path(args.checkpoint).with_name("confusion.png"))
-    draw_confusion(metrics["confusion"], class_names, png, f"{Path(args.checkpoint).name} on {dataset.source} ({split})")
+    draw_confusion(
+        metrics["confusion"], class_names, png, f"{Path(args.checkpoint).name} on {dataset.source} ({split})"
+    )
     metrics.update(checkpoint=args.checkpoint, data=dataset.source, split=split, png=png)
     if args.json:
         print(json.dumps(metrics, indent=2))

@@ -23,9 +23,17 @@ import torch
 import torch.nn.functional as F
 
 from data import (
-    DataError, get_dataset, load_checkpoint, model_inputs, parse_class_list, pick_device, rotation_angles, save_atomic,
-    seed_everything, stratified_split,
-)  # fmt: skip
+    DataError,
+    get_dataset,
+    load_checkpoint,
+    model_inputs,
+    parse_class_list,
+    pick_device,
+    rotation_angles,
+    save_atomic,
+    seed_everything,
+    stratified_split,
+)
 from evaluate import draw_confusion, format_report, predict_probabilities, summarize
 from model import ParallelResNet, trainable_parameters
 
@@ -58,27 +66,57 @@ def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, g
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=None, help="labeled source cells (default: the embedded synthetic 5-class set)")
-    parser.add_argument("--classes", nargs="+", default=None,
-                        help="keep only these classes, e.g. drop cytoplasmatic from ICPR2012 (default: all found)")  # fmt: skip
-    parser.add_argument("--synthetic-cells", type=int, default=200,
-                        help="size of the synthetic source when no --data is given (default: 200)")  # fmt: skip
+    parser.add_argument(
+        "--data", default=None, help="labeled source cells (default: the embedded synthetic 5-class set)"
+    )
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        help="keep only these classes, e.g. drop cytoplasmatic from ICPR2012 (default: all found)",
+    )
+    parser.add_argument(
+        "--synthetic-cells",
+        type=int,
+        default=200,
+        help="size of the synthetic source when no --data is given (default: 200)",
+    )
     parser.add_argument("--out", default="runs/pretrained.pt", help="best checkpoint (default: runs/pretrained.pt)")
     parser.add_argument("--epochs", type=int, default=30, help="maximum epochs (default: 30; the paper stopped at 32)")
-    parser.add_argument("--patience", type=int, default=5,
-                        help="stop after this many epochs without a lower validation loss (default: 5, Sec. 3.1)")  # fmt: skip
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="stop after this many epochs without a lower validation loss (default: 5, Sec. 3.1)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001, Sec. 3.1)")
-    parser.add_argument("--rotations", type=int, default=20,
-                        help="rotation views per training image, 360/N degrees apart (default: 20 = 18 degree steps, "
-                        "Sec. 3.1; 1 turns augmentation off)")  # fmt: skip
+    parser.add_argument(
+        "--rotations",
+        type=int,
+        default=20,
+        help="rotation views per training image, 360/N degrees apart (default: 20 = 18 degree steps, "
+        "Sec. 3.1; 1 turns augmentation off)",
+    )
     parser.add_argument("--val-fraction", type=float, default=0.15, help="validation share, stratified (default: 0.15)")
-    parser.add_argument("--test-fraction", type=float, default=0.15,
-                        help="test share, reported once at the end and never used for training (default: 0.15)")  # fmt: skip
-    parser.add_argument("--image-size", type=int, default=112, help="cells are resized to this (default: 112, Sec. 3.1)")
-    parser.add_argument("--normalize", default="none", choices=["none", "max"],
-                        help="per-cell intensity stretch before the network (default: none, as in the paper)")  # fmt: skip
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.15,
+        help="test share, reported once at the end and never used for training (default: 0.15)",
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=112, help="cells are resized to this (default: 112, Sec. 3.1)"
+    )
+    parser.add_argument(
+        "--normalize",
+        default="none",
+        choices=["none", "max"],
+        help="per-cell intensity stretch before the network (default: none, as in the paper)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and order (default: 0)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT.state if it exists (default: off)")
     args = parser.parse_args(argv)
@@ -109,7 +147,9 @@ def run(args):
         raise DataError(f"--data: {len(dataset)} cells are too few to split into train and validation sets")
     train_set, val_set, test_set = (dataset.subset(part) for part in (train_idx, val_idx, test_idx))
     print(f"data: {dataset.source}, {len(dataset)} cells, classes {', '.join(dataset.class_names)}")
-    print(f"split: {len(train_set)} train x {args.rotations} rotations, {len(val_set)} validation, {len(test_set)} test")
+    print(
+        f"split: {len(train_set)} train x {args.rotations} rotations, {len(val_set)} validation, {len(test_set)} test"
+    )
 
     model = ParallelResNet(len(dataset.class_names)).to(device)
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=args.lr)
@@ -133,8 +173,11 @@ def run(args):
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, best_loss, bad_epochs, history = (
-            state["epoch"] + 1, state["best_loss"], state["bad_epochs"], state["history"]
-        )  # fmt: skip
+            state["epoch"] + 1,
+            state["best_loss"],
+            state["bad_epochs"],
+            state["history"],
+        )
         print(f"resumed from {state_path} after epoch {state['epoch']}")
 
     for epoch in range(start_epoch, args.epochs + 1):
@@ -152,28 +195,55 @@ def run(args):
             save_atomic({**record, "model": model.state_dict(), "epoch": epoch, "metrics": {"val": val}}, args.out)
         else:
             bad_epochs += 1  # Sec. 3.1: stop when the validation loss has not improved 5 times in a row
-        history.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-                        "val_mca": val["mca"], "val_aca": val["aca"], "seconds": seconds})  # fmt: skip
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val["loss"],
+                "val_mca": val["mca"],
+                "val_aca": val["aca"],
+                "seconds": seconds,
+            }
+        )
         print(
             f"epoch {epoch:3d} | train loss {train_loss:.4f} acc {100 * train_acc:5.1f}% | val loss {val['loss']:.4f} "
             f"MCA {100 * val['mca']:5.1f}% ACA {100 * val['aca']:5.1f}% | {seconds:5.1f}s {seen / seconds:6.0f} img/s"
             + (" | saved" if improved else ""),
             flush=True,
         )
-        save_atomic({**record, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "best_loss": best_loss, "bad_epochs": bad_epochs, "history": history,
-                     "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}, state_path)  # fmt: skip
+        save_atomic(
+            {
+                **record,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "best_loss": best_loss,
+                "bad_epochs": bad_epochs,
+                "history": history,
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            state_path,
+        )
 
     # The test split is looked at once, after training, by the chosen (best validation loss) model.
     best = load_checkpoint(args.out)
     model.load_state_dict(best["model"])
     metrics = dict(best["metrics"])
     if len(test_set):
-        metrics["test"] = summarize(test_set.labels, predict_probabilities(model, test_set.images, device), dataset.class_names)
-        draw_confusion(metrics["test"]["confusion"], dataset.class_names, Path(args.out).with_name("pretrained-confusion.png"),
-                       f"pretraining, test split of {dataset.source}")  # fmt: skip
+        metrics["test"] = summarize(
+            test_set.labels, predict_probabilities(model, test_set.images, device), dataset.class_names
+        )
+        draw_confusion(
+            metrics["test"]["confusion"],
+            dataset.class_names,
+            Path(args.out).with_name("pretrained-confusion.png"),
+            f"pretraining, test split of {dataset.source}",
+        )
     save_atomic({**best, "metrics": metrics, "history": history}, args.out)
-    print(f"best epoch {best['epoch']}: validation MCA {100 * metrics['val']['mca']:.2f}% ACA {100 * metrics['val']['aca']:.2f}%")
+    val = metrics["val"]
+    print(f"best epoch {best['epoch']}: validation MCA {100 * val['mca']:.2f}% ACA {100 * val['aca']:.2f}%")
     if "test" in metrics:
         print("test split: " + format_report(metrics["test"], dataset.class_names))
     print(f"checkpoint written to {args.out}")

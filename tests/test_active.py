@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from conftest import TINY
 
 import active
 from active import entropy, least_confidence, margin, round_sizes, select_most_uncertain
-from conftest import TINY
 
 UNIFORM = torch.full((1, 4), 0.25)
 ONE_HOT = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
@@ -48,12 +48,15 @@ def run_active(tmp_path, name, extra, pretrained=None):
     return active.main(args), out
 
 
-@pytest.mark.parametrize("extra, case", [
-    (["--scratch", "--strategy", "random"], "rs"),
-    (["--scratch"], "al"),
-    (["--strategy", "random"], "in-rs"),
-    ([], "in-al"),
-])
+@pytest.mark.parametrize(
+    "extra, case",
+    [
+        (["--scratch", "--strategy", "random"], "rs"),
+        (["--scratch"], "al"),
+        (["--strategy", "random"], "in-rs"),
+        ([], "in-al"),
+    ],
+)
 def test_four_cases_end_to_end(pretrained, tmp_path, extra, case):
     results, out = run_active(tmp_path, case, extra, None if "--scratch" in extra else pretrained)
     assert results["case"] == case
@@ -66,6 +69,7 @@ def test_four_cases_end_to_end(pretrained, tmp_path, extra, case):
     assert (out / "model.pt").exists() and (out / "confusion.png").exists()
     # the test split is never labeled
     import data
+
     dataset = data.synthetic_dataset("target", 120, seed=0, image_size=32)
     _, test = data.stratified_split(dataset.labels, [0.8, 0.2], 0)
     assert not set(indices) & set(test.tolist())
@@ -114,9 +118,12 @@ def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrai
 
 
 def test_active_bad_flags(tmp_path, pretrained):
-    for flags, message in [(["--limit", "0"], "--limit 0"), (["--limit", "1.5"], "--limit 1.5"),
-                           (["--checkpoint", str(tmp_path / "none.pt")], "no such file"),
-                           (["--resume", str(tmp_path)], "no state.pt")]:
+    for flags, message in [
+        (["--limit", "0"], "--limit 0"),
+        (["--limit", "1.5"], "--limit 1.5"),
+        (["--checkpoint", str(tmp_path / "none.pt")], "no such file"),
+        (["--resume", str(tmp_path)], "no state.pt"),
+    ]:
         with pytest.raises(SystemExit) as exit_info:
             active.main(TINY + ["--out", str(tmp_path / "x")] + flags)
         assert str(exit_info.value).startswith("error: ") and message in str(exit_info.value)

@@ -54,7 +54,10 @@ def test_image_formats_are_read_alike(tmp_path):
     rgb[..., 1] = eight
     write_cell(tmp_path / "c.jpg", rgb)
     write_cell(tmp_path / "d.bmp", eight)
-    arrays = [data.prepare_cell(data.read_cell(tmp_path / name)).astype(float) for name in ["a.png", "b.tif", "c.jpg", "d.bmp"]]
+    arrays = [
+        data.prepare_cell(data.read_cell(tmp_path / name)).astype(float)
+        for name in ["a.png", "b.tif", "c.jpg", "d.bmp"]
+    ]
     for other in arrays[1:]:
         assert np.abs(arrays[0] - other).max() <= 6  # JPEG is lossy; the others agree to quantisation
     assert arrays[0].max() > 240  # the bright centre survives the 112x112 bicubic resize
@@ -133,7 +136,8 @@ def test_rotation_views():
     assert torch.allclose(data.rotate(image, torch.tensor([0.0])), image, atol=1e-5)
     quarter = data.rotate(image, torch.tensor([90.0]))
     assert torch.allclose(quarter, torch.rot90(image, 1, dims=(2, 3)), atol=1e-4) or torch.allclose(
-        quarter, torch.rot90(image, -1, dims=(2, 3)), atol=1e-4)
+        quarter, torch.rot90(image, -1, dims=(2, 3)), atol=1e-4
+    )
 
 
 def test_synthetic_sets_are_seeded_and_shaped_like_the_paper():

@@ -7,7 +7,6 @@ import torch
 from PIL import Image
 
 import evaluate
-from conftest import TINY
 from evaluate import confusion_matrix, mca_aca
 
 

@@ -35,8 +35,11 @@ def test_replace_head_changes_only_the_classifier():
 def test_training_step_leaves_frozen_layers_untouched():
     torch.manual_seed(0)
     model = freeze_early_layers(replace_head(ParallelResNet(5), 6))
-    frozen = {f"{name}.{k}": v.clone() for name in ("approximation_branch.early", "details_branch.early")
-              for k, v in model.get_submodule(name).state_dict().items()}
+    frozen = {
+        f"{name}.{k}": v.clone()
+        for name in ("approximation_branch.early", "details_branch.early")
+        for k, v in model.get_submodule(name).state_dict().items()
+    }
     late = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("final_block")}
     model.train()
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=1e-2)

@@ -1,11 +1,11 @@
 """Smoke test on a few hundred real HEp-2 cells from ../shared/data/i3a (skipped when the folder is absent)."""
 
 import pytest
+from conftest import I3A
 
 import active
 import evaluate
 import train
-from conftest import I3A
 
 pytestmark = pytest.mark.skipif(not I3A.is_dir(), reason="../shared/data/i3a is not here")
 
@@ -28,14 +28,57 @@ def few_real_cells(tmp_path_factory):
 def test_train_evaluate_and_active_on_real_cells(few_real_cells, tmp_path, monkeypatch):
     monkeypatch.setenv("HEP2_CACHE", str(tmp_path / "cache"))
     checkpoint = tmp_path / "real.pt"
-    result = train.main(["--data", str(few_real_cells), "--epochs", "2", "--rotations", "1", "--device", "cpu",
-                         "--out", str(checkpoint)])
+    result = train.main(
+        [
+            "--data",
+            str(few_real_cells),
+            "--epochs",
+            "2",
+            "--rotations",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(checkpoint),
+        ]
+    )
     assert result["metrics"]["val"]["count"] == 36  # 15% of 240 cells, stratified: 6 of each class
-    metrics = evaluate.main(["--checkpoint", str(checkpoint), "--data", str(few_real_cells), "--json", "--device", "cpu",
-                             "--png", str(tmp_path / "c.png")])
+    metrics = evaluate.main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(few_real_cells),
+            "--json",
+            "--device",
+            "cpu",
+            "--png",
+            str(tmp_path / "c.png"),
+        ]
+    )
     assert metrics["count"] == 240 and set(metrics["per_class"]) == {
-        "homogeneous", "speckled", "nucleolar", "centromere", "nuclear_membrane", "golgi"}
+        "homogeneous",
+        "speckled",
+        "nucleolar",
+        "centromere",
+        "nuclear_membrane",
+        "golgi",
+    }
     # The same real cells as an active-learning target, fine-tuning the checkpoint just made.
-    results = active.main(["--data", str(few_real_cells), "--checkpoint", str(checkpoint), "--limit", "0.5",
-                           "--max-epochs", "2", "--device", "cpu", "--out", str(tmp_path / "run")])
+    results = active.main(
+        [
+            "--data",
+            str(few_real_cells),
+            "--checkpoint",
+            str(checkpoint),
+            "--limit",
+            "0.5",
+            "--max-epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert results["labeled"] == results["budget"] == 96

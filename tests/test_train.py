@@ -1,8 +1,8 @@
 import pytest
 import torch
+from conftest import TINY
 
 import train
-from conftest import TINY
 
 
 def test_train_cli_writes_a_checkpoint_dict(pretrained, capsys):
@@ -27,13 +27,16 @@ def test_train_resumes_and_stops_early(tmp_path, capsys):
     assert last < 50  # stopped by patience: the validation loss did not improve for 1 epoch
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "--epochs 0"),
-    (["--val-fraction", "0.9", "--test-fraction", "0.2"], "--val-fraction"),
-    (["--classes", "banana"], "unknown class 'banana'"),
-    (["--data", "/nonexistent/cells"], "no such file or folder"),
-    (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--epochs", "-1"], "--"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "0"], "--epochs 0"),
+        (["--val-fraction", "0.9", "--test-fraction", "0.2"], "--val-fraction"),
+        (["--classes", "banana"], "unknown class 'banana'"),
+        (["--data", "/nonexistent/cells"], "no such file or folder"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--epochs", "-1"], "--"),
+    ],
+)
 def test_train_bad_flags_exit_with_one_line(flags, message, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         train.main(TINY[:2] + ["--synthetic-cells", "40", "--out", str(tmp_path / "x.pt")] + flags)
