@@ -55,7 +55,7 @@ from data import (
     stratified_split,
     write_text_atomic,
 )
-from evaluate import draw_confusion, summarize
+from evaluate import draw_bar_chart, draw_confusion, draw_line_chart, summarize
 from model import ParallelResNet, freeze_early_layers, replace_head, trainable_parameters
 
 # ---------------------------------------------------------------------------------------------
@@ -93,12 +93,12 @@ def round_sizes(pool_size: int, limit: float, k: int | None = None, m: int | Non
 
     Sec. 3.1: budget = limit x pool (20% of 50,758 = 10,152), k = 15% of the
     budget at random first (1500), then m = 10% per round (1000). The last
-    round is smaller when m does not divide what is left. The random strategy
-    labels the whole budget at once.
+    round is smaller when m does not divide what is left. The random strategy,
+    and a budget of the whole pool, label everything at once.
     """
     budget = min(pool_size, max(1, round(limit * pool_size)))
-    if strategy == "random":
-        return [budget]
+    if strategy == "random" or budget == pool_size:
+        return [budget]  # Sec. 3.3: at 100% there is nothing to choose, so no active learning process
     k = min(budget, max(1, round(0.15 * budget)) if k is None else k)
     m = max(1, round(0.10 * budget)) if m is None else m
     sizes, left = [k], budget - k
@@ -301,8 +301,12 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["grid"]:
+        return grid(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
     try:
         if args.resume:
             explicit = build_parser()
@@ -332,6 +336,7 @@ def resume(args, given: dict):
 
 
 def run(args, state=None):
+    run_started = time.time()
     if not 0 < args.limit <= 1:
         raise DataError(f"--limit {args.limit}: expected a fraction in (0, 1]")
     if not 0 < args.test_fraction < 1:
@@ -383,6 +388,7 @@ def run(args, state=None):
     uncertainty = None if args.strategy == "random" else UNCERTAINTY[args.strategy]
 
     generator = torch.Generator().manual_seed(args.seed)
+    setup_seconds = time.time() - run_started  # loading, model and cache; resumed runs add theirs
     labeled: list[int] = []  # dataset indices, in labeling order
     reasons: list[str] = []
     label_round: list[int] = []
@@ -391,6 +397,7 @@ def run(args, state=None):
     if state is not None:
         model.load_state_dict(state["model"])
         initial_weights = state["initial_weights"]
+        setup_seconds += state["setup_seconds"]
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         labeled, reasons, label_round, rounds = (
@@ -449,6 +456,7 @@ def run(args, state=None):
                 "train_loss": train_loss,
                 "train_seconds": train_seconds,
                 "score_seconds": score_seconds,
+                "seconds": time.time() - started,
             }
         )
         save_atomic(
@@ -466,6 +474,7 @@ def run(args, state=None):
                 "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "class_names": dataset.class_names,
+                "setup_seconds": setup_seconds,
             },
             out / "state.pt",
         )
@@ -480,10 +489,10 @@ def run(args, state=None):
             flush=True,
         )
 
-    return finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, model, budget, out)
+    return finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, model, budget, out, setup_seconds)
 
 
-def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, model, budget, out):
+def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, model, budget, out, setup_seconds):
     """Write what a run leaves behind: results.json, labeled.csv, model.pt, confusion.png."""
     device = next(model.parameters()).device
     # Recompute the final test metrics with the full network: they must equal the cached path's.
@@ -523,6 +532,7 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
         "confusion": metrics["confusion"],
         "budget": budget,
         "labeled": len(labeled),
+        "seconds": setup_seconds + sum(r["seconds"] for r in rounds),
         "pool": len(pool),
         "test": len(test),
         "rounds": rounds,
@@ -533,6 +543,127 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
         f"({len(labeled) / len(pool):.1%} of the pool); run written to {out}"
     )
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment grid (Sec. 3.2, 3.3, Figs. 11-17): cases x limits x seeds through the same run()
+
+CASES = {
+    "rs": ["--scratch", "--strategy", "random"],
+    "al": ["--scratch"],
+    "in-rs": ["--strategy", "random"],
+    "in-al": [],
+}
+HARDEST = ["golgi", "nuclear_membrane", "speckled"]  # Fig. 15
+
+
+def grid(argv):
+    """python active.py grid [--cases ...] [--limits ...] [--seeds ...] [--out DIR] [any active.py flag]
+
+    Runs every (case, limit, seed) into OUT/<case>-limit<limit>-seed<seed>;
+    a run with results.json is finished and read back, a run with only
+    state.pt is resumed, so rerunning the command completes a half-finished
+    grid. Writes OUT/results.csv, OUT/summary.md and the plots.
+    """
+    parser = argparse.ArgumentParser(prog="active.py grid", description=grid.__doc__)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="(default: all four)")
+    parser.add_argument(
+        "--limits", nargs="+", type=float, default=[0.1, 0.2, 0.4, 1.0], help="(default: 0.1 0.2 0.4 1)"
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="(default: 0 1 2)")
+    parser.add_argument("--out", default="runs/grid", help="grid directory (default: runs/grid)")
+    grid_args, run_flags = parser.parse_known_args(argv)
+    for flag in ("--limit", "--seed", "--scratch", "--strategy", "--resume"):
+        if flag in run_flags:
+            sys.exit(f"error: {flag} is set by the grid itself (use --cases, --limits, --seeds)")
+    base = build_parser().parse_args(run_flags)  # rejects unknown flags with argparse's message
+    out = Path(grid_args.out)
+    rows = []
+    try:
+        for case in grid_args.cases:
+            for limit in grid_args.limits:
+                for seed in grid_args.seeds:
+                    run_dir = out / f"{case}-limit{limit:g}-seed{seed}"
+                    if (run_dir / "results.json").exists():
+                        results = json.loads((run_dir / "results.json").read_text())
+                        print(f"grid: {run_dir.name} finished earlier")
+                    elif (run_dir / "state.pt").exists():
+                        print(f"grid: resuming {run_dir.name}")
+                        results = resume(argparse.Namespace(resume=str(run_dir), device=base.device), {})
+                    else:
+                        print(f"grid: running {run_dir.name}")
+                        flags = run_flags + CASES[case] + ["--limit", str(limit), "--seed", str(seed)]
+                        results = run(build_parser().parse_args(flags + ["--out", str(run_dir)]))
+                    rows.append({"case": case, "limit": limit, "seed": seed, "results": results})
+                    write_grid_results(rows, out)
+    except DataError as error:
+        sys.exit(f"error: {error}")
+    write_grid_summary(rows, out)
+    return rows
+
+
+def write_grid_results(rows, out: Path) -> None:
+    """results.csv: one row per finished run, rewritten (atomically) after every run."""
+    class_names = list(rows[0]["results"]["per_class"])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["case", "limit", "seed", "labeled", "mca", "aca", *class_names, "seconds"])
+    for row in rows:
+        results = row["results"]
+        per_class = [
+            ("" if results["per_class"][name] is None else f"{results['per_class'][name]:.4f}") for name in class_names
+        ]
+        writer.writerow([row["case"], row["limit"], row["seed"], results["labeled"], f"{results['mca']:.4f}",
+                         f"{results['aca']:.4f}", *per_class, f"{results.get('seconds', 0):.0f}"])  # fmt: skip
+    write_text_atomic(buffer.getvalue(), out / "results.csv")
+
+
+def _mean_std(values):
+    values = torch.tensor(values, dtype=torch.float64)
+    return float(values.mean()), float(values.std(unbiased=True)) if len(values) > 1 else 0.0
+
+
+def write_grid_summary(rows, out: Path) -> None:
+    """summary.md (mean and std over seeds), mca_aca.png, hardest_classes.png, and summed confusion matrices."""
+    cases = list(dict.fromkeys(row["case"] for row in rows))
+    limits = sorted({row["limit"] for row in rows})
+    class_names = list(rows[0]["results"]["per_class"])
+    lines = [
+        "| case | limit | seeds | labeled | MCA % (mean ± std) | ACA % (mean ± std) |",
+        "|---|---|---|---|---|---|",
+    ]
+    curves = {"MCA": {}, "ACA": {}}
+    for case in cases:
+        for limit in limits:
+            group = [row["results"] for row in rows if row["case"] == case and row["limit"] == limit]
+            if not group:
+                continue
+            mca, mca_std = _mean_std([r["mca"] for r in group])
+            aca, aca_std = _mean_std([r["aca"] for r in group])
+            lines.append(f"| {case.upper()} | {limit:g} | {len(group)} | {group[0]['labeled']} | "
+                         f"{100 * mca:.2f} ± {100 * mca_std:.2f} | {100 * aca:.2f} ± {100 * aca_std:.2f} |")  # fmt: skip
+            curves["MCA"].setdefault(case.upper(), []).append((limit, mca, mca_std))
+            curves["ACA"].setdefault(case.upper(), []).append((limit, aca, aca_std))
+            summed = torch.tensor([r["confusion"] for r in group]).sum(dim=0)
+            draw_confusion(summed, class_names, out / f"confusion-{case}-limit{limit:g}.png",
+                           f"{case.upper()} at limit {limit:g}, {len(group)} seed(s) summed")  # fmt: skip
+    write_text_atomic("\n".join(lines) + "\n", out / "summary.md")
+    draw_line_chart(out / "mca_aca.png", "MCA and ACA versus the labeling limit (mean, band = ±1 std over seeds)",
+                    [("MCA", curves["MCA"]), ("ACA", curves["ACA"])])  # fmt: skip
+    focus = 0.2 if 0.2 in limits else limits[0]
+    hardest = [name for name in HARDEST if name in class_names] or class_names[:3]
+    bars = {}
+    for case in cases:
+        group = [row["results"] for row in rows if row["case"] == case and row["limit"] == focus]
+        if group:
+            bars[case.upper()] = [
+                _mean_std([r["per_class"][name] for r in group if r["per_class"][name] is not None])[0]
+                for name in hardest
+            ]
+    draw_bar_chart(out / "hardest_classes.png", f"Per-class accuracy of the hardest classes at limit {focus:g} (%)",
+                   [SHORT_NAMES.get(name, name) for name in hardest], bars)  # fmt: skip
+    print("\n".join(lines))
+    print(f"grid written to {out}: results.csv, summary.md, mca_aca.png, hardest_classes.png, confusion-*.png")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,7 @@ def main(argv=None):
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
     try:
         return run(args)
     except DataError as error:

@@ -120,6 +120,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and order (default: 0)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT.state if it exists (default: off)")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
     try:
         return run(args)
     except DataError as error:

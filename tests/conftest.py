@@ -21,3 +21,9 @@ def pretrained(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain") / "pretrained.pt"
     train.main(TINY + ["--synthetic-cells", "60", "--epochs", "2", "--rotations", "2", "--out", str(out)])
     return out
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Keep the preprocessed-data cache of every test out of the user's ~/.cache."""
+    monkeypatch.setenv("HEP2_CACHE", str(tmp_path_factory.getbasetemp() / "hep2-cache"))

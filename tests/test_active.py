@@ -127,3 +127,34 @@ def test_active_bad_flags(tmp_path, pretrained):
         with pytest.raises(SystemExit) as exit_info:
             active.main(TINY + ["--out", str(tmp_path / "x")] + flags)
         assert str(exit_info.value).startswith("error: ") and message in str(exit_info.value)
+
+
+def test_grid_writes_tables_and_plots_and_completes_a_half_finished_grid(pretrained, tmp_path, monkeypatch):
+    out = tmp_path / "grid"
+    flags = ["grid", "--cases", "rs", "in-al", "--limits", "0.3", "1", "--seeds", "0", "1", "--out", str(out)]
+    flags += TINY + ["--synthetic-cells", "100", "--max-epochs", "1", "--checkpoint", str(pretrained)]
+    rows = active.main(flags)
+    assert len(rows) == 8
+    lines = (out / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("case,limit,seed,labeled,mca,aca,homogeneous") and len(lines) == 9
+    summary = (out / "summary.md").read_text()
+    assert "| IN-AL | 0.3 | 2 |" in summary and "| RS | 1 | 2 |" in summary
+    for name in ["mca_aca.png", "hardest_classes.png", "confusion-rs-limit0.3.png", "confusion-in-al-limit1.png"]:
+        assert (out / name).stat().st_size > 1000
+    # At 100% there is nothing to choose: one round, every pool cell labeled.
+    full = json.loads((out / "in-al-limit1-seed0" / "results.json").read_text())
+    assert len(full["rounds"]) == 1 and full["labeled"] == full["pool"]
+
+    # Half-finished: one run never wrote its results, another never started. Only those two are run again.
+    (out / "in-al-limit0.3-seed1" / "results.json").unlink()
+    for path in (out / "rs-limit1-seed1").iterdir():
+        path.unlink()
+    (out / "rs-limit1-seed1").rmdir()
+    started, resumed = [], []
+    real_run, real_resume = active.run, active.resume
+    monkeypatch.setattr(active, "run", lambda *a, **k: started.append(1) or real_run(*a, **k))
+    monkeypatch.setattr(active, "resume", lambda *a, **k: resumed.append(1) or real_resume(*a, **k))
+    again = active.main(flags)
+    assert len(started) == 2 and len(resumed) == 1  # rs-limit1-seed1 afresh; in-al-limit0.3-seed1 resumed (+ its run)
+    assert [r["results"]["mca"] for r in again] == [r["results"]["mca"] for r in rows]
+    assert (out / "results.csv").read_text().splitlines()[1:] != []
