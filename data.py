@@ -8,7 +8,9 @@ Layouts read by `load_dataset(root)`:
   * class folders  ROOT/<class>/<image>         e.g. ../shared/data/i3a
   * a CSV of image and class beside the images  e.g. ICPR2012: gt_training.csv
     with `ID;pattern` rows and images NNN.png (`,` or `;` separated, header
-    optional, ids matched to file stems with or without leading zeros).
+    optional, ids matched to file stems with or without leading zeros); an
+    image may also be a path, absolute or relative to the CSV (as in the
+    labels.csv that a labeling campaign of active.py exports).
 Segmentation masks (`*_mask.*`, `*_Mask.*`) are never read as cells.
 
 Every cell becomes one 112x112 uint8 image in a single (N, 1, 112, 112)
@@ -225,7 +227,10 @@ def _labeled_files_from_csv(csv_path: Path) -> list[tuple[Path, str]]:
                 f"{csv_path}:{line_number}: unknown class '{class_name}'; expected one of {', '.join(CLASS_ALIASES)}"
             )
         key = image_id.lower()
-        path = by_stem.get(key) or by_stem.get(Path(key).stem) or by_stem.get(key.lstrip("0") or "0")
+        if "/" in image_id or "\\" in image_id:  # a path, absolute or relative to the CSV
+            path = folder / image_id if (folder / image_id).is_file() else None
+        else:
+            path = by_stem.get(key) or by_stem.get(Path(key).stem) or by_stem.get(key.lstrip("0") or "0")
         if path is None:
             raise DataError(f"{csv_path}:{line_number}: no image file for id '{image_id}' in {folder}")
         pairs.append((path, canonical))

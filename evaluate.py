@@ -229,6 +229,28 @@ def draw_bar_chart(path, title: str, groups: list[str], series: dict[str, list])
     _save_png(image, path)
 
 
+def draw_contact_sheet(cells: list, captions: list[str], path, title: str = "", tile: int = 180, columns: int = 5):
+    """Cells (2-D float arrays in [0, 1]) in a numbered grid, large enough for an annotator to judge.
+
+    Each cell is stretched to its own brightest pixel for display only, so dim
+    (intermediate) cells are as readable as bright ones.
+    """
+    rows = max(1, (len(cells) + columns - 1) // columns)
+    image = Image.new("RGB", (columns * tile, rows * (tile + 34) + 30), "white")
+    draw = ImageDraw.Draw(image)
+    font, small = _font(16), _font(11)
+    draw.text((8, 6), title, fill="black", font=font)
+    for position, (cell, caption) in enumerate(zip(cells, captions)):
+        x, y = (position % columns) * tile, 30 + (position // columns) * (tile + 34)
+        peak = float(cell.max()) or 1.0
+        picture = Image.fromarray((255 * cell / peak).clip(0, 255).astype("uint8"), mode="L")
+        image.paste(picture.resize((tile - 8, tile - 8), Image.BICUBIC).convert("RGB"), (x + 4, y + 4))
+        draw.rectangle((x + 4, y + 4, x + 38, y + 24), fill="black")
+        draw.text((x + 8, y + 6), f"{position + 1}", fill="yellow", font=font)
+        draw.text((x + 6, y + tile - 2), caption[:34], fill="black", font=small)
+    _save_png(image, path)
+
+
 def format_report(metrics: dict, class_names: list[str]) -> str:
     lines = [f"MCA {100 * metrics['mca']:.2f}%  ACA {100 * metrics['aca']:.2f}%  ({metrics['count']} cells)"]
     width = max(len(name) for name in class_names)
