@@ -157,6 +157,7 @@ def run(args):
             started = time.time()
             dataset = load_dataset(args.data, None, image_size, normalize)
             rows.append(("load, first time (decode + resize + write cache)", f"{time.time() - started:.1f} s"))
+            print(f"bench: {rows[-1][0]}: {rows[-1][1]}")
             started = time.time()
             dataset = load_dataset(args.data, None, image_size, normalize)
             rows.append(("load, cached", f"{time.time() - started:.2f} s"))
@@ -177,6 +178,7 @@ def run(args):
 
     torch.manual_seed(0)
     model = pretrained_model(checkpoint, len(dataset.class_names), device)
+    print(f"bench: straightforward round ({labeled_count} labeled x {epochs} epochs, score {len(unlabeled)})...")
     slow_train, slow_score = straightforward_round(
         model, dataset, labeled, unlabeled, epochs, args.batch_size, device, from_files
     )
@@ -185,6 +187,7 @@ def run(args):
     started = time.time()
     cache = active.early_feature_cache(model, dataset.images, device)
     cache_seconds = time.time() - started
+    print(f"bench: straightforward round took {slow_train + slow_score:.1f} s; optimised round...")
     fast_train, fast_score = optimised_round(model, dataset, labeled, unlabeled, epochs, args.batch_size, device, cache)
 
     seen = labeled_count * epochs
@@ -219,11 +222,16 @@ def run(args):
             ]
             command += ["--data", args.data] if args.data else []
             started = time.time()
-            completed = subprocess.run(command, capture_output=True, text=True)
+            print(f"bench: IN-AL end to end at --limit {args.limit:g} (its round lines follow)")
+            lines = []
+            with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+                for line in process.stdout:  # stream active.py's progress lines as they come
+                    print(f"  {line}", end="")
+                    lines.append(line)
             wall = time.time() - started
-            if completed.returncode != 0:
-                sys.exit(f"error: active.py failed:\n{completed.stderr[-2000:]}")
-            final = completed.stdout.strip().splitlines()[-1]
+            if process.returncode != 0:
+                sys.exit(f"error: active.py failed with exit code {process.returncode} (its message is above)")
+            final = lines[-1].strip()
         rows += [
             (f"IN-AL end to end, --limit {args.limit:g}", f"{wall:.0f} s ({wall / 60:.1f} min)"),
             ("IN-AL peak memory (resident)", f"{peak_child_memory_gib():.2f} GiB"),

@@ -86,7 +86,7 @@ def summarize(labels: torch.Tensor, probabilities: torch.Tensor, class_names: li
 
 
 @torch.inference_mode()
-def predict_probabilities(model, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+def predict_probabilities(model, images: torch.Tensor, device: torch.device, batch_size: int = 32) -> torch.Tensor:
     """Softmax probabilities (Eq. 1) for uint8 cells, in eval mode, without augmentation."""
     was_training = model.training
     model.eval()
@@ -329,7 +329,7 @@ def main(argv=None):
         "--png", default=None, help="confusion matrix PNG (default: confusion.png beside the checkpoint)"
     )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of text (default: off)")
-    parser.add_argument("--batch-size", type=int, default=256, help="inference batch size (default: 256)")
+    parser.add_argument("--batch-size", type=int, default=32, help="inference batch size (default: 32)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     args = parser.parse_args(argv)
     try:
