@@ -287,7 +287,7 @@ def build_parser():
         "--stop-weights",
         default="best",
         choices=["best", "last"],
-        help="after fine-tuning keep the weights of the epoch with the lowest training loss, or the last (default: best)",
+        help="after fine-tuning keep the weights of the lowest-training-loss epoch, or the last (default: best)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001, Sec. 3.1)")
@@ -635,8 +635,18 @@ def write_grid_results(rows, out: Path) -> None:
         per_class = [
             ("" if results["per_class"][name] is None else f"{results['per_class'][name]:.4f}") for name in class_names
         ]
-        writer.writerow([row["case"], row["limit"], row["seed"], results["labeled"], f"{results['mca']:.4f}",
-                         f"{results['aca']:.4f}", *per_class, f"{results.get('seconds', 0):.0f}"])  # fmt: skip
+        writer.writerow(
+            [
+                row["case"],
+                row["limit"],
+                row["seed"],
+                results["labeled"],
+                f"{results['mca']:.4f}",
+                f"{results['aca']:.4f}",
+                *per_class,
+                f"{results.get('seconds', 0):.0f}",
+            ]
+        )
     write_text_atomic(buffer.getvalue(), out / "results.csv")
 
 
@@ -662,16 +672,25 @@ def write_grid_summary(rows, out: Path) -> None:
                 continue
             mca, mca_std = _mean_std([r["mca"] for r in group])
             aca, aca_std = _mean_std([r["aca"] for r in group])
-            lines.append(f"| {case.upper()} | {limit:g} | {len(group)} | {group[0]['labeled']} | "
-                         f"{100 * mca:.2f} ± {100 * mca_std:.2f} | {100 * aca:.2f} ± {100 * aca_std:.2f} |")  # fmt: skip
+            lines.append(
+                f"| {case.upper()} | {limit:g} | {len(group)} | {group[0]['labeled']} | "
+                f"{100 * mca:.2f} ± {100 * mca_std:.2f} | {100 * aca:.2f} ± {100 * aca_std:.2f} |"
+            )
             curves["MCA"].setdefault(case.upper(), []).append((limit, mca, mca_std))
             curves["ACA"].setdefault(case.upper(), []).append((limit, aca, aca_std))
             summed = torch.tensor([r["confusion"] for r in group]).sum(dim=0)
-            draw_confusion(summed, class_names, out / f"confusion-{case}-limit{limit:g}.png",
-                           f"{case.upper()} at limit {limit:g}, {len(group)} seed(s) summed")  # fmt: skip
+            draw_confusion(
+                summed,
+                class_names,
+                out / f"confusion-{case}-limit{limit:g}.png",
+                f"{case.upper()} at limit {limit:g}, {len(group)} seed(s) summed",
+            )
     write_text_atomic("\n".join(lines) + "\n", out / "summary.md")
-    draw_line_chart(out / "mca_aca.png", "MCA and ACA versus the labeling limit (mean, band = ±1 std over seeds)",
-                    [("MCA", curves["MCA"]), ("ACA", curves["ACA"])])  # fmt: skip
+    draw_line_chart(
+        out / "mca_aca.png",
+        "MCA and ACA versus the labeling limit (mean, band = ±1 std over seeds)",
+        [("MCA", curves["MCA"]), ("ACA", curves["ACA"])],
+    )
     focus = 0.2 if 0.2 in limits else limits[0]
     hardest = [name for name in HARDEST if name in class_names] or class_names[:3]
     bars = {}
@@ -682,8 +701,12 @@ def write_grid_summary(rows, out: Path) -> None:
                 _mean_std([r["per_class"][name] for r in group if r["per_class"][name] is not None])[0]
                 for name in hardest
             ]
-    draw_bar_chart(out / "hardest_classes.png", f"Per-class accuracy of the hardest classes at limit {focus:g} (%)",
-                   [SHORT_NAMES.get(name, name) for name in hardest], bars)  # fmt: skip
+    draw_bar_chart(
+        out / "hardest_classes.png",
+        f"Per-class accuracy of the hardest classes at limit {focus:g} (%)",
+        [SHORT_NAMES.get(name, name) for name in hardest],
+        bars,
+    )
     print("\n".join(lines))
     print(f"grid written to {out}: results.csv, summary.md, mca_aca.png, hardest_classes.png, confusion-*.png")
 
@@ -786,11 +809,20 @@ def start_campaign(args) -> dict:
     images, files = load_unlabeled(pool, pretrained.get("image_size", 112), pretrained.get("normalize", "none"))
     names = [Path(file).name for file in files]
     state = {
-        "pool": str(pool.resolve()), "classes": classes, "checkpoint": str(args.checkpoint), "n": args.n,
-        "seed": args.seed, "holdout": args.holdout, "image_size": pretrained.get("image_size", 112),
-        "normalize": pretrained.get("normalize", "none"), "max_epochs": args.max_epochs, "round": 0, "model": "model-000.pt", "ledger": [],
+        "pool": str(pool.resolve()),
+        "classes": classes,
+        "checkpoint": str(args.checkpoint),
+        "n": args.n,
+        "seed": args.seed,
+        "holdout": args.holdout,
+        "image_size": pretrained.get("image_size", 112),
+        "normalize": pretrained.get("normalize", "none"),
+        "max_epochs": args.max_epochs,
+        "round": 0,
+        "model": "model-000.pt",
+        "ledger": [],
         "history": [],
-    }  # fmt: skip
+    }
     # The first round has no labels to learn from: the seed set is random, as in the paper (Table 1).
     generator = torch.Generator().manual_seed(args.seed)
     chosen = torch.randperm(len(names), generator=generator)[: args.n].tolist()
@@ -825,18 +857,29 @@ def write_query(folder: Path, state: dict, round_index: int, names: list[str], p
         )
         cells.append(read_cell(pool / name))
     write_text_atomic(buffer.getvalue(), folder / f"round-{round_index:03d}.csv")
-    draw_contact_sheet(cells, captions, folder / f"round-{round_index:03d}.png",
-                       f"round {round_index}: label these cells in round-{round_index:03d}.csv (number = row)")  # fmt: skip
+    draw_contact_sheet(
+        cells,
+        captions,
+        folder / f"round-{round_index:03d}.png",
+        f"round {round_index}: label these cells in round-{round_index:03d}.csv (number = row)",
+    )
     return [{"file": name, "sha256": file_digest(pool / name)} for name in names]
 
 
 def save_campaign_model(model, state: dict, path: Path, validation) -> None:
-    save_atomic({
-        "model": model.state_dict(), "class_names": state["classes"], "args": {k: v for k, v in state.items()
-        if k in ("pool", "checkpoint", "n", "seed", "holdout")}, "round": state["round"],
-        "metrics": {"validation": validation}, "image_size": state["image_size"], "normalize": state["normalize"],
-        "data_kind": "campaign",
-    }, path)  # fmt: skip
+    save_atomic(
+        {
+            "model": model.state_dict(),
+            "class_names": state["classes"],
+            "args": {k: v for k, v in state.items() if k in ("pool", "checkpoint", "n", "seed", "holdout")},
+            "round": state["round"],
+            "metrics": {"validation": validation},
+            "image_size": state["image_size"],
+            "normalize": state["normalize"],
+            "data_kind": "campaign",
+        },
+        path,
+    )
 
 
 def commit(folder: Path, state: dict) -> None:
@@ -944,18 +987,32 @@ def ingest(folder: Path, device) -> dict:
     asked = [position[name] for name in unfilled if name in position] + fresh
     next_round = round_index + 1
     state = dict(state, ledger=ledger, round=next_round, model=f"model-{next_round:03d}.pt")
-    state["history"] = state["history"] + [{
-        "round": round_index, "new_labels": len(entries), "labels": len(labeled), "trained_on": len(training),
-        "held_out": len(held_out), "epochs": epochs, "validation": validation, "seconds": time.time() - started,
-    }]  # fmt: skip
+    state["history"] = state["history"] + [
+        {
+            "round": round_index,
+            "new_labels": len(entries),
+            "labels": len(labeled),
+            "trained_on": len(training),
+            "held_out": len(held_out),
+            "epochs": epochs,
+            "validation": validation,
+            "seconds": time.time() - started,
+        }
+    ]
     probabilities = probabilities_of(model, forward, torch.tensor(asked, dtype=torch.int64))
     state["pending"] = write_query(folder, state, next_round, [names[i] for i in asked], probabilities) if asked else []
     save_campaign_model(model, state, folder / state["model"], validation)
     commit(folder, state)  # the step takes effect here, all at once
     counts = {name: sum(entry["label"] == name for entry in ledger) for name in classes}
-    print(f"round {round_index}: +{len(entries)} labels ({len(unfilled)} unfilled, asked again), {len(labeled)} in all; "
-          f"trained on {len(training)} for {epochs} epochs; " + (f"held-out MCA {100 * validation['mca']:.1f}% "
-          f"ACA {100 * validation['aca']:.1f}% ({len(held_out)} labels)" if validation else "no held-out labels yet"))  # fmt: skip
+    print(
+        f"round {round_index}: +{len(entries)} labels ({len(unfilled)} unfilled, asked again), {len(labeled)} in all; "
+        f"trained on {len(training)} for {epochs} epochs; "
+        + (
+            f"held-out MCA {100 * validation['mca']:.1f}% ACA {100 * validation['aca']:.1f}% ({len(held_out)} labels)"
+            if validation
+            else "no held-out labels yet"
+        )
+    )
     print("labels per class: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     if asked:
         print(f"next: label {folder / f'round-{next_round:03d}.csv'} ({len(asked)} cells), then ingest again")
@@ -966,15 +1023,25 @@ def ingest(folder: Path, device) -> dict:
 
 def print_status(folder: Path, state: dict) -> None:
     counts = {name: sum(entry["label"] == name for entry in state["ledger"]) for name in state["classes"] + [SKIP]}
-    print(f"campaign {folder}: pool {state['pool']}, round {state['round']}, {len(state['pending'])} cells pending "
-          f"in round-{state['round']:03d}.csv")  # fmt: skip
+    print(
+        f"campaign {folder}: pool {state['pool']}, round {state['round']}, {len(state['pending'])} cells pending "
+        f"in round-{state['round']:03d}.csv"
+    )
     print("labels per class: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     for entry in state["history"]:
         validation = entry["validation"]
-        quality = (f"held-out MCA {100 * validation['mca']:.1f}% ACA {100 * validation['aca']:.1f}% "
-                   f"({validation['count']} labels)") if validation else "no held-out labels"  # fmt: skip
-        print(f"  round {entry['round']}: +{entry['new_labels']} labels, {entry['labels']} in all, trained on "
-              f"{entry['trained_on']} ({entry['epochs']} epochs), {quality}")  # fmt: skip
+        quality = (
+            (
+                f"held-out MCA {100 * validation['mca']:.1f}% ACA {100 * validation['aca']:.1f}% "
+                f"({validation['count']} labels)"
+            )
+            if validation
+            else "no held-out labels"
+        )
+        print(
+            f"  round {entry['round']}: +{entry['new_labels']} labels, {entry['labels']} in all, trained on "
+            f"{entry['trained_on']} ({entry['epochs']} epochs), {quality}"
+        )
 
 
 if __name__ == "__main__":

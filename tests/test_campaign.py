@@ -10,7 +10,6 @@ from PIL import Image
 
 import active
 import data
-from conftest import TINY
 
 
 @pytest.fixture()
@@ -45,8 +44,23 @@ def fill(csv_path, truth, leave_empty=0, skip=0, overrides=None):
 
 def campaign(tmp_path, pool, pretrained, name):
     folder = tmp_path / name
-    active.main(["query", "--pool", str(pool), "--checkpoint", str(pretrained), "--n", "8", "--out", str(folder),
-                 "--max-epochs", "3", "--device", "cpu"])  # fmt: skip
+    active.main(
+        [
+            "query",
+            "--pool",
+            str(pool),
+            "--checkpoint",
+            str(pretrained),
+            "--n",
+            "8",
+            "--out",
+            str(folder),
+            "--max-epochs",
+            "3",
+            "--device",
+            "cpu",
+        ]
+    )
     return folder
 
 
@@ -81,8 +95,12 @@ def test_campaign_round_trip_with_a_kill_mid_ingest(pretrained, pool, tmp_path, 
     monkeypatch.setattr(active, "fine_tune", real_fine_tune)
     active.main(["ingest", str(folder), "--device", "cpu"])  # rerun the step
     for round_index in (1, 2):
-        fill(folder / f"round-{round_index:03d}.csv", truth, leave_empty=2 if round_index == 1 else 0,
-             skip=1 if round_index == 1 else 0)  # fmt: skip
+        fill(
+            folder / f"round-{round_index:03d}.csv",
+            truth,
+            leave_empty=2 if round_index == 1 else 0,
+            skip=1 if round_index == 1 else 0,
+        )
         active.main(["ingest", str(folder), "--device", "cpu"])
 
     state, expected = (json.loads((f / "campaign.json").read_text()) for f in (folder, reference))
