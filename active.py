@@ -65,6 +65,7 @@ from evaluate import (
     draw_confusion,
     draw_contact_sheet,
     draw_line_chart,
+    model_from_checkpoint,
     summarize,
 )
 from model import (
@@ -132,9 +133,9 @@ def round_sizes(pool_size: int, limit: float, k: int | None = None, m: int | Non
 def early_feature_cache(model: ParallelResNet, images: torch.Tensor, device, batch_size: int = 16):
     """The frozen layers' output for every image, once (float16 on the CPU: 50 KB a cell).
 
-    Small batches are faster here on a CPU: the first layers' activations are
+    Small batches are faster on a CPU: the first layers' activations are
     800 KB a cell, and a batch that fits in the caches beats a large one
-    (bench.py: about 300 cells/s at 16 against 120 at 256 on 2 cores).
+    (I3A: 42 s at 16 in bench.py, 83 to 97 s at 256 in earlier active.py runs, on 2 cores).
 
     Valid because those layers are fixed, their BatchNorm is in eval mode and
     fine-tuning uses no augmentation, so their output never changes (Sec. 3.1).
@@ -165,6 +166,12 @@ def forward_fn(model: ParallelResNet, images: torch.Tensor, cache, device):
             return model(*model_inputs(images[index], device))
 
     return forward
+
+
+def transfer_model(pretrained: dict, num_classes: int, device) -> ParallelResNet:
+    """The pretrained network with a fresh head for the target classes and its early layers frozen (Sec. 3.1)."""
+    model = model_from_checkpoint(pretrained, device)
+    return freeze_early_layers(replace_head(model, num_classes)).to(device)
 
 
 def fine_tune(model, forward, labels, labeled, args, generator, device):
@@ -391,9 +398,7 @@ def run(args, state=None):
     num_classes = len(dataset.class_names)
     model = ParallelResNet(num_classes)
     if pretrained is not None:
-        pretrained_model = ParallelResNet(len(pretrained["class_names"]))
-        pretrained_model.load_state_dict(pretrained["model"])
-        model = freeze_early_layers(replace_head(pretrained_model, num_classes))
+        model = transfer_model(pretrained, num_classes, device)
     model.to(device)
     initial_weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
 
@@ -803,9 +808,7 @@ def start_campaign(args) -> dict:
     device = pick_device(args.device)
     seed_everything(args.seed)
     pretrained = load_checkpoint(args.checkpoint)
-    model = ParallelResNet(len(pretrained["class_names"]))
-    model.load_state_dict(pretrained["model"])
-    model = freeze_early_layers(replace_head(model, len(classes))).to(device)  # Sec. 3.1, as in run()
+    model = transfer_model(pretrained, len(classes), device)
     images, files = load_unlabeled(pool, pretrained.get("image_size", 112), pretrained.get("normalize", "none"))
     names = [Path(file).name for file in files]
     state = {

@@ -46,13 +46,7 @@ from data import (
     seed_everything,
     stratified_split,
 )
-from model import ParallelResNet, freeze_early_layers, replace_head, trainable_parameters
-
-
-def pretrained_model(checkpoint: dict, num_classes: int, device) -> ParallelResNet:
-    model = ParallelResNet(len(checkpoint["class_names"]))
-    model.load_state_dict(checkpoint["model"])
-    return freeze_early_layers(replace_head(model, num_classes)).to(device)
+from model import trainable_parameters
 
 
 def straightforward_round(model, dataset, labeled, unlabeled, epochs, batch_size, device, from_files):
@@ -177,13 +171,13 @@ def run(args):
     from_files = bool(args.data)
 
     torch.manual_seed(0)
-    model = pretrained_model(checkpoint, len(dataset.class_names), device)
+    model = active.transfer_model(checkpoint, len(dataset.class_names), device)
     print(f"bench: straightforward round ({labeled_count} labeled x {epochs} epochs, score {len(unlabeled)})...")
     slow_train, slow_score = straightforward_round(
         model, dataset, labeled, unlabeled, epochs, args.batch_size, device, from_files
     )
     torch.manual_seed(0)
-    model = pretrained_model(checkpoint, len(dataset.class_names), device)
+    model = active.transfer_model(checkpoint, len(dataset.class_names), device)
     started = time.time()
     cache = active.early_feature_cache(model, dataset.images, device)
     cache_seconds = time.time() - started

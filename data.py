@@ -598,12 +598,16 @@ def save_atomic(obj, path: str | Path) -> None:
     os.replace(temporary, path)
 
 
-def write_text_atomic(text: str, path: str | Path) -> None:
+def write_bytes_atomic(data: bytes, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(text)
+    temporary.write_bytes(data)
     os.replace(temporary, path)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    write_bytes_atomic(text.encode(), path)
 
 
 def load_checkpoint(path: str | Path, flag: str = "--checkpoint") -> dict:

@@ -29,6 +29,7 @@ from data import (
     model_inputs,
     pick_device,
     stratified_split,
+    write_bytes_atomic,
     write_text_atomic,
 )
 from model import ParallelResNet
@@ -147,10 +148,7 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 def _save_png(image: Image.Image, path: str | Path) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(path).with_name(f".{Path(path).name}.tmp")
-    temporary.write_bytes(buffer.getvalue())
-    temporary.replace(path)
+    write_bytes_atomic(buffer.getvalue(), path)
 
 
 def draw_line_chart(path, title: str, panels: list, xlabel: str = "labeled fraction of the pool") -> None:
