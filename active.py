@@ -208,7 +208,39 @@ def fine_tune(model, forward, labels, labeled, args, generator, device):
     if best_weights is not None and bad > 0:
         model.load_state_dict(best_weights)
         epoch_loss = best
+    if args.batchnorm == "recalibrate":
+        recalibrate_batchnorm(model, forward, labeled, args.batch_size)
     return epoch, epoch_loss, seen, optimizer
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model, forward, labeled, batch_size: int) -> None:
+    """Recompute the trainable BatchNorm layers' statistics over the labeled cells with the kept weights.
+
+    During training a BatchNorm layer keeps an exponential average of the last
+    few dozen batches' statistics, taken while the weights were still moving;
+    eval mode (scoring, testing) uses that average. Trained from scratch on a
+    small labeled set it can lag far behind the final weights: the AL model of
+    README "Results" classified 48% of its own labeled cells right in eval mode
+    and 99% with batch statistics. One pass over the labeled cells in train
+    mode, averaging every batch equally (momentum None), makes eval mode match
+    the network that was trained (README paper notes; --batchnorm running
+    keeps the running averages). Frozen layers stay in eval mode, untouched.
+    """
+    model.train()  # ParallelResNet.train keeps the frozen early layers in eval mode
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.training]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average over the batches of this pass
+    # A fixed shuffle, so batches mix classes and rounds, without touching the run's generator.
+    order = torch.as_tensor(labeled)[torch.randperm(len(labeled), generator=torch.Generator().manual_seed(0))]
+    whole = len(order) // batch_size * batch_size or len(order)  # a small last batch would weigh as much as a full one
+    for start in range(0, whole, batch_size):
+        forward(order[start : start + batch_size])
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    model.eval()
 
 
 @torch.inference_mode()
@@ -295,6 +327,13 @@ def build_parser():
         default="best",
         choices=["best", "last"],
         help="after fine-tuning keep the weights of the lowest-training-loss epoch, or the last (default: best)",
+    )
+    parser.add_argument(
+        "--batchnorm",
+        default="recalibrate",
+        choices=["recalibrate", "running"],
+        help="after each fine-tuning recompute the trainable BatchNorm statistics over the labeled cells "
+        "(recalibrate), or keep the running averages of training (running) (default: recalibrate)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001, Sec. 3.1)")

@@ -85,8 +85,9 @@ def straightforward_round(model, dataset, labeled, unlabeled, epochs, batch_size
 def optimised_round(model, dataset, labeled, unlabeled, epochs, batch_size, device, cache):
     """The same round the way active.py runs it: from the cached output of the frozen layers."""
     forward = active.forward_fn(model, dataset.images, cache, device)
+    # The same work as straightforward_round: no BatchNorm recalibration pass (both would add one).
     args = argparse.Namespace(
-        lr=1e-3, max_epochs=epochs, patience=epochs + 1, batch_size=batch_size, stop_weights="last"
+        lr=1e-3, max_epochs=epochs, patience=epochs + 1, batch_size=batch_size, stop_weights="last", batchnorm="running"
     )
     started = time.time()
     active.fine_tune(model, forward, dataset.labels, labeled, args, torch.Generator().manual_seed(0), device)

@@ -9,6 +9,7 @@ from conftest import TINY
 import active
 import evaluate
 from active import entropy, least_confidence, margin, round_sizes, select_most_uncertain
+from model import ParallelResNet
 
 UNIFORM = torch.full((1, 4), 0.25)
 ONE_HOT = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
@@ -95,6 +96,47 @@ def test_fine_tuning_leaves_the_frozen_layers_alone(pretrained, tmp_path):
     assert not torch.equal(before["final_block.conv1.weight"], after["final_block.conv1.weight"])
 
 
+def test_batchnorm_recalibration_makes_eval_mode_match_the_batch_statistics():
+    torch.manual_seed(0)
+    model = ParallelResNet(6)
+    images = torch.randint(0, 256, (48, 1, 32, 32), dtype=torch.uint8)
+    forward = active.forward_fn(model, images, None, torch.device("cpu"))
+    for layer in model.modules():  # running statistics far from the truth, as after a lagging average
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.running_mean.fill_(3.0)
+            layer.running_var.fill_(0.01)
+    labeled = torch.arange(48)
+    model.eval()
+    with torch.no_grad():
+        stale = forward(labeled)
+    model.train()
+    with torch.no_grad():
+        batch_statistics = forward(labeled)  # one batch: train mode normalises with its own statistics
+    active.recalibrate_batchnorm(model, forward, labeled, batch_size=64)
+    assert not model.training
+    with torch.no_grad():
+        recalibrated = forward(labeled)
+    # eval mode now reproduces the batch-statistics forward (up to the unbiased-variance factor n/(n-1))
+    assert torch.allclose(recalibrated, batch_statistics, atol=1e-2)
+    assert (stale - batch_statistics).abs().max() > 0.1
+    momenta = {layer.momentum for layer in model.modules() if isinstance(layer, torch.nn.BatchNorm2d)}
+    assert momenta == {0.1}  # training afterwards uses the usual running average again
+
+
+def test_batchnorm_recalibration_averages_every_whole_batch():
+    torch.manual_seed(0)
+    model = ParallelResNet(6)
+    images = torch.randint(0, 256, (70, 1, 32, 32), dtype=torch.uint8)
+    forward = active.forward_fn(model, images, None, torch.device("cpu"))
+    first_bn = next(layer for layer in model.modules() if isinstance(layer, torch.nn.BatchNorm2d))
+    seen = []
+    hook = first_bn.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].mean(dim=(0, 2, 3))))
+    active.recalibrate_batchnorm(model, forward, torch.arange(70), batch_size=16)
+    hook.remove()
+    assert len(seen) == 4  # 70 cells: four whole batches of 16, the last 6 left out
+    assert torch.allclose(first_bn.running_mean, torch.stack(seen).mean(dim=0), atol=1e-5)
+
+
 def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrained, tmp_path, monkeypatch):
     extra = ["--k", "8", "--m", "10"]
     whole, whole_dir = run_active(tmp_path, "whole", extra, pretrained)
@@ -171,8 +213,14 @@ def test_cached_loop_matches_the_full_network_loop(pretrained, tmp_path):
     full = active.main(common + ["--no-cache", "--out", str(tmp_path / "full")])
     cached_rows = list(csv.DictReader((tmp_path / "cached" / "labeled.csv").open()))
     full_rows = list(csv.DictReader((tmp_path / "full" / "labeled.csv").open()))
-    seed_set = [row["index"] for row in cached_rows if row["round"] == "0"]
-    assert seed_set == [row["index"] for row in full_rows if row["round"] == "0"]  # the same random seed set
-    overlap = {row["index"] for row in cached_rows} & {row["index"] for row in full_rows}
-    assert len(overlap) >= 0.8 * len(full_rows)  # the selections agree but for float16 rounding
+
+    def chosen(rows, round_index):
+        return [row["index"] for row in rows if row["round"] == str(round_index)]
+
+    assert chosen(cached_rows, 0) == chosen(full_rows, 0)  # the same random seed set
+    # Trained on the same seed set, the two networks differ only by float16 rounding: the same round-0
+    # metrics, and round 1 asks for (nearly) the same cells. Later rounds drift apart as two seeds do.
+    assert abs(cached["rounds"][0]["mca"] - full["rounds"][0]["mca"]) <= 0.02
+    first_queries = set(chosen(cached_rows, 1)) & set(chosen(full_rows, 1))
+    assert len(first_queries) >= 0.8 * len(chosen(full_rows, 1))
     assert abs(cached["mca"] - full["mca"]) <= 0.1 and abs(cached["aca"] - full["aca"]) <= 0.1
