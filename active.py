@@ -638,6 +638,11 @@ def grid(argv):
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="(default: 0 1 2)")
     parser.add_argument("--out", default="runs/grid", help="grid directory (default: runs/grid)")
+    parser.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="run nothing: write the tables and plots from the runs finished so far (default: off)",
+    )
     grid_args, run_flags = parser.parse_known_args(argv)
     for flag in ("--limit", "--seed", "--scratch", "--strategy", "--resume"):
         if flag in run_flags:
@@ -653,6 +658,9 @@ def grid(argv):
                     if (run_dir / "results.json").exists():
                         results = json.loads((run_dir / "results.json").read_text())
                         print(f"grid: {run_dir.name} finished earlier")
+                    elif grid_args.summarize_only:
+                        print(f"grid: {run_dir.name} not finished, left out")
+                        continue
                     elif (run_dir / "state.pt").exists():
                         print(f"grid: resuming {run_dir.name}")
                         results = resume(argparse.Namespace(resume=str(run_dir), device=base.device), {})
@@ -664,6 +672,8 @@ def grid(argv):
                     write_grid_results(rows, out)
     except DataError as error:
         sys.exit(f"error: {error}")
+    if not rows:
+        sys.exit(f"error: --out {out}: no finished run of this grid to summarize")
     write_grid_summary(rows, out)
     return rows
 

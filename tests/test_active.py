@@ -200,6 +200,10 @@ def test_grid_writes_tables_and_plots_and_completes_a_half_finished_grid(pretrai
     real_run, real_resume = active.run, active.resume
     monkeypatch.setattr(active, "run", lambda *a, **k: started.append(1) or real_run(*a, **k))
     monkeypatch.setattr(active, "resume", lambda *a, **k: resumed.append(1) or real_resume(*a, **k))
+    summarized = active.main(flags + ["--summarize-only"])  # runs nothing, tabulates the six finished runs
+    assert len(summarized) == 6 and not started and not resumed
+    assert len((out / "results.csv").read_text().splitlines()) == 7
+    assert "| RS | 1 | 1 |" in (out / "summary.md").read_text()
     again = active.main(flags)
     assert len(started) == 2 and len(resumed) == 1  # rs-limit1-seed1 afresh; in-al-limit0.3-seed1 resumed (+ its run)
     assert [r["results"]["mca"] for r in again] == [r["results"]["mca"] for r in rows]
