@@ -709,6 +709,10 @@ def _mean_std(values):
     return float(values.mean()), float(values.std(unbiased=True)) if len(values) > 1 else 0.0
 
 
+def _percent(mean, std, seeds) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" if seeds > 1 else f"{100 * mean:.2f} (one seed)"
+
+
 def write_grid_summary(rows, out: Path) -> None:
     """summary.md (mean and std over seeds), mca_aca.png, hardest_classes.png, and summed confusion matrices."""
     cases = list(dict.fromkeys(row["case"] for row in rows))
@@ -728,7 +732,7 @@ def write_grid_summary(rows, out: Path) -> None:
             aca, aca_std = _mean_std([r["aca"] for r in group])
             lines.append(
                 f"| {case.upper()} | {limit:g} | {len(group)} | {group[0]['labeled']} | "
-                f"{100 * mca:.2f} ± {100 * mca_std:.2f} | {100 * aca:.2f} ± {100 * aca_std:.2f} |"
+                f"{_percent(mca, mca_std, len(group))} | {_percent(aca, aca_std, len(group))} |"
             )
             curves["MCA"].setdefault(case.upper(), []).append((limit, mca, mca_std))
             curves["ACA"].setdefault(case.upper(), []).append((limit, aca, aca_std))
