@@ -623,12 +623,17 @@ CASES = {
     "in-al": [],
 }
 HARDEST = ["golgi", "nuclear_membrane", "speckled"]  # Fig. 15
+# Sec. 3.3: "the 100% case ... There was no active learning process in this case since all the data were
+# supposed to be labeled", so AL and RS coincide there. round_sizes() makes both one round of the whole pool
+# with the same random order and the same training, so the grid runs that cell once and reports it for both.
+SAME_RUN_AT_FULL_BUDGET = {"al": "rs", "in-al": "in-rs"}
 
 
 def grid(argv):
     """python active.py grid [--cases ...] [--limits ...] [--seeds ...] [--out DIR] [any active.py flag]
 
-    Runs every (case, limit, seed) into OUT/<case>-limit<limit>-seed<seed>;
+    Runs every (case, limit, seed) into OUT/<case>-limit<limit>-seed<seed>
+    (at limit 1, AL's cell is RS's run and IN-AL's is IN-RS's: Sec. 3.3);
     a run with results.json is finished and read back, a run with only
     state.pt is resumed, so rerunning the command completes a half-finished
     grid. Writes OUT/results.csv, OUT/summary.md and the plots.
@@ -656,7 +661,12 @@ def grid(argv):
         for case in grid_args.cases:
             for limit in grid_args.limits:
                 for seed in grid_args.seeds:
-                    run_dir = out / f"{case}-limit{limit:g}-seed{seed}"
+                    run_case = SAME_RUN_AT_FULL_BUDGET.get(case, case) if limit >= 1 else case
+                    run_dir = out / f"{run_case}-limit{limit:g}-seed{seed}"
+                    if run_case != case:
+                        print(
+                            f"grid: {case}-limit{limit:g}-seed{seed} is {run_dir.name} (Sec. 3.3: no selection at 100%)"
+                        )
                     if (run_dir / "results.json").exists():
                         results = json.loads((run_dir / "results.json").read_text())
                         print(f"grid: {run_dir.name} finished earlier")
@@ -668,7 +678,7 @@ def grid(argv):
                         results = resume(argparse.Namespace(resume=str(run_dir), device=base.device), {})
                     else:
                         print(f"grid: running {run_dir.name}")
-                        flags = run_flags + CASES[case] + ["--limit", str(limit), "--seed", str(seed)]
+                        flags = run_flags + CASES[run_case] + ["--limit", str(limit), "--seed", str(seed)]
                         results = run(build_parser().parse_args(flags + ["--out", str(run_dir)]))
                     rows.append({"case": case, "limit": limit, "seed": seed, "results": results})
                     write_grid_results(rows, out)

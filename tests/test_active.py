@@ -187,9 +187,10 @@ def test_grid_writes_tables_and_plots_and_completes_a_half_finished_grid(pretrai
     assert "| IN-AL | 0.3 | 2 |" in summary and "| RS | 1 | 2 |" in summary
     for name in ["mca_aca.png", "hardest_classes.png", "confusion-rs-limit0.3.png", "confusion-in-al-limit1.png"]:
         assert (out / name).stat().st_size > 1000
-    # At 100% there is nothing to choose: one round, every pool cell labeled.
-    full = json.loads((out / "in-al-limit1-seed0" / "results.json").read_text())
+    # At 100% there is nothing to choose: one round, every pool cell labeled; IN-AL's cell is IN-RS's run.
+    full = json.loads((out / "in-rs-limit1-seed0" / "results.json").read_text())
     assert len(full["rounds"]) == 1 and full["labeled"] == full["pool"]
+    assert not (out / "in-al-limit1-seed0").exists()
 
     # Half-finished: one run never wrote its results, another never started. Only those two are run again.
     (out / "in-al-limit0.3-seed1" / "results.json").unlink()
@@ -208,6 +209,26 @@ def test_grid_writes_tables_and_plots_and_completes_a_half_finished_grid(pretrai
     assert len(started) == 2 and len(resumed) == 1  # rs-limit1-seed1 afresh; in-al-limit0.3-seed1 resumed (+ its run)
     assert [r["results"]["mca"] for r in again] == [r["results"]["mca"] for r in rows]
     assert (out / "results.csv").read_text().splitlines()[1:] != []
+
+
+def test_at_full_budget_active_learning_and_random_sampling_are_the_same_run(tmp_path, monkeypatch):
+    """Sec. 3.3: at 100% there is no selection, so the grid may run the AL cell as the RS run."""
+    base = TINY + ["--synthetic-cells", "100", "--max-epochs", "2"]
+    common = base + ["--limit", "1", "--scratch"]
+    random_run = active.main(common + ["--strategy", "random", "--out", str(tmp_path / "rs")])
+    active_run = active.main(common + ["--out", str(tmp_path / "al")])
+    assert active_run["labeled"] == random_run["labeled"] == random_run["pool"]
+    assert active_run["confusion"] == random_run["confusion"] and active_run["mca"] == random_run["mca"]
+    assert (tmp_path / "al" / "labeled.csv").read_text() == (tmp_path / "rs" / "labeled.csv").read_text()
+    # so the grid runs it once and reports it under both cases
+    started = []
+    real_run = active.run
+    monkeypatch.setattr(active, "run", lambda *a, **k: started.append(1) or real_run(*a, **k))
+    grid_flags = ["grid", "--cases", "rs", "al", "--limits", "1", "--seeds", "0", "--out", str(tmp_path / "grid")]
+    rows = active.main(grid_flags + base)
+    assert len(started) == 1 and [row["case"] for row in rows] == ["rs", "al"]
+    assert rows[0]["results"]["confusion"] == rows[1]["results"]["confusion"] == random_run["confusion"]
+    assert "| AL | 1 | 1 |" in (tmp_path / "grid" / "summary.md").read_text()
 
 
 def test_cached_loop_matches_the_full_network_loop(pretrained, tmp_path):
