@@ -231,6 +231,21 @@ def test_at_full_budget_active_learning_and_random_sampling_are_the_same_run(tmp
     assert "| AL | 1 | 1 |" in (tmp_path / "grid" / "summary.md").read_text()
 
 
+def test_epoch_lines_show_progress_in_a_long_round_and_change_nothing(tmp_path, monkeypatch, capsys):
+    """A round at 100% of I3A trains for 20 minutes on 2 cores: fine_tune prints epoch lines meanwhile."""
+    common = TINY + ["--synthetic-cells", "100", "--max-epochs", "3", "--patience", "10", "--limit", "1", "--scratch"]
+    quiet = active.main(common + ["--out", str(tmp_path / "quiet")])
+    assert "  epoch " not in capsys.readouterr().out  # a tiny round is well under PROGRESS_SECONDS
+    monkeypatch.setattr(active, "PROGRESS_SECONDS", 0)
+    loud = active.main(common + ["--out", str(tmp_path / "loud")])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  epoch ")]
+    assert [line.split("|")[0].split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all("img/s" in line and "loss" in line for line in lines)
+    assert (
+        loud["confusion"] == quiet["confusion"] and loud["rounds"][0]["train_loss"] == quiet["rounds"][0]["train_loss"]
+    )
+
+
 def test_cached_loop_matches_the_full_network_loop(pretrained, tmp_path):
     """The optimised path (cached frozen layers, float16) against --no-cache (whole network every step)."""
     common = TINY + ["--synthetic-cells", "300", "--limit", "0.3", "--max-epochs", "3", "--checkpoint", str(pretrained)]
