@@ -489,7 +489,8 @@ def run(args, state=None):
             state["label_round"],
             state["rounds"],
         )
-        print(f"resumed {args.out} after round {len(rounds)} ({len(labeled)}/{budget} labeled)")
+        # Rounds are numbered from 0 in the round lines, so the last finished one is len(rounds) - 1.
+        print(f"resumed {args.out} after round {len(rounds) - 1} ({len(labeled)}/{budget} labeled)")
     print(
         f"{case_name(args).upper()}: pool {len(pool)}, test {len(test)}, budget {budget} = "
         f"{' + '.join(map(str, sizes)) if len(sizes) < 8 else f'{sizes[0]} + {len(sizes) - 1} rounds of <= {sizes[1]}'}"

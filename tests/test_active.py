@@ -137,7 +137,7 @@ def test_batchnorm_recalibration_averages_every_whole_batch():
     assert torch.allclose(first_bn.running_mean, torch.stack(seen).mean(dim=0), atol=1e-5)
 
 
-def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrained, tmp_path, monkeypatch):
+def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrained, tmp_path, monkeypatch, capsys):
     extra = ["--k", "8", "--m", "10"]
     whole, whole_dir = run_active(tmp_path, "whole", extra, pretrained)
     real_fine_tune, calls = active.fine_tune, []
@@ -154,7 +154,9 @@ def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrai
     monkeypatch.setattr(active, "fine_tune", real_fine_tune)
     killed_dir = tmp_path / "killed"
     assert torch.load(killed_dir / "state.pt", weights_only=True)["round"] == 1
+    capsys.readouterr()
     resumed = active.main(["--resume", str(killed_dir), "--device", "cpu"])
+    assert "after round 1 (" in capsys.readouterr().out  # the same numbering as the round lines
     assert (killed_dir / "labeled.csv").read_text() == (whole_dir / "labeled.csv").read_text()
     assert resumed["mca"] == whole["mca"] and resumed["aca"] == whole["aca"]
     assert [r["mca"] for r in resumed["rounds"]] == [r["mca"] for r in whole["rounds"]]
