@@ -47,7 +47,9 @@ from data import (
     SHORT_NAMES,
     TARGET_CLASSES,
     DataError,
+    add_split_flags,
     canonical_class,
+    describe_split,
     get_dataset,
     load_checkpoint,
     load_unlabeled,
@@ -55,9 +57,12 @@ from data import (
     parse_class_list,
     pick_device,
     read_cell,
+    read_specimens,
+    resolve_split,
     save_atomic,
     seed_everything,
-    stratified_split,
+    specimens_of,
+    split_dataset,
     write_text_atomic,
 )
 from evaluate import (
@@ -157,7 +162,7 @@ def forward_fn(model: ParallelResNet, images: torch.Tensor, cache, device):
         early_approximation, early_details = cache
 
         def forward(index):
-            inputs = early_approximation[index].to(device).float(), early_details[index].to(device).float()
+            inputs = (early_approximation[index].to(device).float(), early_details[index].to(device).float())
             return model.head(model.late_features(*inputs))
 
     else:
@@ -192,7 +197,7 @@ def fine_tune(model, forward, labels, labeled, args, generator, device):
     """
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=args.lr)
     model.train()
-    best, bad, epoch, seen, epoch_loss, best_weights = float("inf"), 0, 0, 0, float("nan"), None
+    best, bad, epoch, seen, epoch_loss, best_weights = (float("inf"), 0, 0, 0, float("nan"), None)
     labeled = torch.as_tensor(labeled)
     started = last_line = time.time()
     while epoch < args.max_epochs and bad < args.patience:
@@ -301,6 +306,7 @@ def build_parser():
     parser.add_argument(
         "--classes", nargs="+", default=None, help="keep only these target classes (default: all found)"
     )
+    add_split_flags(parser, "pool/test")
     parser.add_argument(
         "--synthetic-cells",
         type=int,
@@ -410,7 +416,8 @@ def resume(args, given: dict):
         raise DataError(f"--resume {args.resume}: no state.pt in that folder")
     state = load_checkpoint(state_path, "--resume")
     saved = argparse.Namespace(**state["args"])
-    for key in ("data", "limit", "classes", "strategy", "scratch", "seed", "k", "m", "checkpoint", "round_start"):
+    keys = ("data", "limit", "classes", "strategy", "scratch", "seed", "k", "m", "checkpoint", "round_start", "split")
+    for key in keys + ("specimens",):
         if key in given and given[key] != getattr(saved, key):
             raise DataError(
                 f"--resume {args.resume}: the run was made with --{key.replace('_', '-')} {getattr(saved, key)}, "
@@ -444,10 +451,11 @@ def run(args, state=None):
     pretrained = None
     if not args.scratch:  # the target cells must be prepared exactly as the source cells were
         pretrained = load_checkpoint(args.checkpoint)
-        args.image_size, args.normalize = pretrained.get("image_size", 112), pretrained.get("normalize", "none")
+        args.image_size, args.normalize = (pretrained.get("image_size", 112), pretrained.get("normalize", "none"))
     dataset = get_dataset(
-        args.data, "target", classes, args.image_size, args.normalize, args.seed, args.synthetic_cells
+        args.data, "target", classes, args.image_size, args.normalize, args.seed, args.synthetic_cells, args.specimens
     )
+    args.split = resolve_split(args.split, dataset)
     fingerprint = data_fingerprint(dataset)
     if state is not None and state["fingerprint"] != fingerprint:
         raise DataError(f"--resume {args.out}: the data differs from the run's ({state['fingerprint']['source']})")
@@ -458,8 +466,13 @@ def run(args, state=None):
     model.to(device)
     initial_weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
 
-    # Step 1: the 80/20 split. The test part is only ever evaluated, never trained on or scored for selection.
-    pool, test = stratified_split(dataset.labels, [1 - args.test_fraction, args.test_fraction], args.seed)
+    # Step 1: the 80/20 split, each specimen whole on one side when specimens are known, so that the test
+    # cells come from specimens the model never saw. The test part is only ever evaluated, never trained on
+    # or scored for selection.
+    pool, test = split_dataset(
+        dataset, args.split, [1 - args.test_fraction, args.test_fraction], args.seed, ["pool", "test"]
+    )
+    print(describe_split(dataset, args.split, [pool, test], ["pool", "test"], args.seed))
     sizes = round_sizes(len(pool), args.limit, args.k, args.m, args.strategy)
     budget = sum(sizes)
     cache = None
@@ -581,7 +594,10 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
     device = next(model.parameters()).device
     # Recompute the final test metrics with the full network: they must equal the cached path's.
     forward = forward_fn(model, dataset.images, None, device)
-    metrics = summarize(dataset.labels[test], probabilities_of(model, forward, test), dataset.class_names)
+    test_specimens = [dataset.specimens[i] for i in test.tolist()] if args.split == "specimen" else None
+    metrics = summarize(
+        dataset.labels[test], probabilities_of(model, forward, test), dataset.class_names, test_specimens
+    )
     split = {"names": ["pool", "test"], "fractions": [1 - args.test_fraction, args.test_fraction], "seed": args.seed}
     checkpoint = {
         "model": model.state_dict(),
@@ -590,7 +606,9 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
         "round": len(rounds) - 1,
         "metrics": {"test": metrics},
         "data_kind": "target",
-        "split": split,
+        "split": args.split,
+        "split_parts": split,
+        "test_specimens": specimens_of(dataset, test),
         "image_size": args.image_size,
         "normalize": args.normalize,
     }
@@ -603,9 +621,11 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
     )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["index", "file", "label", "round", "reason"])
+    writer.writerow(["index", "file", "label", "specimen", "round", "reason"])
     for index, reason, round_index in zip(labeled, reasons, label_round):
-        writer.writerow([index, dataset.files[index], dataset.class_names[dataset.labels[index]], round_index, reason])
+        specimen = dataset.specimens[index] if dataset.specimens is not None else None
+        label = dataset.class_names[dataset.labels[index]]
+        writer.writerow([index, dataset.files[index], label, specimen or "", round_index, reason])
     write_text_atomic(buffer.getvalue(), out / "labeled.csv")
     results = {
         "args": vars(args),
@@ -614,6 +634,10 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
         "aca": metrics["aca"],
         "per_class": metrics["per_class"],
         "confusion": metrics["confusion"],
+        "split": args.split,
+        "test_specimens": specimens_of(dataset, test),
+        "specimen_accuracy": metrics.get("specimen_accuracy"),
+        "specimen_results": metrics.get("specimens"),
         "budget": budget,
         "labeled": len(labeled),
         "seconds": setup_seconds + sum(r["seconds"] for r in rounds),
@@ -622,9 +646,14 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
         "rounds": rounds,
     }
     write_text_atomic(json.dumps(results, indent=2), out / "results.json")
+    by_specimen = (
+        f", specimens {100 * metrics['specimen_accuracy']:.1f}% by majority vote"
+        if "specimen_accuracy" in metrics
+        else ""
+    )
     print(
-        f"final: MCA {100 * metrics['mca']:.2f}% ACA {100 * metrics['aca']:.2f}% with {len(labeled)} labels "
-        f"({len(labeled) / len(pool):.1%} of the pool); run written to {out}"
+        f"final ({args.split} split): MCA {100 * metrics['mca']:.2f}% ACA {100 * metrics['aca']:.2f}%{by_specimen} "
+        f"with {len(labeled)} labels ({len(labeled) / len(pool):.1%} of the pool); run written to {out}"
     )
     return results
 
@@ -711,7 +740,9 @@ def write_grid_results(rows, out: Path) -> None:
     class_names = list(rows[0]["results"]["per_class"])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["case", "limit", "seed", "labeled", "mca", "aca", *class_names, "seconds"])
+    writer.writerow(
+        ["case", "limit", "seed", "split", "labeled", "mca", "aca", "specimen_accuracy", *class_names, "seconds"]
+    )
     for row in rows:
         results = row["results"]
         per_class = [
@@ -722,9 +753,11 @@ def write_grid_results(rows, out: Path) -> None:
                 row["case"],
                 row["limit"],
                 row["seed"],
+                results.get("split", "cells"),  # runs from before specimen splits split cells
                 results["labeled"],
                 f"{results['mca']:.4f}",
                 f"{results['aca']:.4f}",
+                "" if results.get("specimen_accuracy") is None else f"{results['specimen_accuracy']:.4f}",
                 *per_class,
                 f"{results.get('seconds', 0):.0f}",
             ]
@@ -747,8 +780,8 @@ def write_grid_summary(rows, out: Path) -> None:
     limits = sorted({row["limit"] for row in rows})
     class_names = list(rows[0]["results"]["per_class"])
     lines = [
-        "| case | limit | seeds | labeled | MCA % (mean ± std) | ACA % (mean ± std) |",
-        "|---|---|---|---|---|---|",
+        "| case | limit | split | seeds | labeled | MCA % (mean ± std) | ACA % (mean ± std) | specimens % (vote) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     curves = {"MCA": {}, "ACA": {}}
     for case in cases:
@@ -758,9 +791,15 @@ def write_grid_summary(rows, out: Path) -> None:
                 continue
             mca, mca_std = _mean_std([r["mca"] for r in group])
             aca, aca_std = _mean_std([r["aca"] for r in group])
+            # A specimen split gives each seed its own pool, so the labeled counts differ a little between seeds.
+            labeled = sorted({r["labeled"] for r in group})
+            splits = "/".join(sorted({r.get("split", "cells") for r in group}))
+            votes = [r["specimen_accuracy"] for r in group if r.get("specimen_accuracy") is not None]
+            vote = _percent(*_mean_std(votes), len(votes)) if votes else "n/a"
             lines.append(
-                f"| {case.upper()} | {limit:g} | {len(group)} | {group[0]['labeled']} | "
-                f"{_percent(mca, mca_std, len(group))} | {_percent(aca, aca_std, len(group))} |"
+                f"| {case.upper()} | {limit:g} | {splits} | {len(group)} | "
+                f"{labeled[0] if len(labeled) == 1 else f'{labeled[0]}-{labeled[-1]}'} | "
+                f"{_percent(mca, mca_std, len(group))} | {_percent(aca, aca_std, len(group))} | {vote} |"
             )
             curves["MCA"].setdefault(case.upper(), []).append((limit, mca, mca_std))
             curves["ACA"].setdefault(case.upper(), []).append((limit, aca, aca_std))
@@ -818,9 +857,12 @@ def file_digest(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def is_held_out(file: str, seed: int, holdout: float) -> bool:
-    """A fixed share of the campaign's labels, chosen by a hash of the file name, is kept for validation."""
-    return int(hashlib.sha256(f"{seed}:{file}".encode()).hexdigest()[:8], 16) / 2**32 < holdout
+def is_held_out(key: str, seed: int, holdout: float) -> bool:
+    """A fixed share of the campaign's labels, chosen by a hash of the key, is kept for validation.
+
+    The key is the cell's specimen when the campaign knows it, so a specimen's cells are all held
+    out or all trained on and the held-out accuracy is one on unseen specimens; else the file name."""
+    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 2**32 < holdout
 
 
 def load_campaign(folder: Path) -> dict:
@@ -849,6 +891,12 @@ def campaign_parser(command: str):
             "--seed", type=int, default=0, help="seed for the first random round and training (default: 0)"
         )
         parser.add_argument("--max-epochs", type=int, default=30, help="most epochs per fine-tuning (default: 30)")
+        parser.add_argument(
+            "--specimens",
+            default=None,
+            help="CSV of file,specimen for the pool's images: the hold-out keeps specimens whole "
+            "(default: specimens.csv in the pool folder, if any)",
+        )
     else:
         parser.add_argument("campaign", help="campaign folder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
@@ -892,8 +940,13 @@ def start_campaign(args) -> dict:
     model = transfer_model(pretrained, len(classes), device)
     images, files = load_unlabeled(pool, pretrained.get("image_size", 112), pretrained.get("normalize", "none"))
     names = [Path(file).name for file in files]
+    specimens_csv = args.specimens or (pool / "specimens.csv" if (pool / "specimens.csv").is_file() else None)
+    if specimens_csv is not None and not Path(specimens_csv).is_file():
+        raise DataError(f"--specimens {specimens_csv}: no such file")
+    specimens = read_specimens(Path(specimens_csv), pool, [Path(f) for f in files]) if specimens_csv else []
     state = {
         "pool": str(pool.resolve()),
+        "specimens": {name: specimen for name, specimen in zip(names, specimens) if specimen is not None},
         "classes": classes,
         "checkpoint": str(args.checkpoint),
         "n": args.n,
@@ -1044,7 +1097,12 @@ def ingest(folder: Path, device) -> dict:
         if entry["label"] != SKIP and entry["file"] in position:
             labels[position[entry["file"]]] = classes.index(entry["label"])
     labeled = [position[e["file"]] for e in ledger if e["label"] != SKIP and e["file"] in position]
-    held_out = [index for index in labeled if is_held_out(names[index], state["seed"], state["holdout"])]
+    specimen_of = state.get("specimens", {})
+    held_out = [
+        index
+        for index in labeled
+        if is_held_out(specimen_of.get(names[index], names[index]), state["seed"], state["holdout"])
+    ]
     held_out_set = set(held_out)
     training = [index for index in labeled if index not in held_out_set]
 

@@ -169,6 +169,9 @@ class CellDataset:
     class_names: list[str]
     files: list[str]  # where each cell came from ("synthetic:..." for generated cells)
     source: str  # the data folder, or "synthetic-source" / "synthetic-target"
+    # The specimen (patient slide, specimen image) each cell was cut from, or None where unknown. Cells of
+    # one specimen share exposure, intensity and staining, so a split keeps each specimen on one side.
+    specimens: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -181,6 +184,7 @@ class CellDataset:
             self.class_names,
             [self.files[i] for i in index_list],
             self.source,
+            None if self.specimens is None else [self.specimens[i] for i in index_list],
         )
 
 
@@ -192,18 +196,76 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_file() and _is_image(path))
 
 
+# Column names a CSV header may use (compared lower-case, letters and digits only). A first row is a header
+# only when it names a class column: a misspelt class in a header-less file is an error, not a header.
+CLASS_COLUMNS = ("class", "classname", "label", "pattern", "category", "staining")
+FILE_COLUMNS = ("file", "filename", "path", "id", "cell", "cellid")
+SPECIMEN_COLUMNS = ("specimen", "slide", "patient", "group", "image")  # "image": the specimen image of ICPR 2012
+
+
+def _read_csv_rows(csv_path: Path) -> tuple[list[list[str]], str]:
+    """Non-empty rows of a `,` or `;` separated file, and the separator."""
+    text = csv_path.read_text(encoding="utf-8-sig", errors="replace")
+    delimiter = ";" if text.count(";") > text.count(",") else ","
+    rows = [row for row in csv.reader(text.splitlines(), delimiter=delimiter) if any(cell.strip() for cell in row)]
+    return rows, delimiter
+
+
+def _csv_columns(rows: list[list[str]]) -> tuple[int, int, int | None, bool]:
+    """(file column, class column, specimen column or None, has header) of a labels CSV.
+
+    With a header, columns are found by name: the class column by CLASS_COLUMNS, the
+    file column by FILE_COLUMNS (else the first column), the specimen column by
+    SPECIMEN_COLUMNS. Without one, the file is the first column and the class the second.
+    """
+    header = [_squash(cell) for cell in rows[0]] if rows else []
+    class_column = next((i for i, name in enumerate(header) if name in CLASS_COLUMNS), None)
+    if class_column is None:
+        return 0, 1, None, False
+    file_column = next((i for i, name in enumerate(header) if name in FILE_COLUMNS), 0 if class_column else 1)
+    specimen_column = next(
+        (i for i, name in enumerate(header) if name in SPECIMEN_COLUMNS and i not in (file_column, class_column)), None
+    )
+    return file_column, class_column, specimen_column, True
+
+
+def _holds_classes(csv_path: Path) -> bool:
+    """Whether a CSV is a labels file: its header names a class column, or its second column holds class names."""
+    try:
+        rows, _ = _read_csv_rows(csv_path)
+    except OSError:
+        return False
+    _, class_column, _, has_header = _csv_columns(rows)
+    return has_header or any(
+        len(row) > class_column and canonical_class(row[class_column].strip()) is not None
+        for row in rows[int(has_header) : 50]
+    )
+
+
 def _find_csv(root: Path) -> Path | None:
-    if root.is_file() and root.suffix.lower() == ".csv":
-        return root
+    """The labels CSV: --data itself, or the one CSV in the folder whose class column holds class names.
+
+    A folder may hold other CSVs beside it (ICPR 2012: gt_training.csv with `ID;pattern` and
+    training.csv with `ID;intensity;width;height`; I3A: specimens.csv): those are not labels.
+    """
+    if root.is_file():
+        if root.suffix.lower() == ".csv":
+            return root
+        raise DataError(f"--data {root}: expected a folder of class folders, or a CSV of images and classes")
     if root.is_dir():
         csvs = sorted(root.glob("*.csv"))
-        if len(csvs) > 1:
-            raise DataError(f"{root}: found {len(csvs)} CSV files; pass the one to use as --data")
-        return csvs[0] if csvs else None
+        labels = [path for path in csvs if _holds_classes(path)]
+        if len(labels) > 1:
+            raise DataError(
+                f"--data {root}: {len(labels)} CSV files hold class labels ({', '.join(p.name for p in labels)}); "
+                "pass the one to use as --data"
+            )
+        return labels[0] if labels else None
     return None
 
 
-def _labeled_files_from_csv(csv_path: Path) -> list[tuple[Path, str]]:
+def _labeled_files_from_csv(csv_path: Path) -> list[tuple[Path, str, str | None]]:
+    """(image, class, specimen or None) for every row of a labels CSV."""
     folder = csv_path.parent
     images = list_images(folder)
     by_stem: dict[str, Path] = {}
@@ -211,18 +273,19 @@ def _labeled_files_from_csv(csv_path: Path) -> list[tuple[Path, str]]:
         by_stem[path.name.lower()] = path
         by_stem[path.stem.lower()] = path
         by_stem.setdefault(path.stem.lower().lstrip("0") or "0", path)
-    text = csv_path.read_text(encoding="utf-8-sig", errors="replace")
-    delimiter = ";" if text.count(";") > text.count(",") else ","
-    rows = [row for row in csv.reader(text.splitlines(), delimiter=delimiter) if any(cell.strip() for cell in row)]
-    pairs = []
+    rows, delimiter = _read_csv_rows(csv_path)
+    file_column, class_column, specimen_column, has_header = _csv_columns(rows)
+    width = max(file_column, class_column, -1 if specimen_column is None else specimen_column) + 1
+    triples, first_line = [], {}
     for line_number, row in enumerate(rows, start=1):
-        if len(row) < 2:
-            raise DataError(f"{csv_path}:{line_number}: expected 'image{delimiter}class', got {delimiter.join(row)!r}")
-        image_id, class_name = row[0].strip(), row[1].strip()
+        if has_header and line_number == 1:
+            continue
+        if len(row) < width:
+            expected = delimiter.join(rows[0] if has_header else ["image", "class"])
+            raise DataError(f"{csv_path}:{line_number}: expected {expected!r}, got {delimiter.join(row)!r}")
+        image_id, class_name = row[file_column].strip(), row[class_column].strip()
         canonical = canonical_class(class_name)
         if canonical is None:
-            if line_number == 1:
-                continue  # a header row such as "ID;pattern"
             raise DataError(
                 f"{csv_path}:{line_number}: unknown class '{class_name}'; expected one of {', '.join(CLASS_ALIASES)}"
             )
@@ -231,34 +294,70 @@ def _labeled_files_from_csv(csv_path: Path) -> list[tuple[Path, str]]:
             path = folder / image_id if (folder / image_id).is_file() else None
         else:
             path = by_stem.get(key) or by_stem.get(Path(key).stem) or by_stem.get(key.lstrip("0") or "0")
-        if path is None:
+        if path is None or not _is_image(path):
             raise DataError(f"{csv_path}:{line_number}: no image file for id '{image_id}' in {folder}")
-        pairs.append((path, canonical))
-    return pairs
+        resolved = path.resolve()
+        if resolved in first_line:  # one cell twice would put it on both sides of a split
+            raise DataError(
+                f"{csv_path}:{line_number}: {path.name} is listed again (first on line {first_line[resolved]})"
+            )
+        first_line[resolved] = line_number
+        specimen = row[specimen_column].strip() or None if specimen_column is not None else None
+        triples.append((path, canonical, specimen))
+    return triples
 
 
-def find_labeled_images(root: Path) -> list[tuple[Path, str]]:
-    """(image path, canonical class) for every cell under root, in a stable order."""
+def read_specimens(specimens_csv: Path, root: Path, paths: list[Path]) -> list[str | None]:
+    """The specimen of each path from a `file,specimen` CSV (files relative to root, or absolute); None if unlisted."""
+    try:
+        rows, _ = _read_csv_rows(specimens_csv)
+    except OSError as error:
+        raise DataError(f"--specimens {specimens_csv}: cannot read ({error.strerror})") from None
+    if rows and [_squash(cell) for cell in rows[0][:2]] == ["file", "specimen"]:
+        rows = rows[1:]
+    listed: dict[Path, str] = {}
+    for line_number, row in enumerate(rows, start=2):
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(f"{specimens_csv}:{line_number}: expected 'file,specimen', got {','.join(row)!r}")
+        file = Path(row[0].strip())
+        listed[(file if file.is_absolute() else root / file).resolve()] = row[1].strip()
+    return [listed.get(path.resolve()) for path in paths]
+
+
+def find_labeled_images(root: Path, specimens_csv: str | Path | None = None) -> list[tuple[Path, str, str | None]]:
+    """(image path, canonical class, specimen or None) for every cell under root, in a stable order.
+
+    Specimens come from a specimen column of the labels CSV, else from `specimens_csv`,
+    else from a `specimens.csv` at the data root when there is one.
+    """
     if not root.exists():
         raise DataError(f"--data {root}: no such file or folder")
     csv_path = _find_csv(root)
     if csv_path is not None:
-        pairs = _labeled_files_from_csv(csv_path)
+        triples = _labeled_files_from_csv(csv_path)
     else:
-        pairs = []
+        triples = []
         for folder in sorted(path for path in root.iterdir() if path.is_dir()):
             canonical = canonical_class(folder.name)
             if canonical is None:
                 raise DataError(
                     f"{folder}: folder name is not a known class; expected one of {', '.join(CLASS_ALIASES)}"
                 )
-            pairs.extend((path, canonical) for path in list_images(folder))
-    if not pairs:
+            triples.extend((path, canonical, None) for path in list_images(folder))
+    if not triples:
         raise DataError(f"--data {root}: no cell images found; expected class folders or a CSV beside the images")
-    return pairs
+    if specimens_csv is not None and not Path(specimens_csv).is_file():
+        raise DataError(f"--specimens {specimens_csv}: no such file")
+    folder = root if root.is_dir() else root.parent
+    if specimens_csv is None and all(specimen is None for _, _, specimen in triples):
+        specimens_csv = folder / "specimens.csv" if (folder / "specimens.csv").is_file() else None
+    if specimens_csv is not None:
+        specimens = read_specimens(Path(specimens_csv), folder, [path for path, _, _ in triples])
+        triples = [(path, name, specimen) for (path, name, _), specimen in zip(triples, specimens)]
+    return triples
 
 
-def _cache_path(root: Path, pairs: list[tuple[Path, str]], image_size: int, normalize: str) -> Path:
+def _cache_path(root: Path, paths: list[Path], image_size: int, normalize: str) -> Path:
     """The preprocessed tensor cache for these exact files and this exact preprocessing.
 
     The key hashes every file's path, size and modification time together with
@@ -267,10 +366,10 @@ def _cache_path(root: Path, pairs: list[tuple[Path, str]], image_size: int, norm
     folder ($HEP2_CACHE, else $XDG_CACHE_HOME/hep2-al, else ~/.cache/hep2-al),
     never in the data folder.
     """
-    digest = hashlib.sha256(f"v1|{image_size}|{normalize}".encode())
-    for path, class_name in pairs:
+    digest = hashlib.sha256(f"v2|{image_size}|{normalize}".encode())
+    for path in paths:
         stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{class_name}\n".encode())
+        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     base = os.environ.get("HEP2_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hep2-al"
     )
@@ -283,32 +382,36 @@ def load_dataset(
     image_size: int = IMAGE_SIZE,
     normalize: str = "none",
     cache: bool = True,
+    specimens_csv: str | Path | None = None,
 ) -> CellDataset:
     """Read every labeled cell under root, keep `classes` (all found if None), resize, stack."""
     root = Path(root)
-    pairs = find_labeled_images(root)
-    found = sorted({class_name for _, class_name in pairs}, key=list(CLASS_ALIASES).index)
+    triples = find_labeled_images(root, specimens_csv)
+    found = sorted({class_name for _, class_name, _ in triples}, key=list(CLASS_ALIASES).index)
     if classes is not None:
         missing = [name for name in classes if name not in found]
         if missing:
             raise DataError(f"--classes: {', '.join(missing)} not found in {root}; it holds {', '.join(found)}")
-        pairs = [(path, class_name) for path, class_name in pairs if class_name in classes]
+        triples = [triple for triple in triples if triple[1] in classes]
         class_names = list(classes)
     else:
         class_names = found
     if len(class_names) < 2:
         raise DataError(f"--data {root}: found only the class {class_names}; expected at least two classes")
-    labels = torch.tensor([class_names.index(class_name) for _, class_name in pairs], dtype=torch.int64)
-    files = [str(path) for path, _ in pairs]
-    cache_file = _cache_path(root, pairs, image_size, normalize) if cache else None
+    paths = [path for path, _, _ in triples]
+    labels = torch.tensor([class_names.index(class_name) for _, class_name, _ in triples], dtype=torch.int64)
+    files = [str(path) for path in paths]
+    specimens = [specimen for _, _, specimen in triples]
+    specimens = None if all(specimen is None for specimen in specimens) else specimens
+    cache_file = _cache_path(root, paths, image_size, normalize) if cache else None
     if cache_file is not None and cache_file.exists():
         try:
             images = torch.load(cache_file, weights_only=True)
-            if images.shape == (len(pairs), 1, image_size, image_size):
-                return CellDataset(images, labels, class_names, files, str(root))
+            if images.shape == (len(paths), 1, image_size, image_size):
+                return CellDataset(images, labels, class_names, files, str(root), specimens)
         except Exception:
             pass  # a broken cache is rebuilt below
-    images = torch.from_numpy(np.stack([prepare_cell(read_cell(path), image_size, normalize) for path, _ in pairs]))
+    images = torch.from_numpy(np.stack([prepare_cell(read_cell(path), image_size, normalize) for path in paths]))
     images = images.unsqueeze(1)
     if cache_file is not None:
         try:
@@ -316,7 +419,7 @@ def load_dataset(
             save_atomic(images, cache_file)
         except OSError:
             pass  # a read-only home only costs the next load its speed
-    return CellDataset(images, labels, class_names, files, str(root))
+    return CellDataset(images, labels, class_names, files, str(root), specimens)
 
 
 def load_unlabeled(folder: str | Path, image_size: int = IMAGE_SIZE, normalize: str = "none"):
@@ -469,10 +572,10 @@ def synthetic_dataset(
     """The embedded default data: 'source' (5 SNPHEp-2 classes, balanced, 300 cells unless num_cells says otherwise) or
     'target' (6 LSHEp-2 classes, LSHEp-2's imbalance, 1500 cells). Same seed, same cells."""
     if kind == "source":
-        class_names, proportions = SOURCE_CLASSES, [1 / len(SOURCE_CLASSES)] * len(SOURCE_CLASSES)
+        class_names, proportions = (SOURCE_CLASSES, [1 / len(SOURCE_CLASSES)] * len(SOURCE_CLASSES))
         num_cells = num_cells or 300
     elif kind == "target":
-        class_names, proportions = TARGET_CLASSES, [TARGET_PROPORTIONS[name] for name in TARGET_CLASSES]
+        class_names, proportions = (TARGET_CLASSES, [TARGET_PROPORTIONS[name] for name in TARGET_CLASSES])
         num_cells = num_cells or 1500
     else:
         raise ValueError(f"kind must be 'source' or 'target', got {kind}")
@@ -494,10 +597,12 @@ def synthetic_dataset(
     )
 
 
-def get_dataset(data, kind, classes, image_size, normalize, seed, synthetic_cells=None):
-    """--data DIR if given, else the synthetic default of this kind ('source' or 'target')."""
+def get_dataset(data, kind, classes, image_size, normalize, seed, synthetic_cells=None, specimens=None):
+    """--data DIR if given (with --specimens FILE if given), else the synthetic default of this kind."""
     if data:
-        return load_dataset(data, classes, image_size, normalize)
+        return load_dataset(data, classes, image_size, normalize, specimens_csv=specimens)
+    if specimens:
+        raise DataError("--specimens: only with --data (the synthetic default has no specimens)")
     dataset = synthetic_dataset(kind, synthetic_cells, seed=seed, image_size=image_size)
     if classes is not None:
         missing = [name for name in classes if name not in dataset.class_names]
@@ -537,6 +642,164 @@ def stratified_split(labels: torch.Tensor, fractions: list[float], seed: int) ->
         for part, (start, stop) in enumerate(zip(cuts, cuts[1:])):
             parts[part].extend(members[start:stop])
     return [torch.tensor(sorted(part), dtype=torch.int64) for part in parts]
+
+
+# A side of a specimen split may miss its share of a class by this fraction of the class's cells; when no
+# order of whole specimens does better, the closest one found is kept.
+SPLIT_TOLERANCE = 0.05
+
+
+def _cut_specimens(sizes: list[int], shares: list[float]) -> list[int]:
+    """Cut specimens (in the given order) into sides at the cumulative shares; returns the side of each.
+
+    Each boundary goes where the running cell count comes closest to the running target,
+    leaving at least one specimen for every side with a share and none for a side without.
+    """
+    cumulative = [0]
+    for size in sizes:
+        cumulative.append(cumulative[-1] + size)
+    total, sides, boundary, target = cumulative[-1], [], 0, 0.0
+    for side, share in enumerate(shares[:-1]):
+        target += share * total
+        low = boundary + (1 if share > 0 else 0)
+        high = len(sizes) - sum(1 for later in shares[side + 1 :] if later > 0)
+        stop = boundary if share == 0 else min(range(low, high + 1), key=lambda b: abs(cumulative[b] - target))
+        sides += [side] * (stop - boundary)
+        boundary = stop
+    return sides + [len(shares) - 1] * (len(sizes) - boundary)
+
+
+def specimen_split(
+    labels: torch.Tensor,
+    specimens: list[str],
+    fractions: list[float],
+    seed: int,
+    class_names: list[str],
+    names: list[str],
+) -> list[torch.Tensor]:
+    """Split indices into len(fractions) sides, each specimen whole on one side, stratified by class (seeded).
+
+    A specimen counts for the class most of its cells have. Within each class the
+    specimens are dealt in a seeded random order and cut at the cumulative shares
+    (`_cut_specimens`), so every side with a share gets at least one specimen of
+    every class; of up to 64 orders the first whose sides all come within
+    SPLIT_TOLERANCE of their share of the class's cells is kept (else the
+    closest), so that another seed gives other test specimens.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    members: dict[str, list[int]] = {}
+    for index, specimen in enumerate(specimens):
+        members.setdefault(specimen, []).append(index)
+    label_list = labels.tolist()
+    by_class: dict[int, list[str]] = {}
+    for specimen, cells in members.items():
+        counts = torch.bincount(torch.tensor([label_list[i] for i in cells]))
+        by_class.setdefault(int(counts.argmax()), []).append(specimen)
+    total = sum(fractions)
+    shares = [fraction / total for fraction in fractions]
+    sides_needed = [name for name, share in zip(names, shares) if share > 0]
+    parts: list[list[int]] = [[] for _ in fractions]
+    for label in sorted(by_class):
+        group = sorted(by_class[label])
+        if len(group) < len(sides_needed):
+            raise DataError(
+                f"--split specimen: class '{class_names[label]}' has {len(group)} specimen(s), too few to put a whole "
+                f"one on each of the {len(sides_needed)} sides ({', '.join(sides_needed)}); add specimens of it, drop "
+                "it with --classes, use --test-fraction 0 when the data comes with its own test set, or pass "
+                "--split cells (which lets one specimen's cells sit on both sides and flatters every result)"
+            )
+        sizes = [len(members[specimen]) for specimen in group]
+        class_total, best = sum(sizes), None
+        for _ in range(64):
+            order = torch.randperm(len(group), generator=generator).tolist()
+            sides = _cut_specimens([sizes[i] for i in order], shares)
+            counts = [0] * len(shares)
+            for position, side in zip(order, sides):
+                counts[side] += sizes[position]
+            miss = max(abs(count - share * class_total) for count, share in zip(counts, shares)) / class_total
+            if best is None or miss < best[0]:
+                best = (miss, order, sides)
+            if miss <= SPLIT_TOLERANCE:
+                break
+        _, order, sides = best
+        for position, side in zip(order, sides):
+            parts[side].extend(members[group[position]])
+    return [torch.tensor(sorted(part), dtype=torch.int64) for part in parts]
+
+
+def add_split_flags(parser, sides: str) -> None:
+    """--specimens and --split, the same in every script that splits data."""
+    parser.add_argument(
+        "--specimens",
+        default=None,
+        help="CSV of file,specimen for --data (default: specimens.csv at the data root, or a specimen column)",
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        choices=["specimen", "cells"],
+        help=f"keep each specimen whole on one side of {sides}, or split cells (default: specimen when every "
+        "cell's specimen is known, else cells)",
+    )
+
+
+def resolve_split(requested: str | None, dataset: CellDataset) -> str:
+    """--split: 'specimen' or 'cells'; by default 'specimen' whenever every cell's specimen is known."""
+    specimens = dataset.specimens
+    unknown = (
+        [] if specimens is None else [file for file, specimen in zip(dataset.files, specimens) if specimen is None]
+    )
+    if requested == "cells":
+        return "cells"
+    if specimens is None:
+        if requested == "specimen":
+            raise DataError(
+                f"--split specimen: no specimens are known for {dataset.source}; put a specimens.csv (file,specimen) "
+                "at the data root, name one with --specimens, or add a specimen column to the labels CSV"
+            )
+        return "cells"
+    if unknown:
+        raise DataError(
+            f"--specimens: {len(unknown)} of {len(specimens)} cells have no specimen listed (e.g. {unknown[0]}); "
+            "list them, or pass --split cells"
+        )
+    return "specimen"
+
+
+def split_dataset(dataset: CellDataset, by: str, fractions: list[float], seed: int, names: list[str]):
+    """Indices of each side: whole specimens per side (by='specimen') or cells stratified by class ('cells')."""
+    if by == "specimen":
+        return specimen_split(dataset.labels, dataset.specimens, fractions, seed, dataset.class_names, names)
+    return stratified_split(dataset.labels, fractions, seed)
+
+
+def specimens_of(dataset: CellDataset, indices: torch.Tensor) -> list[str]:
+    """The distinct specimens of these cells, sorted; [] where specimens are unknown."""
+    if dataset.specimens is None:
+        return []
+    return sorted({dataset.specimens[i] for i in indices.tolist() if dataset.specimens[i] is not None})
+
+
+def describe_split(dataset: CellDataset, by: str, parts: list[torch.Tensor], names: list[str], seed: int) -> str:
+    """What the start of every run prints: the split, and each class's cells and specimens on each side."""
+    sizes = ", ".join(f"{name} {len(part)}" for name, part in zip(names, parts))
+    if by == "cells":
+        why = "no specimens known" if dataset.specimens is None else "--split cells"
+        return f"split: by cells ({why}; cells of one specimen may sit on both sides), seed {seed}: {sizes}"
+    lines = [f"split: by specimen (each specimen whole on one side), seed {seed}: {sizes} cells"]
+    width = max(len(name) for name in dataset.class_names)
+    lines.append(f"  {'class':<{width}}  specimens  " + "  ".join(f"{name:>12}" for name in names))
+    for label, class_name in enumerate(dataset.class_names):
+        per_side = []
+        for part in parts:
+            cells = part[dataset.labels[part] == label]
+            per_side.append(f"{len(specimens_of(dataset, cells)):>3} ({len(cells):>5})")
+        total = len(specimens_of(dataset, torch.nonzero(dataset.labels == label).squeeze(1)))
+        lines.append(f"  {class_name:<{width}}  {total:>9}  " + "  ".join(f"{side:>12}" for side in per_side))
+    lines.append(
+        f"  (specimens (cells) per side; {names[-1]} specimens: {', '.join(specimens_of(dataset, parts[-1]))})"
+    )
+    return "\n".join(lines)
 
 
 def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,10 @@ from data import (
     load_checkpoint,
     load_unlabeled,
     model_inputs,
+    parse_class_list,
     pick_device,
-    stratified_split,
+    resolve_split,
+    split_dataset,
     write_bytes_atomic,
     write_text_atomic,
 )
@@ -40,7 +42,7 @@ from model import ParallelResNet
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(num_classes, num_classes) counts; rows are the true class, columns the prediction."""
-    y_true, y_pred = torch.as_tensor(y_true).long().cpu(), torch.as_tensor(y_pred).long().cpu()
+    y_true, y_pred = (torch.as_tensor(y_true).long().cpu(), torch.as_tensor(y_pred).long().cpu())
     return torch.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
@@ -65,14 +67,43 @@ def mca_aca(y_true, y_pred, num_classes: int) -> tuple[float, float]:
     return mca, aca
 
 
-def summarize(labels: torch.Tensor, probabilities: torch.Tensor, class_names: list[str]) -> dict:
-    """Every metric this project reports, from true labels and predicted probabilities."""
+def specimen_vote(labels: torch.Tensor, predictions: torch.Tensor, specimens: list[str], num_classes: int) -> dict:
+    """Specimen-level result, as a lab reports a slide: each specimen's pattern is the majority vote of its
+    cells' predictions, compared with the majority of its cells' true classes (ties: the lower class index)."""
+    members: dict[str, list[int]] = {}
+    for index, specimen in enumerate(specimens):
+        members.setdefault(specimen, []).append(index)
+    rows = []
+    for specimen in sorted(members):
+        cells = torch.tensor(members[specimen])
+        votes = torch.bincount(predictions[cells], minlength=num_classes)
+        true = int(torch.bincount(labels[cells], minlength=num_classes).argmax())
+        predicted = int(votes.argmax())
+        rows.append(
+            {
+                "specimen": specimen,
+                "cells": len(cells),
+                "true": true,
+                "predicted": predicted,
+                "vote_share": float(votes[predicted]) / len(cells),
+            }
+        )
+    correct = sum(row["true"] == row["predicted"] for row in rows)
+    return {"specimen_accuracy": correct / len(rows) if rows else 0.0, "specimen_count": len(rows), "specimens": rows}
+
+
+def summarize(
+    labels: torch.Tensor, probabilities: torch.Tensor, class_names: list[str], specimens: list[str] | None = None
+) -> dict:
+    """Every metric this project reports, from true labels and predicted probabilities.
+
+    With each cell's specimen, also the specimen-level majority vote (specimen_vote)."""
     num_classes = len(class_names)
     predictions = probabilities.argmax(dim=1)
     confusion = confusion_matrix(labels, predictions, num_classes)
     mca, aca = mca_aca(labels, predictions, num_classes)
     loss = F.nll_loss(torch.log(probabilities.clamp_min(1e-12)), labels).item() if len(labels) else float("nan")
-    return {
+    metrics = {
         "mca": mca,
         "aca": aca,
         "loss": loss,
@@ -80,6 +111,12 @@ def summarize(labels: torch.Tensor, probabilities: torch.Tensor, class_names: li
         "per_class": dict(zip(class_names, per_class_accuracy(confusion))),
         "confusion": confusion.tolist(),
     }
+    if specimens is not None and len(labels):
+        vote = specimen_vote(torch.as_tensor(labels), predictions, specimens, num_classes)
+        for row in vote["specimens"]:
+            row["true"], row["predicted"] = (class_names[row["true"]], class_names[row["predicted"]])
+        metrics.update(vote)
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +288,17 @@ def draw_contact_sheet(cells: list, captions: list[str], path, title: str = "", 
 
 def format_report(metrics: dict, class_names: list[str]) -> str:
     lines = [f"MCA {100 * metrics['mca']:.2f}%  ACA {100 * metrics['aca']:.2f}%  ({metrics['count']} cells)"]
+    if "specimen_accuracy" in metrics:
+        correct = sum(row["true"] == row["predicted"] for row in metrics["specimens"])
+        lines.append(
+            f"specimens: {correct}/{metrics['specimen_count']} correct by majority vote of their cells "
+            f"({100 * metrics['specimen_accuracy']:.1f}%)"
+            + "".join(
+                f"; {row['specimen']} ({row['true']}) voted {row['predicted']}"
+                for row in metrics["specimens"]
+                if row["true"] != row["predicted"]
+            )
+        )
     width = max(len(name) for name in class_names)
     for name, accuracy in metrics["per_class"].items():
         lines.append(f"  {name:<{width}}  " + ("  n/a (no cells)" if accuracy is None else f"{100 * accuracy:6.2f}%"))
@@ -266,38 +314,55 @@ def format_report(metrics: dict, class_names: list[str]) -> str:
 # Command line
 
 
+def checkpoint_split(checkpoint: dict) -> tuple[str, dict | None]:
+    """(how the run split its data, {names, fractions, seed}) from a checkpoint; older ones split by cells."""
+    split = checkpoint.get("split")
+    if isinstance(split, dict):  # checkpoints written before specimen splits
+        return "cells", split
+    return split or "cells", checkpoint.get("split_parts")
+
+
 def split_of_checkpoint(checkpoint: dict, dataset, split: str):
-    """Recreate the split the checkpoint's run made (same fractions, same seed) and return one part."""
-    info = checkpoint.get("split")
+    """Recreate the split the checkpoint's run made (same sides, fractions, seed and unit) and return one side."""
+    by, info = checkpoint_split(checkpoint)
     if not info:
         raise DataError("--split: this checkpoint records no split; use --split all")
-    parts = stratified_split(dataset.labels, info["fractions"], info["seed"])
     if split not in info["names"]:
         raise DataError(f"--split {split}: this checkpoint's run made the splits {', '.join(info['names'])}")
+    parts = split_dataset(dataset, resolve_split(by, dataset), info["fractions"], info["seed"], info["names"])
     return dataset.subset(parts[info["names"].index(split)])
 
 
-def labeled_data_for(checkpoint: dict, data: str | None, split: str):
-    """The cells to evaluate, with labels in the checkpoint's class order."""
+def labeled_data_for(checkpoint: dict, data: str | None, split: str, classes=None, specimens=None):
+    """The cells to evaluate (only `classes` if given), with labels in the checkpoint's class order.
+
+    On the checkpoint's own data the run's classes are loaded and its split made again first, so
+    that `--split test` is the run's test side whatever `--classes` keeps of it."""
     run_args = checkpoint.get("args", {})
     class_names = checkpoint["class_names"]
     own_data = data is None
-    source = data if data is not None else run_args.get("data")
-    kind = checkpoint.get("data_kind", "source")
+    if classes is not None:
+        unknown = [name for name in classes if name not in class_names]
+        if unknown:
+            raise DataError(
+                f"--classes: the model does not know {', '.join(unknown)}; it knows {', '.join(class_names)}"
+            )
     dataset = get_dataset(
-        source,
-        kind,
-        None,
+        run_args.get("data") if own_data else data,
+        checkpoint.get("data_kind", "source"),
+        parse_class_list(run_args.get("classes")) if own_data else classes,
         checkpoint.get("image_size", 112),
         checkpoint.get("normalize", "none"),
         run_args.get("seed", 0),
         run_args.get("synthetic_cells"),
+        specimens if specimens is not None else (run_args.get("specimens") if own_data else None),
     )
     unknown = [name for name in dataset.class_names if name not in class_names]
     if unknown:
         where = data or "the checkpoint's data"
         raise DataError(
-            f"--checkpoint: the model knows {', '.join(class_names)}, but {where} also has {', '.join(unknown)}"
+            f"--checkpoint: the model knows {', '.join(class_names)}, but {where} also has {', '.join(unknown)}; "
+            "evaluate the classes it knows with --classes"
         )
     dataset.labels = torch.tensor([class_names.index(dataset.class_names[label]) for label in dataset.labels.tolist()])
     dataset.class_names = list(class_names)
@@ -305,7 +370,16 @@ def labeled_data_for(checkpoint: dict, data: str | None, split: str):
         split = "test" if own_data and checkpoint.get("split") else "all"
     if split != "all":
         dataset = split_of_checkpoint(checkpoint, dataset, split)
+    if classes is not None and own_data:
+        keep = torch.tensor([class_names[label] in classes for label in dataset.labels.tolist()], dtype=torch.bool)
+        dataset = dataset.subset(torch.nonzero(keep).squeeze(1))
     return dataset, split
+
+
+def known_specimens(dataset) -> list[str] | None:
+    """Each cell's specimen when every cell has one, else None (no specimen-level result)."""
+    specimens = dataset.specimens
+    return specimens if specimens is not None and all(s is not None for s in specimens) else None
 
 
 def main(argv=None):
@@ -314,6 +388,17 @@ def main(argv=None):
         "--checkpoint", default="runs/pretrained.pt", help="model to evaluate (default: runs/pretrained.pt)"
     )
     parser.add_argument("--data", default=None, help="labeled cells (default: the checkpoint's own data)")
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        help="evaluate only these classes, e.g. the 5 a checkpoint knows on data with a sixth (default: all found)",
+    )
+    parser.add_argument(
+        "--specimens",
+        default=None,
+        help="CSV of file,specimen for --data (default: specimens.csv at the data root, if any)",
+    )
     parser.add_argument(
         "--split",
         default="auto",
@@ -337,11 +422,12 @@ def main(argv=None):
         class_names = checkpoint["class_names"]
         if args.predict:
             return predict_folder(model, checkpoint, args, device)
-        dataset, split = labeled_data_for(checkpoint, args.data, args.split)
+        classes = parse_class_list(args.classes)
+        dataset, split = labeled_data_for(checkpoint, args.data, args.split, classes, args.specimens)
     except DataError as error:
         sys.exit(f"error: {error}")
     probabilities = predict_probabilities(model, dataset.images, device, args.batch_size)
-    metrics = summarize(dataset.labels, probabilities, class_names)
+    metrics = summarize(dataset.labels, probabilities, class_names, known_specimens(dataset))
     png = args.png or str(Path(args.checkpoint).with_name("confusion.png"))
     draw_confusion(
         metrics["confusion"], class_names, png, f"{Path(args.checkpoint).name} on {dataset.source} ({split})"

@@ -10,6 +10,11 @@ loss) is what active.py fine-tunes on the target.
     python train.py --data DIR [--classes homogeneous coarse_speckled ...]
     python train.py --resume                             # continue a killed run
 
+When the specimen of each cell is known (a specimens.csv at the data root, --specimens FILE,
+or a specimen column in the labels CSV), train, validation and test hold different
+specimens, so the validation loss that picks the epoch and the test result both measure
+cells of specimens the network never saw (--split cells turns this off).
+
 Writes runs/pretrained.pt (read by active.py by default) and, after every
 epoch, runs/pretrained.pt.state so that a killed run resumes where it was.
 """
@@ -24,15 +29,19 @@ import torch.nn.functional as F
 
 from data import (
     DataError,
+    add_split_flags,
+    describe_split,
     get_dataset,
     load_checkpoint,
     model_inputs,
     parse_class_list,
     pick_device,
+    resolve_split,
     rotation_angles,
     save_atomic,
     seed_everything,
-    stratified_split,
+    specimens_of,
+    split_dataset,
 )
 from evaluate import draw_confusion, format_report, predict_probabilities, summarize
 from model import ParallelResNet, trainable_parameters
@@ -81,6 +90,7 @@ def main(argv=None):
         default=200,
         help="size of the synthetic source when no --data is given (default: 200)",
     )
+    add_split_flags(parser, "train/validation/test")
     parser.add_argument("--out", default="runs/pretrained.pt", help="best checkpoint (default: runs/pretrained.pt)")
     parser.add_argument("--epochs", type=int, default=30, help="maximum epochs (default: 30; the paper stopped at 32)")
     parser.add_argument(
@@ -103,7 +113,8 @@ def main(argv=None):
         "--test-fraction",
         type=float,
         default=0.15,
-        help="test share, reported once at the end and never used for training (default: 0.15)",
+        help="test share, reported once at the end and never used for training; 0 when the data comes with "
+        "its own test set (default: 0.15)",
     )
     parser.add_argument(
         "--image-size", type=int, default=112, help="cells are resized to this (default: 112, Sec. 3.1)"
@@ -139,18 +150,20 @@ def run(args):
     seed_everything(args.seed)
     classes = parse_class_list(args.classes)
     dataset = get_dataset(
-        args.data, "source", classes, args.image_size, args.normalize, args.seed, args.synthetic_cells
+        args.data, "source", classes, args.image_size, args.normalize, args.seed, args.synthetic_cells, args.specimens
     )
+    # Train, validation and test on different specimens: the validation loss picks the epoch (Sec. 3.1), so
+    # it must measure what generalises to unseen specimens, not what recognises the training ones.
     names = ["train", "val", "test"]
     fractions = [1 - args.val_fraction - args.test_fraction, args.val_fraction, args.test_fraction]
-    train_idx, val_idx, test_idx = stratified_split(dataset.labels, fractions, args.seed)
+    split = resolve_split(args.split, dataset)
+    train_idx, val_idx, test_idx = split_dataset(dataset, split, fractions, args.seed, names)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise DataError(f"--data: {len(dataset)} cells are too few to split into train and validation sets")
     train_set, val_set, test_set = (dataset.subset(part) for part in (train_idx, val_idx, test_idx))
     print(f"data: {dataset.source}, {len(dataset)} cells, classes {', '.join(dataset.class_names)}")
-    print(
-        f"split: {len(train_set)} train x {args.rotations} rotations, {len(val_set)} validation, {len(test_set)} test"
-    )
+    print(describe_split(dataset, split, [train_idx, val_idx, test_idx], names, args.seed))
+    print(f"training on {len(train_set)} cells x {args.rotations} rotations")
 
     model = ParallelResNet(len(dataset.class_names)).to(device)
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=args.lr)
@@ -161,13 +174,19 @@ def run(args):
         "data_kind": "source",
         "image_size": args.image_size,
         "normalize": args.normalize,
-        "split": {"names": names, "fractions": fractions, "seed": args.seed},
+        "split": split,
+        "split_parts": {"names": names, "fractions": fractions, "seed": args.seed},
+        "test_specimens": specimens_of(dataset, test_idx),
     }
     state_path = Path(args.out).with_name(Path(args.out).name + ".state")
     start_epoch, best_loss, bad_epochs, history = 1, float("inf"), 0, []
     if args.resume and state_path.exists():
         state = load_checkpoint(state_path, "--resume")
-        if state["class_names"] != dataset.class_names or state["args"].get("data") != args.data:
+        if (
+            state["class_names"] != dataset.class_names
+            or state["args"].get("data") != args.data
+            or state.get("split") != split
+        ):
             raise DataError(f"--resume: {state_path} was made on other data or classes; remove it or drop --resume")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -234,7 +253,10 @@ def run(args):
     metrics = dict(best["metrics"])
     if len(test_set):
         metrics["test"] = summarize(
-            test_set.labels, predict_probabilities(model, test_set.images, device), dataset.class_names
+            test_set.labels,
+            predict_probabilities(model, test_set.images, device),
+            dataset.class_names,
+            test_set.specimens if split == "specimen" else None,
         )
         draw_confusion(
             metrics["test"]["confusion"],
@@ -246,7 +268,7 @@ def run(args):
     val = metrics["val"]
     print(f"best epoch {best['epoch']}: validation MCA {100 * val['mca']:.2f}% ACA {100 * val['aca']:.2f}%")
     if "test" in metrics:
-        print("test split: " + format_report(metrics["test"], dataset.class_names))
+        print(f"test split ({split}): " + format_report(metrics["test"], dataset.class_names))
     print(f"checkpoint written to {args.out}")
     return {"checkpoint": args.out, "metrics": metrics, "history": history}
 

@@ -184,9 +184,10 @@ def test_grid_writes_tables_and_plots_and_completes_a_half_finished_grid(pretrai
     rows = active.main(flags)
     assert len(rows) == 8
     lines = (out / "results.csv").read_text().splitlines()
-    assert lines[0].startswith("case,limit,seed,labeled,mca,aca,homogeneous") and len(lines) == 9
+    assert lines[0].startswith("case,limit,seed,split,labeled,mca,aca,specimen_accuracy,homogeneous") and len(lines) == 9
+    assert all(line.split(",")[3] == "cells" for line in lines[1:])  # synthetic cells have no specimens
     summary = (out / "summary.md").read_text()
-    assert "| IN-AL | 0.3 | 2 |" in summary and "| RS | 1 | 2 |" in summary
+    assert "| IN-AL | 0.3 | cells | 2 |" in summary and "| RS | 1 | cells | 2 |" in summary
     for name in ["mca_aca.png", "hardest_classes.png", "confusion-rs-limit0.3.png", "confusion-in-al-limit1.png"]:
         assert (out / name).stat().st_size > 1000
     # At 100% there is nothing to choose: one round, every pool cell labeled; IN-AL's cell is IN-RS's run.
@@ -206,7 +207,7 @@ def test_grid_writes_tables_and_plots_and_completes_a_half_finished_grid(pretrai
     summarized = active.main(flags + ["--summarize-only"])  # runs nothing, tabulates the six finished runs
     assert len(summarized) == 6 and not started and not resumed
     assert len((out / "results.csv").read_text().splitlines()) == 7
-    assert "| RS | 1 | 1 |" in (out / "summary.md").read_text()
+    assert "| RS | 1 | cells | 1 |" in (out / "summary.md").read_text()
     again = active.main(flags)
     assert len(started) == 2 and len(resumed) == 1  # rs-limit1-seed1 afresh; in-al-limit0.3-seed1 resumed (+ its run)
     assert [r["results"]["mca"] for r in again] == [r["results"]["mca"] for r in rows]
@@ -230,7 +231,7 @@ def test_at_full_budget_active_learning_and_random_sampling_are_the_same_run(tmp
     rows = active.main(grid_flags + base)
     assert len(started) == 1 and [row["case"] for row in rows] == ["rs", "al"]
     assert rows[0]["results"]["confusion"] == rows[1]["results"]["confusion"] == random_run["confusion"]
-    assert "| AL | 1 | 1 |" in (tmp_path / "grid" / "summary.md").read_text()
+    assert "| AL | 1 | cells | 1 |" in (tmp_path / "grid" / "summary.md").read_text()
 
 
 def test_epoch_lines_show_progress_in_a_long_round_and_change_nothing(tmp_path, monkeypatch, capsys):
