@@ -6,14 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 from PIL import Image
 
 import active
 import data
 import evaluate
 import train
-from data import DataError, SPLIT_TOLERANCE, load_dataset, resolve_split, specimen_split
+from data import SPLIT_TOLERANCE, DataError, load_dataset, resolve_split, specimen_split
 
 
 def sides_of(parts, specimens):
