@@ -7,6 +7,7 @@ import torch
 from conftest import TINY
 
 import active
+import data
 import evaluate
 from active import entropy, least_confidence, margin, round_sizes, select_most_uncertain
 from model import ParallelResNet
@@ -184,7 +185,9 @@ def test_grid_writes_tables_and_plots_and_completes_a_half_finished_grid(pretrai
     rows = active.main(flags)
     assert len(rows) == 8
     lines = (out / "results.csv").read_text().splitlines()
-    assert lines[0].startswith("case,limit,seed,split,labeled,mca,aca,specimen_accuracy,homogeneous") and len(lines) == 9
+    assert (
+        lines[0].startswith("case,limit,seed,split,labeled,mca,aca,specimen_accuracy,homogeneous") and len(lines) == 9
+    )
     assert all(line.split(",")[3] == "cells" for line in lines[1:])  # synthetic cells have no specimens
     summary = (out / "summary.md").read_text()
     assert "| IN-AL | 0.3 | cells | 2 |" in summary and "| RS | 1 | cells | 2 |" in summary
@@ -250,20 +253,25 @@ def test_epoch_lines_show_progress_in_a_long_round_and_change_nothing(tmp_path, 
 
 
 def test_cached_loop_matches_the_full_network_loop(pretrained, tmp_path):
-    """The optimised path (cached frozen layers, float16) against --no-cache (whole network every step)."""
+    """The optimised path (cached frozen layers, float16) against --no-cache (whole network every step).
+
+    Only what must agree on any machine is compared: a tiny run's test metrics and later queries hinge on
+    close calls that float16 rounding can flip, and then the two runs drift apart as two seeds do."""
     common = TINY + ["--synthetic-cells", "300", "--limit", "0.3", "--max-epochs", "3", "--checkpoint", str(pretrained)]
     cached = active.main(common + ["--out", str(tmp_path / "cached")])
     full = active.main(common + ["--no-cache", "--out", str(tmp_path / "full")])
     cached_rows = list(csv.DictReader((tmp_path / "cached" / "labeled.csv").open()))
     full_rows = list(csv.DictReader((tmp_path / "full" / "labeled.csv").open()))
-
-    def chosen(rows, round_index):
-        return [row["index"] for row in rows if row["round"] == str(round_index)]
-
-    assert chosen(cached_rows, 0) == chosen(full_rows, 0)  # the same random seed set
-    # Trained on the same seed set, the two networks differ only by float16 rounding: the same round-0
-    # metrics, and round 1 asks for (nearly) the same cells. Later rounds drift apart as two seeds do.
-    assert abs(cached["rounds"][0]["mca"] - full["rounds"][0]["mca"]) <= 0.02
-    first_queries = set(chosen(cached_rows, 1)) & set(chosen(full_rows, 1))
-    assert len(first_queries) >= 0.8 * len(chosen(full_rows, 1))
-    assert abs(cached["mca"] - full["mca"]) <= 0.1 and abs(cached["aca"] - full["aca"]) <= 0.1
+    seed_set = [row["index"] for row in cached_rows if row["round"] == "0"]
+    assert seed_set == [row["index"] for row in full_rows if row["round"] == "0"]  # the same random seed set
+    # Round 0 trains the same weights on the same cells in the same order: a continuous quantity, its training
+    # loss, agrees closely (float16 features round the inputs of the trainable layers by about 1e-3).
+    assert cached["rounds"][0]["train_loss"] == pytest.approx(full["rounds"][0]["train_loss"], rel=0.02)
+    # Given the same model, the two paths score the pool alike: what every later round selects from.
+    model = evaluate.model_from_checkpoint(torch.load(tmp_path / "cached" / "model.pt", weights_only=True), "cpu")
+    dataset = data.synthetic_dataset("target", 300, seed=0, image_size=32)
+    everything = torch.arange(len(dataset))
+    cache = active.early_feature_cache(model, dataset.images, "cpu")
+    through_cache = active.probabilities_of(model, active.forward_fn(model, dataset.images, cache, "cpu"), everything)
+    through_network = active.probabilities_of(model, active.forward_fn(model, dataset.images, None, "cpu"), everything)
+    assert (entropy(through_cache) - entropy(through_network)).abs().max() < 0.01
