@@ -296,7 +296,9 @@ def data_fingerprint(dataset) -> dict:
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument(
         "--limit", type=float, default=0.2, help="labeling budget as a fraction of the pool (default: 0.2)"
     )
@@ -683,7 +685,7 @@ def grid(argv):
     state.pt is resumed, so rerunning the command completes a half-finished
     grid. Writes OUT/results.csv, OUT/summary.md and the plots.
     """
-    parser = argparse.ArgumentParser(prog="active.py grid", description=grid.__doc__)
+    parser = argparse.ArgumentParser(prog="active.py grid", description=grid.__doc__, allow_abbrev=False)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="(default: all four)")
     parser.add_argument(
         "--limits", nargs="+", type=float, default=[0.1, 0.2, 0.4, 1.0], help="(default: 0.1 0.2 0.4 1)"
@@ -696,9 +698,11 @@ def grid(argv):
         help="run nothing: write the tables and plots from the runs finished so far (default: off)",
     )
     grid_args, run_flags = parser.parse_known_args(argv)
-    for flag in ("--limit", "--seed", "--scratch", "--strategy", "--resume"):
-        if flag in run_flags:
-            sys.exit(f"error: {flag} is set by the grid itself (use --cases, --limits, --seeds)")
+    instead = {"--limit": "--limits", "--seed": "--seeds", "--scratch": "--cases", "--strategy": "--cases"}
+    for flag in list(instead) + ["--resume"]:
+        if any(given == flag or given.startswith(flag + "=") for given in run_flags):
+            use = f"use {instead[flag]}" if flag in instead else "rerun the grid command to resume its runs"
+            sys.exit(f"error: {flag} is set by the grid itself; {use}")
     base = build_parser().parse_args(run_flags)  # rejects unknown flags with argparse's message
     out = Path(grid_args.out)
     rows = []
@@ -873,7 +877,9 @@ def load_campaign(folder: Path) -> dict:
 
 
 def campaign_parser(command: str):
-    parser = argparse.ArgumentParser(prog=f"active.py {command}", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"active.py {command}", description=__doc__.split("\n")[0], allow_abbrev=False
+    )
     if command == "query":
         parser.add_argument("--pool", required=True, help="folder of unlabeled cell images")
         parser.add_argument(

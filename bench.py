@@ -102,7 +102,9 @@ def peak_child_memory_gib() -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--data", default=None, help="target cells (default: the synthetic target)")
     parser.add_argument(
         "--checkpoint", default="runs/pretrained.pt", help="pretrained network (default: runs/pretrained.pt)"

@@ -383,7 +383,9 @@ def known_specimens(dataset) -> list[str] | None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument(
         "--checkpoint", default="runs/pretrained.pt", help="model to evaluate (default: runs/pretrained.pt)"
     )

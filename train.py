@@ -74,7 +74,9 @@ def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, g
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument(
         "--data", default=None, help="labeled source cells (default: the embedded synthetic 5-class set)"
     )

@@ -275,3 +275,25 @@ def test_cached_loop_matches_the_full_network_loop(pretrained, tmp_path):
     through_cache = active.probabilities_of(model, active.forward_fn(model, dataset.images, cache, "cpu"), everything)
     through_network = active.probabilities_of(model, active.forward_fn(model, dataset.images, None, "cpu"), everything)
     assert (entropy(through_cache) - entropy(through_network)).abs().max() < 0.01
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--limit", "0.2"], "--limit is set by the grid itself; use --limits"),
+        (["--seed=1"], "--seed is set by the grid itself; use --seeds"),
+        (["--summarize"], "unrecognized arguments: --summarize"),  # no prefix matching of --summarize-only
+    ],
+)
+def test_grid_refuses_singular_and_abbreviated_flags(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        active.main(["grid", "--out", str(tmp_path / "grid")] + flags)
+    assert message in str(exit_info.value) + capsys.readouterr().err
+    assert not (tmp_path / "grid").exists()  # nothing ran
+
+
+def test_no_cli_prefix_matches_a_flag(tmp_path, capsys):
+    for main, flags in [(active.main, ["--lim", "0.2"]), (evaluate.main, ["--check", "x.pt"])]:
+        with pytest.raises(SystemExit):
+            main(flags)
+        assert "unrecognized arguments" in capsys.readouterr().err
