@@ -57,10 +57,10 @@ from data import (
     parse_class_list,
     pick_device,
     read_cell,
-    read_specimens,
     resolve_split,
     save_atomic,
     seed_everything,
+    specimens_in,
     specimens_of,
     split_dataset,
     write_text_atomic,
@@ -162,7 +162,7 @@ def forward_fn(model: ParallelResNet, images: torch.Tensor, cache, device):
         early_approximation, early_details = cache
 
         def forward(index):
-            inputs = (early_approximation[index].to(device).float(), early_details[index].to(device).float())
+            inputs = early_approximation[index].to(device).float(), early_details[index].to(device).float()
             return model.head(model.late_features(*inputs))
 
     else:
@@ -197,7 +197,7 @@ def fine_tune(model, forward, labels, labeled, args, generator, device):
     """
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=args.lr)
     model.train()
-    best, bad, epoch, seen, epoch_loss, best_weights = (float("inf"), 0, 0, 0, float("nan"), None)
+    best, bad, epoch, seen, epoch_loss, best_weights = float("inf"), 0, 0, 0, float("nan"), None
     labeled = torch.as_tensor(labeled)
     started = last_line = time.time()
     while epoch < args.max_epochs and bad < args.patience:
@@ -418,8 +418,8 @@ def resume(args, given: dict):
         raise DataError(f"--resume {args.resume}: no state.pt in that folder")
     state = load_checkpoint(state_path, "--resume")
     saved = argparse.Namespace(**state["args"])
-    keys = ("data", "limit", "classes", "strategy", "scratch", "seed", "k", "m", "checkpoint", "round_start", "split")
-    for key in keys + ("specimens",):
+    fixed = ("data", "specimens", "split", "limit", "classes", "strategy", "scratch", "seed", "k", "m")
+    for key in fixed + ("checkpoint", "round_start"):
         if key in given and given[key] != getattr(saved, key):
             raise DataError(
                 f"--resume {args.resume}: the run was made with --{key.replace('_', '-')} {getattr(saved, key)}, "
@@ -453,7 +453,7 @@ def run(args, state=None):
     pretrained = None
     if not args.scratch:  # the target cells must be prepared exactly as the source cells were
         pretrained = load_checkpoint(args.checkpoint)
-        args.image_size, args.normalize = (pretrained.get("image_size", 112), pretrained.get("normalize", "none"))
+        args.image_size, args.normalize = pretrained.get("image_size", 112), pretrained.get("normalize", "none")
     dataset = get_dataset(
         args.data, "target", classes, args.image_size, args.normalize, args.seed, args.synthetic_cells, args.specimens
     )
@@ -596,10 +596,12 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
     device = next(model.parameters()).device
     # Recompute the final test metrics with the full network: they must equal the cached path's.
     forward = forward_fn(model, dataset.images, None, device)
-    test_specimens = [dataset.specimens[i] for i in test.tolist()] if args.split == "specimen" else None
+    # The specimen vote only where the test side holds whole specimens.
+    cell_specimens = [dataset.specimens[i] for i in test.tolist()] if args.split == "specimen" else None
     metrics = summarize(
-        dataset.labels[test], probabilities_of(model, forward, test), dataset.class_names, test_specimens
+        dataset.labels[test], probabilities_of(model, forward, test), dataset.class_names, cell_specimens
     )
+    test_specimens = specimens_of(dataset, test)
     split = {"names": ["pool", "test"], "fractions": [1 - args.test_fraction, args.test_fraction], "seed": args.seed}
     checkpoint = {
         "model": model.state_dict(),
@@ -610,7 +612,7 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
         "data_kind": "target",
         "split": args.split,
         "split_parts": split,
-        "test_specimens": specimens_of(dataset, test),
+        "test_specimens": test_specimens,
         "image_size": args.image_size,
         "normalize": args.normalize,
     }
@@ -637,7 +639,7 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
         "per_class": metrics["per_class"],
         "confusion": metrics["confusion"],
         "split": args.split,
-        "test_specimens": specimens_of(dataset, test),
+        "test_specimens": test_specimens,
         "specimen_accuracy": metrics.get("specimen_accuracy"),
         "specimen_results": metrics.get("specimens"),
         "budget": budget,
@@ -946,10 +948,7 @@ def start_campaign(args) -> dict:
     model = transfer_model(pretrained, len(classes), device)
     images, files = load_unlabeled(pool, pretrained.get("image_size", 112), pretrained.get("normalize", "none"))
     names = [Path(file).name for file in files]
-    specimens_csv = args.specimens or (pool / "specimens.csv" if (pool / "specimens.csv").is_file() else None)
-    if specimens_csv is not None and not Path(specimens_csv).is_file():
-        raise DataError(f"--specimens {specimens_csv}: no such file")
-    specimens = read_specimens(Path(specimens_csv), pool, [Path(f) for f in files]) if specimens_csv else []
+    specimens = specimens_in(pool, [Path(file) for file in files], args.specimens) or []
     state = {
         "pool": str(pool.resolve()),
         "specimens": {name: specimen for name, specimen in zip(names, specimens) if specimen is not None},

@@ -324,6 +324,15 @@ def read_specimens(specimens_csv: Path, root: Path, paths: list[Path]) -> list[s
     return [listed.get(path.resolve()) for path in paths]
 
 
+def specimens_in(folder: Path, paths: list[Path], specimens_csv: str | Path | None = None) -> list[str | None] | None:
+    """Each path's specimen from --specimens FILE, else from folder/specimens.csv; None when neither exists."""
+    if specimens_csv is not None and not Path(specimens_csv).is_file():
+        raise DataError(f"--specimens {specimens_csv}: no such file")
+    if specimens_csv is None and (folder / "specimens.csv").is_file():
+        specimens_csv = folder / "specimens.csv"
+    return None if specimens_csv is None else read_specimens(Path(specimens_csv), folder, paths)
+
+
 def find_labeled_images(root: Path, specimens_csv: str | Path | None = None) -> list[tuple[Path, str, str | None]]:
     """(image path, canonical class, specimen or None) for every cell under root, in a stable order.
 
@@ -346,18 +355,15 @@ def find_labeled_images(root: Path, specimens_csv: str | Path | None = None) -> 
             triples.extend((path, canonical, None) for path in list_images(folder))
     if not triples:
         raise DataError(f"--data {root}: no cell images found; expected class folders or a CSV beside the images")
-    if specimens_csv is not None and not Path(specimens_csv).is_file():
-        raise DataError(f"--specimens {specimens_csv}: no such file")
-    folder = root if root.is_dir() else root.parent
-    if specimens_csv is None and all(specimen is None for _, _, specimen in triples):
-        specimens_csv = folder / "specimens.csv" if (folder / "specimens.csv").is_file() else None
-    if specimens_csv is not None:
-        specimens = read_specimens(Path(specimens_csv), folder, [path for path, _, _ in triples])
+    if specimens_csv is None and any(specimen is not None for _, _, specimen in triples):
+        return triples  # the labels CSV's specimen column
+    specimens = specimens_in(root if root.is_dir() else root.parent, [path for path, _, _ in triples], specimens_csv)
+    if specimens is not None:
         triples = [(path, name, specimen) for (path, name, _), specimen in zip(triples, specimens)]
     return triples
 
 
-def _cache_path(root: Path, paths: list[Path], image_size: int, normalize: str) -> Path:
+def _cache_path(root: Path, pairs: list[tuple[Path, str]], image_size: int, normalize: str) -> Path:
     """The preprocessed tensor cache for these exact files and this exact preprocessing.
 
     The key hashes every file's path, size and modification time together with
@@ -366,10 +372,10 @@ def _cache_path(root: Path, paths: list[Path], image_size: int, normalize: str) 
     folder ($HEP2_CACHE, else $XDG_CACHE_HOME/hep2-al, else ~/.cache/hep2-al),
     never in the data folder.
     """
-    digest = hashlib.sha256(f"v2|{image_size}|{normalize}".encode())
-    for path in paths:
+    digest = hashlib.sha256(f"v1|{image_size}|{normalize}".encode())
+    for path, class_name in pairs:
         stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{class_name}\n".encode())
     base = os.environ.get("HEP2_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hep2-al"
     )
@@ -403,7 +409,9 @@ def load_dataset(
     files = [str(path) for path in paths]
     specimens = [specimen for _, _, specimen in triples]
     specimens = None if all(specimen is None for specimen in specimens) else specimens
-    cache_file = _cache_path(root, paths, image_size, normalize) if cache else None
+    cache_file = (
+        _cache_path(root, [(path, name) for path, name, _ in triples], image_size, normalize) if cache else None
+    )
     if cache_file is not None and cache_file.exists():
         try:
             images = torch.load(cache_file, weights_only=True)
@@ -572,10 +580,10 @@ def synthetic_dataset(
     """The embedded default data: 'source' (5 SNPHEp-2 classes, balanced, 300 cells unless num_cells says otherwise) or
     'target' (6 LSHEp-2 classes, LSHEp-2's imbalance, 1500 cells). Same seed, same cells."""
     if kind == "source":
-        class_names, proportions = (SOURCE_CLASSES, [1 / len(SOURCE_CLASSES)] * len(SOURCE_CLASSES))
+        class_names, proportions = SOURCE_CLASSES, [1 / len(SOURCE_CLASSES)] * len(SOURCE_CLASSES)
         num_cells = num_cells or 300
     elif kind == "target":
-        class_names, proportions = (TARGET_CLASSES, [TARGET_PROPORTIONS[name] for name in TARGET_CLASSES])
+        class_names, proportions = TARGET_CLASSES, [TARGET_PROPORTIONS[name] for name in TARGET_CLASSES]
         num_cells = num_cells or 1500
     else:
         raise ValueError(f"kind must be 'source' or 'target', got {kind}")

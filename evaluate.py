@@ -42,7 +42,7 @@ from model import ParallelResNet
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(num_classes, num_classes) counts; rows are the true class, columns the prediction."""
-    y_true, y_pred = (torch.as_tensor(y_true).long().cpu(), torch.as_tensor(y_pred).long().cpu())
+    y_true, y_pred = torch.as_tensor(y_true).long().cpu(), torch.as_tensor(y_pred).long().cpu()
     return torch.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
@@ -114,7 +114,7 @@ def summarize(
     if specimens is not None and len(labels):
         vote = specimen_vote(torch.as_tensor(labels), predictions, specimens, num_classes)
         for row in vote["specimens"]:
-            row["true"], row["predicted"] = (class_names[row["true"]], class_names[row["predicted"]])
+            row["true"], row["predicted"] = class_names[row["true"]], class_names[row["predicted"]]
         metrics.update(vote)
     return metrics
 

@@ -189,7 +189,9 @@ def run(args):
             or state["args"].get("data") != args.data
             or state.get("split") != split
         ):
-            raise DataError(f"--resume: {state_path} was made on other data or classes; remove it or drop --resume")
+            raise DataError(
+                f"--resume: {state_path} was made on other data, classes or split; remove it or drop --resume"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
