@@ -1,8 +1,9 @@
 """Active learning on the target dataset with the pretrained networks (paper Sec. 2.2, Table 1, Fig. 7, Sec. 3.1-3.3).
 
 The loop (Table 1):
- 1. split the target 80/20 (stratified, seeded): the 80% is the unlabeled pool,
-    the 20% the test set, used only to report MCA and ACA after each round;
+ 1. split the target 80/20 (stratified, seeded; each specimen whole on one side
+    when specimens are known): the 80% is the unlabeled pool, the 20% the test
+    set, used only to report MCA and ACA after each round;
  2. budget = limit x pool size; label k = 15% of it at random (the simulated
     oracle reveals the stored labels);
  3. fine-tune on everything labeled so far: with the pretrained checkpoint
@@ -25,6 +26,9 @@ A run directory (--out, default runs/<case>-limit<limit>-seed<seed>) gets
 state.pt after every round, so `python active.py --resume RUN_DIR` continues a
 killed run; at the end results.json, labeled.csv, model.pt and confusion.png.
 
+The grid of cases x limits x seeds is experiments.py; campaign.py puts a person
+in the oracle's place.
+
 Speed: the frozen layers give each image the same output in every round, so
 with a pretrained checkpoint their output is computed once for the whole
 dataset (`early_feature_cache`) and every round trains and scores only the
@@ -33,7 +37,6 @@ layers above it. --no-cache runs the full network every step instead.
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import sys
@@ -45,31 +48,23 @@ import torch.nn.functional as F
 
 from data import (
     SHORT_NAMES,
-    TARGET_CLASSES,
     DataError,
     add_split_flags,
-    canonical_class,
     describe_split,
     get_dataset,
     load_checkpoint,
-    load_unlabeled,
     model_inputs,
     parse_class_list,
     pick_device,
-    read_cell,
     resolve_split,
     save_atomic,
     seed_everything,
-    specimens_in,
     specimens_of,
     split_dataset,
     write_text_atomic,
 )
 from evaluate import (
-    draw_bar_chart,
     draw_confusion,
-    draw_contact_sheet,
-    draw_line_chart,
     model_from_checkpoint,
     summarize,
 )
@@ -393,10 +388,9 @@ def build_parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["grid"]:
-        return grid(argv[1:])
-    if argv[:1] in (["query"], ["ingest"], ["status"]):
-        return campaign_main(argv[0], argv[1:])
+    if argv[:1] in (["grid"], ["query"], ["ingest"], ["status"]):  # subcommands that became scripts of their own
+        script = "experiments.py" if argv[0] == "grid" else f"campaign.py {argv[0]}"
+        sys.exit(f"error: `active.py {argv[0]}` is now `python {script}`")
     parser = build_parser()
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
@@ -660,535 +654,6 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
         f"with {len(labeled)} labels ({len(labeled) / len(pool):.1%} of the pool); run written to {out}"
     )
     return results
-
-
-# ---------------------------------------------------------------------------------------------
-# The experiment grid (Sec. 3.2, 3.3, Figs. 11-17): cases x limits x seeds through the same run()
-
-CASES = {
-    "rs": ["--scratch", "--strategy", "random"],
-    "al": ["--scratch"],
-    "in-rs": ["--strategy", "random"],
-    "in-al": [],
-}
-HARDEST = ["golgi", "nuclear_membrane", "speckled"]  # Fig. 15
-# Sec. 3.3: "the 100% case ... There was no active learning process in this case since all the data were
-# supposed to be labeled", so AL and RS coincide there. round_sizes() makes both one round of the whole pool
-# with the same random order and the same training, so the grid runs that cell once and reports it for both.
-SAME_RUN_AT_FULL_BUDGET = {"al": "rs", "in-al": "in-rs"}
-
-
-def grid(argv):
-    """python active.py grid [--cases ...] [--limits ...] [--seeds ...] [--out DIR] [any active.py flag]
-
-    Runs every (case, limit, seed) into OUT/<case>-limit<limit>-seed<seed>
-    (at limit 1, AL's cell is RS's run and IN-AL's is IN-RS's: Sec. 3.3);
-    a run with results.json is finished and read back, a run with only
-    state.pt is resumed, so rerunning the command completes a half-finished
-    grid. Writes OUT/results.csv, OUT/summary.md and the plots.
-    """
-    parser = argparse.ArgumentParser(prog="active.py grid", description=grid.__doc__, allow_abbrev=False)
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="(default: all four)")
-    parser.add_argument(
-        "--limits", nargs="+", type=float, default=[0.1, 0.2, 0.4, 1.0], help="(default: 0.1 0.2 0.4 1)"
-    )
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="(default: 0 1 2)")
-    parser.add_argument("--out", default="runs/grid", help="grid directory (default: runs/grid)")
-    parser.add_argument(
-        "--summarize-only",
-        action="store_true",
-        help="run nothing: write the tables and plots from the runs finished so far (default: off)",
-    )
-    grid_args, run_flags = parser.parse_known_args(argv)
-    instead = {"--limit": "--limits", "--seed": "--seeds", "--scratch": "--cases", "--strategy": "--cases"}
-    for flag in list(instead) + ["--resume"]:
-        if any(given == flag or given.startswith(flag + "=") for given in run_flags):
-            use = f"use {instead[flag]}" if flag in instead else "rerun the grid command to resume its runs"
-            sys.exit(f"error: {flag} is set by the grid itself; {use}")
-    base = build_parser().parse_args(run_flags)  # rejects unknown flags with argparse's message
-    out = Path(grid_args.out)
-    rows = []
-    try:
-        for case in grid_args.cases:
-            for limit in grid_args.limits:
-                for seed in grid_args.seeds:
-                    run_case = SAME_RUN_AT_FULL_BUDGET.get(case, case) if limit >= 1 else case
-                    run_dir = out / f"{run_case}-limit{limit:g}-seed{seed}"
-                    if run_case != case:
-                        print(
-                            f"grid: {case}-limit{limit:g}-seed{seed} is {run_dir.name} (Sec. 3.3: no selection at 100%)"
-                        )
-                    if (run_dir / "results.json").exists():
-                        results = json.loads((run_dir / "results.json").read_text())
-                        print(f"grid: {run_dir.name} finished earlier")
-                    elif grid_args.summarize_only:
-                        print(f"grid: {run_dir.name} not finished, left out")
-                        continue
-                    elif (run_dir / "state.pt").exists():
-                        print(f"grid: resuming {run_dir.name}")
-                        results = resume(argparse.Namespace(resume=str(run_dir), device=base.device), {})
-                    else:
-                        print(f"grid: running {run_dir.name}")
-                        flags = run_flags + CASES[run_case] + ["--limit", str(limit), "--seed", str(seed)]
-                        results = run(build_parser().parse_args(flags + ["--out", str(run_dir)]))
-                    rows.append({"case": case, "limit": limit, "seed": seed, "results": results})
-                    write_grid_results(rows, out)
-    except DataError as error:
-        sys.exit(f"error: {error}")
-    if not rows:
-        sys.exit(f"error: --out {out}: no finished run of this grid to summarize")
-    write_grid_summary(rows, out)
-    return rows
-
-
-def write_grid_results(rows, out: Path) -> None:
-    """results.csv: one row per finished run, rewritten (atomically) after every run."""
-    class_names = list(rows[0]["results"]["per_class"])
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(
-        ["case", "limit", "seed", "split", "labeled", "mca", "aca", "specimen_accuracy", *class_names, "seconds"]
-    )
-    for row in rows:
-        results = row["results"]
-        per_class = [
-            ("" if results["per_class"][name] is None else f"{results['per_class'][name]:.4f}") for name in class_names
-        ]
-        writer.writerow(
-            [
-                row["case"],
-                row["limit"],
-                row["seed"],
-                results.get("split", "cells"),  # runs from before specimen splits split cells
-                results["labeled"],
-                f"{results['mca']:.4f}",
-                f"{results['aca']:.4f}",
-                "" if results.get("specimen_accuracy") is None else f"{results['specimen_accuracy']:.4f}",
-                *per_class,
-                f"{results.get('seconds', 0):.0f}",
-            ]
-        )
-    write_text_atomic(buffer.getvalue(), out / "results.csv")
-
-
-def _mean_std(values):
-    values = torch.tensor(values, dtype=torch.float64)
-    return float(values.mean()), float(values.std(unbiased=True)) if len(values) > 1 else 0.0
-
-
-def _percent(mean, std, seeds) -> str:
-    return f"{100 * mean:.2f} ± {100 * std:.2f}" if seeds > 1 else f"{100 * mean:.2f} (one seed)"
-
-
-def write_grid_summary(rows, out: Path) -> None:
-    """summary.md (mean and std over seeds), mca_aca.png, hardest_classes.png, and summed confusion matrices."""
-    cases = list(dict.fromkeys(row["case"] for row in rows))
-    limits = sorted({row["limit"] for row in rows})
-    class_names = list(rows[0]["results"]["per_class"])
-    lines = [
-        "| case | limit | split | seeds | labeled | MCA % (mean ± std) | ACA % (mean ± std) | specimens % (vote) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    curves = {"MCA": {}, "ACA": {}}
-    for case in cases:
-        for limit in limits:
-            group = [row["results"] for row in rows if row["case"] == case and row["limit"] == limit]
-            if not group:
-                continue
-            mca, mca_std = _mean_std([r["mca"] for r in group])
-            aca, aca_std = _mean_std([r["aca"] for r in group])
-            # A specimen split gives each seed its own pool, so the labeled counts differ a little between seeds.
-            labeled = sorted({r["labeled"] for r in group})
-            splits = "/".join(sorted({r.get("split", "cells") for r in group}))
-            votes = [r["specimen_accuracy"] for r in group if r.get("specimen_accuracy") is not None]
-            vote = _percent(*_mean_std(votes), len(votes)) if votes else "n/a"
-            lines.append(
-                f"| {case.upper()} | {limit:g} | {splits} | {len(group)} | "
-                f"{labeled[0] if len(labeled) == 1 else f'{labeled[0]}-{labeled[-1]}'} | "
-                f"{_percent(mca, mca_std, len(group))} | {_percent(aca, aca_std, len(group))} | {vote} |"
-            )
-            curves["MCA"].setdefault(case.upper(), []).append((limit, mca, mca_std))
-            curves["ACA"].setdefault(case.upper(), []).append((limit, aca, aca_std))
-            summed = torch.tensor([r["confusion"] for r in group]).sum(dim=0)
-            draw_confusion(
-                summed,
-                class_names,
-                out / f"confusion-{case}-limit{limit:g}.png",
-                f"{case.upper()} at limit {limit:g}, {len(group)} seed(s) summed",
-            )
-    write_text_atomic("\n".join(lines) + "\n", out / "summary.md")
-    draw_line_chart(
-        out / "mca_aca.png",
-        "MCA and ACA versus the labeling limit (mean, band = ±1 std over seeds)",
-        [("MCA", curves["MCA"]), ("ACA", curves["ACA"])],
-    )
-    focus = 0.2 if 0.2 in limits else limits[0]
-    hardest = [name for name in HARDEST if name in class_names] or class_names[:3]
-    bars = {}
-    for case in cases:
-        group = [row["results"] for row in rows if row["case"] == case and row["limit"] == focus]
-        if group:
-            bars[case.upper()] = [
-                _mean_std([r["per_class"][name] for r in group if r["per_class"][name] is not None])[0]
-                for name in hardest
-            ]
-    draw_bar_chart(
-        out / "hardest_classes.png",
-        f"Per-class accuracy of the hardest classes at limit {focus:g} (%)",
-        [SHORT_NAMES.get(name, name) for name in hardest],
-        bars,
-    )
-    print("\n".join(lines))
-    print(f"grid written to {out}: results.csv, summary.md, mca_aca.png, hardest_classes.png, confusion-*.png")
-
-
-# ---------------------------------------------------------------------------------------------
-# Labeling campaigns: a person plays the oracle of Table 1
-#
-#   python active.py query --pool DIR --checkpoint CKPT --n 50 --out CAMPAIGN
-#   (fill the label column of CAMPAIGN/round-000.csv, looking at CAMPAIGN/round-000.png)
-#   python active.py ingest CAMPAIGN        # validates, adds the labels, fine-tunes, writes the next query
-#   python active.py status CAMPAIGN
-#
-# CAMPAIGN/campaign.json is the whole state (settings, ledger of every label, the pending
-# query, the current model's file). A step writes its new files under new names first and
-# replaces campaign.json last, so a step killed at any point leaves the campaign as it was,
-# and running it again is safe. ledger.csv and export/ (labels.csv for `train.py --data`,
-# model.pt for evaluate.py) are rewritten from campaign.json after every step.
-
-SKIP = "skip"
-
-
-def file_digest(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def is_held_out(key: str, seed: int, holdout: float) -> bool:
-    """A fixed share of the campaign's labels, chosen by a hash of the key, is kept for validation.
-
-    The key is the cell's specimen when the campaign knows it, so a specimen's cells are all held
-    out or all trained on and the held-out accuracy is one on unseen specimens; else the file name."""
-    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 2**32 < holdout
-
-
-def load_campaign(folder: Path) -> dict:
-    path = folder / "campaign.json"
-    if not path.is_file():
-        raise DataError(f"{folder}: not a campaign folder (no campaign.json); start one with `active.py query`")
-    return json.loads(path.read_text())
-
-
-def campaign_parser(command: str):
-    parser = argparse.ArgumentParser(
-        prog=f"active.py {command}", description=__doc__.split("\n")[0], allow_abbrev=False
-    )
-    if command == "query":
-        parser.add_argument("--pool", required=True, help="folder of unlabeled cell images")
-        parser.add_argument(
-            "--checkpoint", default="runs/pretrained.pt", help="pretrained network (default: runs/pretrained.pt)"
-        )
-        parser.add_argument("--n", type=int, default=50, help="cells asked per round (default: 50)")
-        parser.add_argument("--out", required=True, help="campaign folder to create")
-        parser.add_argument(
-            "--classes", nargs="+", default=None, help="the campaign's classes (default: the six target classes)"
-        )
-        parser.add_argument(
-            "--holdout", type=float, default=0.2, help="share of labels kept for validation (default: 0.2)"
-        )
-        parser.add_argument(
-            "--seed", type=int, default=0, help="seed for the first random round and training (default: 0)"
-        )
-        parser.add_argument("--max-epochs", type=int, default=30, help="most epochs per fine-tuning (default: 30)")
-        parser.add_argument(
-            "--specimens",
-            default=None,
-            help="CSV of file,specimen for the pool's images: the hold-out keeps specimens whole "
-            "(default: specimens.csv in the pool folder, if any)",
-        )
-    else:
-        parser.add_argument("campaign", help="campaign folder")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    return parser
-
-
-def campaign_main(command: str, argv) -> dict:
-    args = campaign_parser(command).parse_args(argv)
-    try:
-        if command == "query":
-            return start_campaign(args)
-        folder = Path(args.campaign)
-        if command == "ingest":
-            return ingest(folder, pick_device(args.device))
-        state = load_campaign(folder)
-        print_status(folder, state)
-        return state
-    except DataError as error:
-        sys.exit(f"error: {error}")
-
-
-def campaign_model(state: dict, folder: Path, device) -> ParallelResNet:
-    checkpoint = load_checkpoint(folder / state["model"], "campaign model")
-    model = freeze_early_layers(ParallelResNet(len(state["classes"])))
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device)
-
-
-def start_campaign(args) -> dict:
-    folder, pool = Path(args.out), Path(args.pool)
-    if (folder / "campaign.json").exists():
-        raise DataError(f"--out {folder}: a campaign is already there; continue it with `active.py ingest {folder}`")
-    if args.n < 1:
-        raise DataError(f"--n {args.n}: expected a positive integer")
-    if not 0 <= args.holdout < 1:
-        raise DataError(f"--holdout {args.holdout}: expected a fraction in [0, 1)")
-    classes = parse_class_list(args.classes) or list(TARGET_CLASSES)
-    device = pick_device(args.device)
-    seed_everything(args.seed)
-    pretrained = load_checkpoint(args.checkpoint)
-    model = transfer_model(pretrained, len(classes), device)
-    images, files = load_unlabeled(pool, pretrained.get("image_size", 112), pretrained.get("normalize", "none"))
-    names = [Path(file).name for file in files]
-    specimens = specimens_in(pool, [Path(file) for file in files], args.specimens) or []
-    state = {
-        "pool": str(pool.resolve()),
-        "specimens": {name: specimen for name, specimen in zip(names, specimens) if specimen is not None},
-        "classes": classes,
-        "checkpoint": str(args.checkpoint),
-        "n": args.n,
-        "seed": args.seed,
-        "holdout": args.holdout,
-        "image_size": pretrained.get("image_size", 112),
-        "normalize": pretrained.get("normalize", "none"),
-        "max_epochs": args.max_epochs,
-        "round": 0,
-        "model": "model-000.pt",
-        "ledger": [],
-        "history": [],
-    }
-    # The first round has no labels to learn from: the seed set is random, as in the paper (Table 1).
-    generator = torch.Generator().manual_seed(args.seed)
-    chosen = torch.randperm(len(names), generator=generator)[: args.n].tolist()
-    probabilities = probabilities_of(model, forward_fn(model, images, None, device), torch.tensor(chosen))
-    state["pending"] = write_query(folder, state, 0, [names[i] for i in chosen], probabilities)
-    save_campaign_model(model, state, folder / "model-000.pt", None)
-    commit(folder, state)
-    print(f"round 0: {len(chosen)} cells picked at random from {len(names)} in {pool}")
-    print(
-        f"label them in {folder / 'round-000.csv'} (see {folder / 'round-000.png'}), then `active.py ingest {folder}`"
-    )
-    return state
-
-
-def write_query(folder: Path, state: dict, round_index: int, names: list[str], probabilities) -> list[dict]:
-    """round-NNN.csv (for the annotator to fill) and round-NNN.png (the cells, numbered as in the CSV)."""
-    classes, pool = state["classes"], Path(state["pool"])
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["number", "file", "round", "entropy", "first", "p_first", "second", "p_second", "label"])
-    captions, cells = [], []
-    uncertainty = entropy(probabilities)
-    for number, (name, row, value) in enumerate(zip(names, probabilities, uncertainty.tolist()), start=1):
-        top = row.topk(min(2, len(classes)))
-        first, second = [classes[i] for i in top.indices.tolist()] + [""] * (2 - len(top.indices))
-        p_first, p_second = (top.values.tolist() + [0.0])[:2]
-        writer.writerow(
-            [number, name, round_index, f"{value:.4f}", first, f"{p_first:.3f}", second, f"{p_second:.3f}", ""]
-        )
-        captions.append(
-            f"{SHORT_NAMES.get(first, first)} {p_first:.2f} / {SHORT_NAMES.get(second, second)} {p_second:.2f}"
-        )
-        cells.append(read_cell(pool / name))
-    write_text_atomic(buffer.getvalue(), folder / f"round-{round_index:03d}.csv")
-    draw_contact_sheet(
-        cells,
-        captions,
-        folder / f"round-{round_index:03d}.png",
-        f"round {round_index}: label these cells in round-{round_index:03d}.csv (number = row)",
-    )
-    return [{"file": name, "sha256": file_digest(pool / name)} for name in names]
-
-
-def save_campaign_model(model, state: dict, path: Path, validation) -> None:
-    save_atomic(
-        {
-            "model": model.state_dict(),
-            "class_names": state["classes"],
-            "args": {k: v for k, v in state.items() if k in ("pool", "checkpoint", "n", "seed", "holdout")},
-            "round": state["round"],
-            "metrics": {"validation": validation},
-            "image_size": state["image_size"],
-            "normalize": state["normalize"],
-            "data_kind": "campaign",
-        },
-        path,
-    )
-
-
-def commit(folder: Path, state: dict) -> None:
-    """Replace campaign.json (the step's single commit point), then rewrite the derived files."""
-    write_text_atomic(json.dumps(state, indent=1), folder / "campaign.json")
-    pool = Path(state["pool"])
-    ledger = io.StringIO()
-    writer = csv.writer(ledger)
-    writer.writerow(["file", "label", "round"])
-    labels = io.StringIO()
-    labels_writer = csv.writer(labels)
-    labels_writer.writerow(["image", "class"])
-    for entry in state["ledger"]:
-        writer.writerow([entry["file"], entry["label"], entry["round"]])
-        if entry["label"] != SKIP:
-            labels_writer.writerow([str(pool / entry["file"]), entry["label"]])
-    write_text_atomic(ledger.getvalue(), folder / "ledger.csv")
-    write_text_atomic(labels.getvalue(), folder / "export" / "labels.csv")
-    current = load_checkpoint(folder / state["model"], "campaign model")
-    save_atomic(current, folder / "export" / "model.pt")
-    for old in folder.glob("model-*.pt"):
-        if old.name != state["model"]:
-            old.unlink()
-
-
-def read_filled_query(folder: Path, state: dict) -> tuple[list[dict], list[str]]:
-    """Validate round-NNN.csv; return (new ledger entries, files left unfilled). Any problem: DataError."""
-    round_index, classes, pool = state["round"], state["classes"], Path(state["pool"])
-    path = folder / f"round-{round_index:03d}.csv"
-    if not path.is_file():
-        raise DataError(f"{path}: the pending query is missing")
-    pending = {entry["file"]: entry["sha256"] for entry in state["pending"]}
-    rows = list(csv.DictReader(path.read_text(encoding="utf-8-sig").splitlines()))
-    if rows and ("file" not in rows[0] or "label" not in rows[0]):
-        raise DataError(f"{path}: expected the columns 'file' and 'label'")
-    entries, unfilled, seen = [], [], set()
-    valid = ", ".join(classes + [SKIP])
-    for line, row in enumerate(rows, start=2):
-        name, label = (row.get("file") or "").strip(), (row.get("label") or "").strip()
-        if name not in pending:
-            raise DataError(f"{path}:{line}: '{name}' was not asked in round {round_index}")
-        if name in seen:
-            raise DataError(f"{path}:{line}: '{name}' appears twice")
-        seen.add(name)
-        if not label:
-            unfilled.append(name)
-            continue
-        canonical = SKIP if label.lower() == SKIP else canonical_class(label)
-        if canonical is None or (canonical != SKIP and canonical not in classes):
-            raise DataError(f"{path}:{line}: unknown class '{label}'; expected one of {valid}")
-        if not (pool / name).is_file():
-            raise DataError(f"{path}:{line}: {pool / name} no longer exists")
-        if file_digest(pool / name) != pending[name]:
-            raise DataError(f"{path}:{line}: {pool / name} changed since it was queried; label it again next round")
-        entries.append({"file": name, "label": canonical, "round": round_index})
-    missing = [name for name in pending if name not in seen]
-    if missing:
-        raise DataError(f"{path}: {len(missing)} queried file(s) are missing from the CSV, e.g. '{missing[0]}'")
-    if not entries:
-        raise DataError(f"{path}: no label filled in; write a class name (or 'skip') in the label column")
-    return entries, unfilled
-
-
-def ingest(folder: Path, device) -> dict:
-    """Add the annotator's labels, fine-tune (Sec. 3.1), and write the next query (Sec. 2.2, Eq. 3)."""
-    started = time.time()
-    state = load_campaign(folder)
-    if not state["pending"]:
-        raise DataError(f"{folder}: every cell of the pool is labeled; nothing is pending")
-    entries, unfilled = read_filled_query(folder, state)
-    ledger = state["ledger"] + entries
-    classes, round_index = state["classes"], state["round"]
-    images, files = load_unlabeled(state["pool"], state["image_size"], state["normalize"])
-    names = [Path(file).name for file in files]
-    position = {name: index for index, name in enumerate(names)}
-    labels = torch.full((len(names),), -1, dtype=torch.int64)
-    for entry in ledger:
-        if entry["label"] != SKIP and entry["file"] in position:
-            labels[position[entry["file"]]] = classes.index(entry["label"])
-    labeled = [position[e["file"]] for e in ledger if e["label"] != SKIP and e["file"] in position]
-    specimen_of = state.get("specimens", {})
-    held_out = [
-        index
-        for index in labeled
-        if is_held_out(specimen_of.get(names[index], names[index]), state["seed"], state["holdout"])
-    ]
-    held_out_set = set(held_out)
-    training = [index for index in labeled if index not in held_out_set]
-
-    model = campaign_model(state, folder, device)
-    cache = early_feature_cache(model, images, device)
-    forward = forward_fn(model, images, cache, device)
-    # the same fine-tuning settings as the simulated loop
-    defaults = build_parser().parse_args(["--max-epochs", str(state["max_epochs"])])
-    epochs = 0
-    if training:
-        generator = torch.Generator().manual_seed(state["seed"] * 100_003 + round_index + 1)
-        epochs, _, _, _ = fine_tune(model, forward, labels, training, defaults, generator, device)
-    validation = None
-    if held_out:
-        held = torch.tensor(held_out)
-        validation = summarize(labels[held], probabilities_of(model, forward, held), classes)
-        validation.pop("confusion")
-
-    # The next query: cells left unfilled are asked again first, then the most uncertain unlabeled ones.
-    done = {entry["file"] for entry in ledger} | set(unfilled)
-    unlabeled = torch.tensor([index for index, name in enumerate(names) if name not in done], dtype=torch.int64)
-    scores = entropy(probabilities_of(model, forward, unlabeled))
-    fresh = unlabeled[select_most_uncertain(scores, max(0, state["n"] - len(unfilled)))].tolist()
-    asked = [position[name] for name in unfilled if name in position] + fresh
-    next_round = round_index + 1
-    state = dict(state, ledger=ledger, round=next_round, model=f"model-{next_round:03d}.pt")
-    state["history"] = state["history"] + [
-        {
-            "round": round_index,
-            "new_labels": len(entries),
-            "labels": len(labeled),
-            "trained_on": len(training),
-            "held_out": len(held_out),
-            "epochs": epochs,
-            "validation": validation,
-            "seconds": time.time() - started,
-        }
-    ]
-    probabilities = probabilities_of(model, forward, torch.tensor(asked, dtype=torch.int64))
-    state["pending"] = write_query(folder, state, next_round, [names[i] for i in asked], probabilities) if asked else []
-    save_campaign_model(model, state, folder / state["model"], validation)
-    commit(folder, state)  # the step takes effect here, all at once
-    counts = {name: sum(entry["label"] == name for entry in ledger) for name in classes}
-    print(
-        f"round {round_index}: +{len(entries)} labels ({len(unfilled)} unfilled, asked again), {len(labeled)} in all; "
-        f"trained on {len(training)} for {epochs} epochs; "
-        + (
-            f"held-out MCA {100 * validation['mca']:.1f}% ACA {100 * validation['aca']:.1f}% ({len(held_out)} labels)"
-            if validation
-            else "no held-out labels yet"
-        )
-    )
-    print("labels per class: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
-    if asked:
-        print(f"next: label {folder / f'round-{next_round:03d}.csv'} ({len(asked)} cells), then ingest again")
-    else:
-        print("the whole pool is labeled: the campaign is complete")
-    return state
-
-
-def print_status(folder: Path, state: dict) -> None:
-    counts = {name: sum(entry["label"] == name for entry in state["ledger"]) for name in state["classes"] + [SKIP]}
-    print(
-        f"campaign {folder}: pool {state['pool']}, round {state['round']}, {len(state['pending'])} cells pending "
-        f"in round-{state['round']:03d}.csv"
-    )
-    print("labels per class: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
-    for entry in state["history"]:
-        validation = entry["validation"]
-        quality = (
-            (
-                f"held-out MCA {100 * validation['mca']:.1f}% ACA {100 * validation['aca']:.1f}% "
-                f"({validation['count']} labels)"
-            )
-            if validation
-            else "no held-out labels"
-        )
-        print(
-            f"  round {entry['round']}: +{entry['new_labels']} labels, {entry['labels']} in all, trained on "
-            f"{entry['trained_on']} ({entry['epochs']} epochs), {quality}"
-        )
 
 
 if __name__ == "__main__":

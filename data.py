@@ -1,5 +1,6 @@
-"""Cell datasets: reading real HEp-2 crops, the embedded synthetic default, splits, augmentation,
-and the small amount of run plumbing (device, seed, atomic files, checkpoints) every script shares.
+"""Cell datasets: reading real HEp-2 crops and their specimens, the embedded synthetic default, splits
+(whole specimens on one side), augmentation, and the small amount of run plumbing (device, seed, atomic
+files, checkpoints) every script shares.
 
 Paper: Sec. 3.1 (112x112 bicubic resize, rotation augmentation in 18 degree
 steps, the SNPHEp-2 source and LSHEp-2 target classes).
@@ -626,7 +627,7 @@ def get_dataset(data, kind, classes, image_size, normalize, seed, synthetic_cell
 
 
 # ---------------------------------------------------------------------------------------------
-# Splits, augmentation and model inputs
+# Splits: whole specimens on one side, or cells stratified by class
 
 
 def stratified_split(labels: torch.Tensor, fractions: list[float], seed: int) -> list[torch.Tensor]:
@@ -808,6 +809,10 @@ def describe_split(dataset: CellDataset, by: str, parts: list[torch.Tensor], nam
         f"  (specimens (cells) per side; {names[-1]} specimens: {', '.join(specimens_of(dataset, parts[-1]))})"
     )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation and model inputs
 
 
 def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import active
+import campaign
 import data
 
 
@@ -42,9 +42,9 @@ def fill(csv_path, truth, leave_empty=0, skip=0, overrides=None):
     return rows
 
 
-def campaign(tmp_path, pool, pretrained, name):
+def start_campaign(tmp_path, pool, pretrained, name):
     folder = tmp_path / name
-    active.main(
+    campaign.main(
         [
             "query",
             "--pool",
@@ -69,31 +69,31 @@ def three_rounds(folder, truth):
         csv_path = folder / f"round-{round_index:03d}.csv"
         # round 1 is half-filled (2 rows left for later) and has one cell the annotator cannot judge
         fill(csv_path, truth, leave_empty=2 if round_index == 1 else 0, skip=1 if round_index == 1 else 0)
-        active.main(["ingest", str(folder), "--device", "cpu"])
+        campaign.main(["ingest", str(folder), "--device", "cpu"])
 
 
 def test_campaign_round_trip_with_a_kill_mid_ingest(pretrained, pool, tmp_path, monkeypatch, capsys):
     pool_dir, truth = pool
-    reference = campaign(tmp_path, pool_dir, pretrained, "reference")
+    reference = start_campaign(tmp_path, pool_dir, pretrained, "reference")
     three_rounds(reference, truth)
 
-    folder = campaign(tmp_path, pool_dir, pretrained, "killed")
+    folder = start_campaign(tmp_path, pool_dir, pretrained, "killed")
     first = list(csv.DictReader((folder / "round-000.csv").open()))
     assert len(first) == 8 and first[0].keys() >= {"file", "entropy", "first", "p_first", "second", "p_second", "label"}
     assert (folder / "round-000.png").stat().st_size > 5000  # the contact sheet
     fill(folder / "round-000.csv", truth)
     before = (folder / "campaign.json").read_text()
-    real_fine_tune = active.fine_tune
+    real_fine_tune = campaign.fine_tune
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(active, "fine_tune", killed)
+    monkeypatch.setattr(campaign, "fine_tune", killed)
     with pytest.raises(KeyboardInterrupt):
-        active.main(["ingest", str(folder), "--device", "cpu"])
+        campaign.main(["ingest", str(folder), "--device", "cpu"])
     assert (folder / "campaign.json").read_text() == before  # the killed step left the campaign as it was
-    monkeypatch.setattr(active, "fine_tune", real_fine_tune)
-    active.main(["ingest", str(folder), "--device", "cpu"])  # rerun the step
+    monkeypatch.setattr(campaign, "fine_tune", real_fine_tune)
+    campaign.main(["ingest", str(folder), "--device", "cpu"])  # rerun the step
     for round_index in (1, 2):
         fill(
             folder / f"round-{round_index:03d}.csv",
@@ -101,7 +101,7 @@ def test_campaign_round_trip_with_a_kill_mid_ingest(pretrained, pool, tmp_path, 
             leave_empty=2 if round_index == 1 else 0,
             skip=1 if round_index == 1 else 0,
         )
-        active.main(["ingest", str(folder), "--device", "cpu"])
+        campaign.main(["ingest", str(folder), "--device", "cpu"])
 
     state, expected = (json.loads((f / "campaign.json").read_text()) for f in (folder, reference))
     assert state["ledger"] == expected["ledger"]
@@ -120,7 +120,7 @@ def test_campaign_round_trip_with_a_kill_mid_ingest(pretrained, pool, tmp_path, 
     exported = data.load_dataset(folder / "export", cache=False)
     assert len(exported) == len(labels)
     capsys.readouterr()
-    active.main(["status", str(folder)])
+    campaign.main(["status", str(folder)])
     printed = capsys.readouterr().out
     assert "round 3" in printed and "skip 1" in printed and "held-out" in printed
 
@@ -137,7 +137,7 @@ def test_campaign_round_trip_with_a_kill_mid_ingest(pretrained, pool, tmp_path, 
 )
 def test_bad_filled_csvs_get_clear_errors(pretrained, pool, tmp_path, problem, message):
     pool_dir, truth = pool
-    folder = campaign(tmp_path, pool_dir, pretrained, "bad")
+    folder = start_campaign(tmp_path, pool_dir, pretrained, "bad")
     csv_path = folder / "round-000.csv"
     rows = fill(csv_path, truth, overrides=problem if isinstance(problem, dict) else None)
     lines = csv_path.read_text().splitlines()
@@ -151,6 +151,6 @@ def test_bad_filled_csvs_get_clear_errors(pretrained, pool, tmp_path, problem, m
         fill(csv_path, truth, overrides={number: "" for number in range(8)})
     before = (folder / "campaign.json").read_text()
     with pytest.raises(SystemExit) as exit_info:
-        active.main(["ingest", str(folder), "--device", "cpu"])
+        campaign.main(["ingest", str(folder), "--device", "cpu"])
     assert str(exit_info.value).startswith("error: ") and message in str(exit_info.value)
     assert (folder / "campaign.json").read_text() == before

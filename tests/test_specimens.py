@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import active
+import campaign
 import data
 import evaluate
 import train
@@ -304,7 +305,7 @@ def test_campaign_holds_out_whole_specimens(pretrained, tmp_path):
     write_specimens_csv(pool / "specimens.csv", [(file.removeprefix("./"), specimen) for file, specimen in rows])
     folder = tmp_path / "campaign"
     flags = ["--pool", str(pool), "--checkpoint", str(pretrained), "--n", "18", "--out", str(folder)]
-    active.main(["query"] + flags + ["--holdout", "0.5", "--max-epochs", "1", "--device", "cpu"])
+    campaign.main(["query"] + flags + ["--holdout", "0.5", "--max-epochs", "1", "--device", "cpu"])
     state = json.loads((folder / "campaign.json").read_text())
     assert len(state["specimens"]) == 18 and set(state["specimens"].values()) == {f"s{i}" for i in range(6)}
     query = folder / "round-000.csv"
@@ -315,6 +316,6 @@ def test_campaign_holds_out_whole_specimens(pretrained, tmp_path):
         writer = csv.DictWriter(handle, fieldnames=list(filled[0]))
         writer.writeheader()
         writer.writerows(filled)
-    active.main(["ingest", str(folder), "--device", "cpu"])
+    campaign.main(["ingest", str(folder), "--device", "cpu"])
     history = json.loads((folder / "campaign.json").read_text())["history"][0]
     assert history["held_out"] % 3 == 0 and 0 < history["held_out"] < 18  # whole specimens of 3 cells each

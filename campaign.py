@@ -1,0 +1,393 @@
+"""Labeling campaigns: a person plays the oracle of the paper's active learning loop (Sec. 2.2, Table 1).
+
+The paper simulates the annotator with stored labels; a lab has unlabeled cells and one expert:
+
+    python campaign.py query --pool DIR --checkpoint runs/pretrained.pt --n 50 --out CAMPAIGN
+    (fill the label column of CAMPAIGN/round-000.csv, looking at CAMPAIGN/round-000.png)
+    python campaign.py ingest CAMPAIGN      # validates, adds the labels, fine-tunes, writes the next query
+    python campaign.py status CAMPAIGN
+
+Round 0 is a random sample (the seed set); later rounds ask the most uncertain
+cells (entropy, Eq. 3) after fine-tuning on every label so far (Sec. 3.1), with
+the loop's own functions from active.py. CAMPAIGN/campaign.json is the whole
+state (settings, ledger of every label, the pending query, the current model's
+file). A step writes its new files under new names first and replaces
+campaign.json last, so a step killed at any point leaves the campaign as it
+was, and running it again is safe. ledger.csv and export/ (labels.csv for
+`train.py --data`, model.pt for evaluate.py) are rewritten after every step.
+"""
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from active import (
+    build_parser,
+    early_feature_cache,
+    entropy,
+    fine_tune,
+    forward_fn,
+    probabilities_of,
+    select_most_uncertain,
+    transfer_model,
+)
+from data import (
+    SHORT_NAMES,
+    TARGET_CLASSES,
+    DataError,
+    canonical_class,
+    load_checkpoint,
+    load_unlabeled,
+    parse_class_list,
+    pick_device,
+    read_cell,
+    save_atomic,
+    seed_everything,
+    specimens_in,
+    write_text_atomic,
+)
+from evaluate import draw_contact_sheet, summarize
+from model import ParallelResNet, freeze_early_layers
+
+SKIP = "skip"
+
+
+def file_digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def is_held_out(key: str, seed: int, holdout: float) -> bool:
+    """A fixed share of the campaign's labels, chosen by a hash of the key, is kept for validation.
+
+    The key is the cell's specimen when the campaign knows it, so a specimen's cells are all held
+    out or all trained on and the held-out accuracy is one on unseen specimens; else the file name."""
+    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 2**32 < holdout
+
+
+def load_campaign(folder: Path) -> dict:
+    path = folder / "campaign.json"
+    if not path.is_file():
+        raise DataError(f"{folder}: not a campaign folder (no campaign.json); start one with `campaign.py query`")
+    return json.loads(path.read_text())
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    query = commands.add_parser("query", help="start a campaign: the first cells to label", allow_abbrev=False)
+    query.add_argument("--pool", required=True, help="folder of unlabeled cell images")
+    query.add_argument(
+        "--checkpoint", default="runs/pretrained.pt", help="pretrained network (default: runs/pretrained.pt)"
+    )
+    query.add_argument("--n", type=int, default=50, help="cells asked per round (default: 50)")
+    query.add_argument("--out", required=True, help="campaign folder to create")
+    query.add_argument(
+        "--classes", nargs="+", default=None, help="the campaign's classes (default: the six target classes)"
+    )
+    query.add_argument("--holdout", type=float, default=0.2, help="share of labels kept for validation (default: 0.2)")
+    query.add_argument("--seed", type=int, default=0, help="seed for the first random round and training (default: 0)")
+    query.add_argument("--max-epochs", type=int, default=30, help="most epochs per fine-tuning (default: 30)")
+    query.add_argument(
+        "--specimens",
+        default=None,
+        help="CSV of file,specimen for the pool's images: the hold-out keeps specimens whole "
+        "(default: specimens.csv in the pool folder, if any)",
+    )
+    ingest_parser = commands.add_parser(
+        "ingest", help="add the filled labels, fine-tune, ask again", allow_abbrev=False
+    )
+    status = commands.add_parser("status", help="rounds, labels per class, held-out accuracy", allow_abbrev=False)
+    for command in (ingest_parser, status):
+        command.add_argument("campaign", help="campaign folder")
+    for command in (query, ingest_parser, status):
+        command.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "query":
+            return start_campaign(args)
+        folder = Path(args.campaign)
+        if args.command == "ingest":
+            return ingest(folder, pick_device(args.device))
+        state = load_campaign(folder)
+        print_status(folder, state)
+        return state
+    except DataError as error:
+        sys.exit(f"error: {error}")
+
+
+def campaign_model(state: dict, folder: Path, device) -> ParallelResNet:
+    checkpoint = load_checkpoint(folder / state["model"], "campaign model")
+    model = freeze_early_layers(ParallelResNet(len(state["classes"])))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device)
+
+
+def start_campaign(args) -> dict:
+    folder, pool = Path(args.out), Path(args.pool)
+    if (folder / "campaign.json").exists():
+        raise DataError(f"--out {folder}: a campaign is already there; continue it with `campaign.py ingest {folder}`")
+    if args.n < 1:
+        raise DataError(f"--n {args.n}: expected a positive integer")
+    if not 0 <= args.holdout < 1:
+        raise DataError(f"--holdout {args.holdout}: expected a fraction in [0, 1)")
+    classes = parse_class_list(args.classes) or list(TARGET_CLASSES)
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    pretrained = load_checkpoint(args.checkpoint)
+    model = transfer_model(pretrained, len(classes), device)
+    images, files = load_unlabeled(pool, pretrained.get("image_size", 112), pretrained.get("normalize", "none"))
+    names = [Path(file).name for file in files]
+    specimens = specimens_in(pool, [Path(file) for file in files], args.specimens) or []
+    state = {
+        "pool": str(pool.resolve()),
+        "specimens": {name: specimen for name, specimen in zip(names, specimens) if specimen is not None},
+        "classes": classes,
+        "checkpoint": str(args.checkpoint),
+        "n": args.n,
+        "seed": args.seed,
+        "holdout": args.holdout,
+        "image_size": pretrained.get("image_size", 112),
+        "normalize": pretrained.get("normalize", "none"),
+        "max_epochs": args.max_epochs,
+        "round": 0,
+        "model": "model-000.pt",
+        "ledger": [],
+        "history": [],
+    }
+    # The first round has no labels to learn from: the seed set is random, as in the paper (Table 1).
+    generator = torch.Generator().manual_seed(args.seed)
+    chosen = torch.randperm(len(names), generator=generator)[: args.n].tolist()
+    probabilities = probabilities_of(model, forward_fn(model, images, None, device), torch.tensor(chosen))
+    state["pending"] = write_query(folder, state, 0, [names[i] for i in chosen], probabilities)
+    save_campaign_model(model, state, folder / "model-000.pt", None)
+    commit(folder, state)
+    print(f"round 0: {len(chosen)} cells picked at random from {len(names)} in {pool}")
+    print(
+        f"label them in {folder / 'round-000.csv'} (see {folder / 'round-000.png'}), then `campaign.py ingest {folder}`"
+    )
+    return state
+
+
+def write_query(folder: Path, state: dict, round_index: int, names: list[str], probabilities) -> list[dict]:
+    """round-NNN.csv (for the annotator to fill) and round-NNN.png (the cells, numbered as in the CSV)."""
+    classes, pool = state["classes"], Path(state["pool"])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["number", "file", "round", "entropy", "first", "p_first", "second", "p_second", "label"])
+    captions, cells = [], []
+    uncertainty = entropy(probabilities)
+    for number, (name, row, value) in enumerate(zip(names, probabilities, uncertainty.tolist()), start=1):
+        top = row.topk(min(2, len(classes)))
+        first, second = [classes[i] for i in top.indices.tolist()] + [""] * (2 - len(top.indices))
+        p_first, p_second = (top.values.tolist() + [0.0])[:2]
+        writer.writerow(
+            [number, name, round_index, f"{value:.4f}", first, f"{p_first:.3f}", second, f"{p_second:.3f}", ""]
+        )
+        captions.append(
+            f"{SHORT_NAMES.get(first, first)} {p_first:.2f} / {SHORT_NAMES.get(second, second)} {p_second:.2f}"
+        )
+        cells.append(read_cell(pool / name))
+    write_text_atomic(buffer.getvalue(), folder / f"round-{round_index:03d}.csv")
+    draw_contact_sheet(
+        cells,
+        captions,
+        folder / f"round-{round_index:03d}.png",
+        f"round {round_index}: label these cells in round-{round_index:03d}.csv (number = row)",
+    )
+    return [{"file": name, "sha256": file_digest(pool / name)} for name in names]
+
+
+def save_campaign_model(model, state: dict, path: Path, validation) -> None:
+    save_atomic(
+        {
+            "model": model.state_dict(),
+            "class_names": state["classes"],
+            "args": {k: v for k, v in state.items() if k in ("pool", "checkpoint", "n", "seed", "holdout")},
+            "round": state["round"],
+            "metrics": {"validation": validation},
+            "image_size": state["image_size"],
+            "normalize": state["normalize"],
+            "data_kind": "campaign",
+        },
+        path,
+    )
+
+
+def commit(folder: Path, state: dict) -> None:
+    """Replace campaign.json (the step's single commit point), then rewrite the derived files."""
+    write_text_atomic(json.dumps(state, indent=1), folder / "campaign.json")
+    pool = Path(state["pool"])
+    ledger = io.StringIO()
+    writer = csv.writer(ledger)
+    writer.writerow(["file", "label", "round"])
+    labels = io.StringIO()
+    labels_writer = csv.writer(labels)
+    labels_writer.writerow(["image", "class"])
+    for entry in state["ledger"]:
+        writer.writerow([entry["file"], entry["label"], entry["round"]])
+        if entry["label"] != SKIP:
+            labels_writer.writerow([str(pool / entry["file"]), entry["label"]])
+    write_text_atomic(ledger.getvalue(), folder / "ledger.csv")
+    write_text_atomic(labels.getvalue(), folder / "export" / "labels.csv")
+    current = load_checkpoint(folder / state["model"], "campaign model")
+    save_atomic(current, folder / "export" / "model.pt")
+    for old in folder.glob("model-*.pt"):
+        if old.name != state["model"]:
+            old.unlink()
+
+
+def read_filled_query(folder: Path, state: dict) -> tuple[list[dict], list[str]]:
+    """Validate round-NNN.csv; return (new ledger entries, files left unfilled). Any problem: DataError."""
+    round_index, classes, pool = state["round"], state["classes"], Path(state["pool"])
+    path = folder / f"round-{round_index:03d}.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: the pending query is missing")
+    pending = {entry["file"]: entry["sha256"] for entry in state["pending"]}
+    rows = list(csv.DictReader(path.read_text(encoding="utf-8-sig").splitlines()))
+    if rows and ("file" not in rows[0] or "label" not in rows[0]):
+        raise DataError(f"{path}: expected the columns 'file' and 'label'")
+    entries, unfilled, seen = [], [], set()
+    valid = ", ".join(classes + [SKIP])
+    for line, row in enumerate(rows, start=2):
+        name, label = (row.get("file") or "").strip(), (row.get("label") or "").strip()
+        if name not in pending:
+            raise DataError(f"{path}:{line}: '{name}' was not asked in round {round_index}")
+        if name in seen:
+            raise DataError(f"{path}:{line}: '{name}' appears twice")
+        seen.add(name)
+        if not label:
+            unfilled.append(name)
+            continue
+        canonical = SKIP if label.lower() == SKIP else canonical_class(label)
+        if canonical is None or (canonical != SKIP and canonical not in classes):
+            raise DataError(f"{path}:{line}: unknown class '{label}'; expected one of {valid}")
+        if not (pool / name).is_file():
+            raise DataError(f"{path}:{line}: {pool / name} no longer exists")
+        if file_digest(pool / name) != pending[name]:
+            raise DataError(f"{path}:{line}: {pool / name} changed since it was queried; label it again next round")
+        entries.append({"file": name, "label": canonical, "round": round_index})
+    missing = [name for name in pending if name not in seen]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} queried file(s) are missing from the CSV, e.g. '{missing[0]}'")
+    if not entries:
+        raise DataError(f"{path}: no label filled in; write a class name (or 'skip') in the label column")
+    return entries, unfilled
+
+
+def ingest(folder: Path, device) -> dict:
+    """Add the annotator's labels, fine-tune (Sec. 3.1), and write the next query (Sec. 2.2, Eq. 3)."""
+    started = time.time()
+    state = load_campaign(folder)
+    if not state["pending"]:
+        raise DataError(f"{folder}: every cell of the pool is labeled; nothing is pending")
+    entries, unfilled = read_filled_query(folder, state)
+    ledger = state["ledger"] + entries
+    classes, round_index = state["classes"], state["round"]
+    images, files = load_unlabeled(state["pool"], state["image_size"], state["normalize"])
+    names = [Path(file).name for file in files]
+    position = {name: index for index, name in enumerate(names)}
+    labels = torch.full((len(names),), -1, dtype=torch.int64)
+    for entry in ledger:
+        if entry["label"] != SKIP and entry["file"] in position:
+            labels[position[entry["file"]]] = classes.index(entry["label"])
+    labeled = [position[e["file"]] for e in ledger if e["label"] != SKIP and e["file"] in position]
+    specimen_of = state.get("specimens", {})
+    held_out = [
+        index
+        for index in labeled
+        if is_held_out(specimen_of.get(names[index], names[index]), state["seed"], state["holdout"])
+    ]
+    held_out_set = set(held_out)
+    training = [index for index in labeled if index not in held_out_set]
+
+    model = campaign_model(state, folder, device)
+    cache = early_feature_cache(model, images, device)
+    forward = forward_fn(model, images, cache, device)
+    # the same fine-tuning settings as the simulated loop
+    defaults = build_parser().parse_args(["--max-epochs", str(state["max_epochs"])])
+    epochs = 0
+    if training:
+        generator = torch.Generator().manual_seed(state["seed"] * 100_003 + round_index + 1)
+        epochs, _, _, _ = fine_tune(model, forward, labels, training, defaults, generator, device)
+    validation = None
+    if held_out:
+        held = torch.tensor(held_out)
+        validation = summarize(labels[held], probabilities_of(model, forward, held), classes)
+        validation.pop("confusion")
+
+    # The next query: cells left unfilled are asked again first, then the most uncertain unlabeled ones.
+    done = {entry["file"] for entry in ledger} | set(unfilled)
+    unlabeled = torch.tensor([index for index, name in enumerate(names) if name not in done], dtype=torch.int64)
+    scores = entropy(probabilities_of(model, forward, unlabeled))
+    fresh = unlabeled[select_most_uncertain(scores, max(0, state["n"] - len(unfilled)))].tolist()
+    asked = [position[name] for name in unfilled if name in position] + fresh
+    next_round = round_index + 1
+    state = dict(state, ledger=ledger, round=next_round, model=f"model-{next_round:03d}.pt")
+    state["history"] = state["history"] + [
+        {
+            "round": round_index,
+            "new_labels": len(entries),
+            "labels": len(labeled),
+            "trained_on": len(training),
+            "held_out": len(held_out),
+            "epochs": epochs,
+            "validation": validation,
+            "seconds": time.time() - started,
+        }
+    ]
+    probabilities = probabilities_of(model, forward, torch.tensor(asked, dtype=torch.int64))
+    state["pending"] = write_query(folder, state, next_round, [names[i] for i in asked], probabilities) if asked else []
+    save_campaign_model(model, state, folder / state["model"], validation)
+    commit(folder, state)  # the step takes effect here, all at once
+    counts = {name: sum(entry["label"] == name for entry in ledger) for name in classes}
+    print(
+        f"round {round_index}: +{len(entries)} labels ({len(unfilled)} unfilled, asked again), {len(labeled)} in all; "
+        f"trained on {len(training)} for {epochs} epochs; "
+        + (
+            f"held-out MCA {100 * validation['mca']:.1f}% ACA {100 * validation['aca']:.1f}% ({len(held_out)} labels)"
+            if validation
+            else "no held-out labels yet"
+        )
+    )
+    print("labels per class: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    if asked:
+        print(f"next: label {folder / f'round-{next_round:03d}.csv'} ({len(asked)} cells), then ingest again")
+    else:
+        print("the whole pool is labeled: the campaign is complete")
+    return state
+
+
+def print_status(folder: Path, state: dict) -> None:
+    counts = {name: sum(entry["label"] == name for entry in state["ledger"]) for name in state["classes"] + [SKIP]}
+    print(
+        f"campaign {folder}: pool {state['pool']}, round {state['round']}, {len(state['pending'])} cells pending "
+        f"in round-{state['round']:03d}.csv"
+    )
+    print("labels per class: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    for entry in state["history"]:
+        validation = entry["validation"]
+        quality = (
+            (
+                f"held-out MCA {100 * validation['mca']:.1f}% ACA {100 * validation['aca']:.1f}% "
+                f"({validation['count']} labels)"
+            )
+            if validation
+            else "no held-out labels"
+        )
+        print(
+            f"  round {entry['round']}: +{entry['new_labels']} labels, {entry['labels']} in all, trained on "
+            f"{entry['trained_on']} ({entry['epochs']} epochs), {quality}"
+        )
+
+
+if __name__ == "__main__":
+    main()

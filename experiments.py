@@ -1,0 +1,202 @@
+"""The paper's experiment grid (Sec. 3.2, 3.3, Figs. 11-17): cases x limits x seeds through active.py's run.
+
+    python experiments.py --data ../shared/data/i3a --cases rs al in-rs in-al --limits 0.1 0.2 0.4 1 \\
+        --seeds 0 1 2 --out runs/grid-i3a [any active.py flag, e.g. --max-epochs 10]
+
+Runs every (case, limit, seed) into OUT/<case>-limit<limit>-seed<seed> with
+the same code as `python active.py` (at limit 1, AL's cell is RS's run and
+IN-AL's is IN-RS's: Sec. 3.3); a run with results.json is finished and read
+back, a run with only state.pt is resumed, so rerunning the command completes a
+half-finished grid. Writes OUT/results.csv (one row per run), OUT/summary.md
+(mean and std over seeds), mca_aca.png, hardest_classes.png and confusion
+matrices summed over seeds. --summarize-only runs nothing and tabulates the
+runs finished so far.
+"""
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import active
+from data import SHORT_NAMES, DataError, write_text_atomic
+from evaluate import draw_bar_chart, draw_confusion, draw_line_chart
+
+CASES = {
+    "rs": ["--scratch", "--strategy", "random"],
+    "al": ["--scratch"],
+    "in-rs": ["--strategy", "random"],
+    "in-al": [],
+}
+HARDEST = ["golgi", "nuclear_membrane", "speckled"]  # Fig. 15
+# Sec. 3.3: "the 100% case ... There was no active learning process in this case since all the data were
+# supposed to be labeled", so AL and RS coincide there. round_sizes() makes both one round of the whole pool
+# with the same random order and the same training, so the grid runs that cell once and reports it for both.
+SAME_RUN_AT_FULL_BUDGET = {"al": "rs", "in-al": "in-rs"}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="(default: all four)")
+    parser.add_argument(
+        "--limits", nargs="+", type=float, default=[0.1, 0.2, 0.4, 1.0], help="(default: 0.1 0.2 0.4 1)"
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="(default: 0 1 2)")
+    parser.add_argument("--out", default="runs/grid", help="grid directory (default: runs/grid)")
+    parser.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="run nothing: write the tables and plots from the runs finished so far (default: off)",
+    )
+    grid_args, run_flags = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
+    instead = {"--limit": "--limits", "--seed": "--seeds", "--scratch": "--cases", "--strategy": "--cases"}
+    for flag in list(instead) + ["--resume"]:
+        if any(given == flag or given.startswith(flag + "=") for given in run_flags):
+            use = f"use {instead[flag]}" if flag in instead else "rerun the grid command to resume its runs"
+            sys.exit(f"error: {flag} is set by the grid itself; {use}")
+    base = active.build_parser().parse_args(run_flags)  # rejects unknown flags with argparse's message
+    out = Path(grid_args.out)
+    rows = []
+    try:
+        for case in grid_args.cases:
+            for limit in grid_args.limits:
+                for seed in grid_args.seeds:
+                    run_case = SAME_RUN_AT_FULL_BUDGET.get(case, case) if limit >= 1 else case
+                    run_dir = out / f"{run_case}-limit{limit:g}-seed{seed}"
+                    if run_case != case:
+                        print(
+                            f"grid: {case}-limit{limit:g}-seed{seed} is {run_dir.name} (Sec. 3.3: no selection at 100%)"
+                        )
+                    if (run_dir / "results.json").exists():
+                        results = json.loads((run_dir / "results.json").read_text())
+                        print(f"grid: {run_dir.name} finished earlier")
+                    elif grid_args.summarize_only:
+                        print(f"grid: {run_dir.name} not finished, left out")
+                        continue
+                    elif (run_dir / "state.pt").exists():
+                        print(f"grid: resuming {run_dir.name}")
+                        results = active.resume(argparse.Namespace(resume=str(run_dir), device=base.device), {})
+                    else:
+                        print(f"grid: running {run_dir.name}")
+                        flags = run_flags + CASES[run_case] + ["--limit", str(limit), "--seed", str(seed)]
+                        results = active.run(active.build_parser().parse_args(flags + ["--out", str(run_dir)]))
+                    rows.append({"case": case, "limit": limit, "seed": seed, "results": results})
+                    write_grid_results(rows, out)
+    except DataError as error:
+        sys.exit(f"error: {error}")
+    if not rows:
+        sys.exit(f"error: --out {out}: no finished run of this grid to summarize")
+    write_grid_summary(rows, out)
+    return rows
+
+
+def write_grid_results(rows, out: Path) -> None:
+    """results.csv: one row per finished run, rewritten (atomically) after every run."""
+    class_names = list(rows[0]["results"]["per_class"])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        ["case", "limit", "seed", "split", "labeled", "mca", "aca", "specimen_accuracy", *class_names, "seconds"]
+    )
+    for row in rows:
+        results = row["results"]
+        per_class = [
+            ("" if results["per_class"][name] is None else f"{results['per_class'][name]:.4f}") for name in class_names
+        ]
+        writer.writerow(
+            [
+                row["case"],
+                row["limit"],
+                row["seed"],
+                results.get("split", "cells"),  # runs from before specimen splits split cells
+                results["labeled"],
+                f"{results['mca']:.4f}",
+                f"{results['aca']:.4f}",
+                "" if results.get("specimen_accuracy") is None else f"{results['specimen_accuracy']:.4f}",
+                *per_class,
+                f"{results.get('seconds', 0):.0f}",
+            ]
+        )
+    write_text_atomic(buffer.getvalue(), out / "results.csv")
+
+
+def _mean_std(values):
+    values = torch.tensor(values, dtype=torch.float64)
+    return float(values.mean()), float(values.std(unbiased=True)) if len(values) > 1 else 0.0
+
+
+def _percent(mean, std, seeds) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" if seeds > 1 else f"{100 * mean:.2f} (one seed)"
+
+
+def write_grid_summary(rows, out: Path) -> None:
+    """summary.md (mean and std over seeds), mca_aca.png, hardest_classes.png, and summed confusion matrices."""
+    cases = list(dict.fromkeys(row["case"] for row in rows))
+    limits = sorted({row["limit"] for row in rows})
+    class_names = list(rows[0]["results"]["per_class"])
+    lines = [
+        "| case | limit | split | seeds | labeled | MCA % (mean ± std) | ACA % (mean ± std) | specimens % (vote) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    curves = {"MCA": {}, "ACA": {}}
+    for case in cases:
+        for limit in limits:
+            group = [row["results"] for row in rows if row["case"] == case and row["limit"] == limit]
+            if not group:
+                continue
+            mca, mca_std = _mean_std([r["mca"] for r in group])
+            aca, aca_std = _mean_std([r["aca"] for r in group])
+            # A specimen split gives each seed its own pool, so the labeled counts differ a little between seeds.
+            labeled = sorted({r["labeled"] for r in group})
+            splits = "/".join(sorted({r.get("split", "cells") for r in group}))
+            votes = [r["specimen_accuracy"] for r in group if r.get("specimen_accuracy") is not None]
+            vote = _percent(*_mean_std(votes), len(votes)) if votes else "n/a"
+            lines.append(
+                f"| {case.upper()} | {limit:g} | {splits} | {len(group)} | "
+                f"{labeled[0] if len(labeled) == 1 else f'{labeled[0]}-{labeled[-1]}'} | "
+                f"{_percent(mca, mca_std, len(group))} | {_percent(aca, aca_std, len(group))} | {vote} |"
+            )
+            curves["MCA"].setdefault(case.upper(), []).append((limit, mca, mca_std))
+            curves["ACA"].setdefault(case.upper(), []).append((limit, aca, aca_std))
+            summed = torch.tensor([r["confusion"] for r in group]).sum(dim=0)
+            draw_confusion(
+                summed,
+                class_names,
+                out / f"confusion-{case}-limit{limit:g}.png",
+                f"{case.upper()} at limit {limit:g}, {len(group)} seed(s) summed",
+            )
+    write_text_atomic("\n".join(lines) + "\n", out / "summary.md")
+    draw_line_chart(
+        out / "mca_aca.png",
+        "MCA and ACA versus the labeling limit (mean, band = ±1 std over seeds)",
+        [("MCA", curves["MCA"]), ("ACA", curves["ACA"])],
+    )
+    focus = 0.2 if 0.2 in limits else limits[0]
+    hardest = [name for name in HARDEST if name in class_names] or class_names[:3]
+    bars = {}
+    for case in cases:
+        group = [row["results"] for row in rows if row["case"] == case and row["limit"] == focus]
+        if group:
+            bars[case.upper()] = [
+                _mean_std([r["per_class"][name] for r in group if r["per_class"][name] is not None])[0]
+                for name in hardest
+            ]
+    draw_bar_chart(
+        out / "hardest_classes.png",
+        f"Per-class accuracy of the hardest classes at limit {focus:g} (%)",
+        [SHORT_NAMES.get(name, name) for name in hardest],
+        bars,
+    )
+    print("\n".join(lines))
+    print(f"grid written to {out}: results.csv, summary.md, mca_aca.png, hardest_classes.png, confusion-*.png")
+
+
+if __name__ == "__main__":
+    main()

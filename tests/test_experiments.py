@@ -1,0 +1,83 @@
+"""The experiment grid (experiments.py): tables, plots, resuming a half-finished grid, and its flags."""
+
+import json
+
+import pytest
+from conftest import TINY
+
+import active
+import experiments
+
+
+def test_grid_writes_tables_and_plots_and_completes_a_half_finished_grid(pretrained, tmp_path, monkeypatch):
+    out = tmp_path / "grid"
+    flags = ["--cases", "rs", "in-al", "--limits", "0.3", "1", "--seeds", "0", "1", "--out", str(out)]
+    flags += TINY + ["--synthetic-cells", "100", "--max-epochs", "1", "--checkpoint", str(pretrained)]
+    rows = experiments.main(flags)
+    assert len(rows) == 8
+    lines = (out / "results.csv").read_text().splitlines()
+    assert (
+        lines[0].startswith("case,limit,seed,split,labeled,mca,aca,specimen_accuracy,homogeneous") and len(lines) == 9
+    )
+    assert all(line.split(",")[3] == "cells" for line in lines[1:])  # synthetic cells have no specimens
+    summary = (out / "summary.md").read_text()
+    assert "| IN-AL | 0.3 | cells | 2 |" in summary and "| RS | 1 | cells | 2 |" in summary
+    for name in ["mca_aca.png", "hardest_classes.png", "confusion-rs-limit0.3.png", "confusion-in-al-limit1.png"]:
+        assert (out / name).stat().st_size > 1000
+    # At 100% there is nothing to choose: one round, every pool cell labeled; IN-AL's cell is IN-RS's run.
+    full = json.loads((out / "in-rs-limit1-seed0" / "results.json").read_text())
+    assert len(full["rounds"]) == 1 and full["labeled"] == full["pool"]
+    assert not (out / "in-al-limit1-seed0").exists()
+
+    # Half-finished: one run never wrote its results, another never started. Only those two are run again.
+    (out / "in-al-limit0.3-seed1" / "results.json").unlink()
+    for path in (out / "rs-limit1-seed1").iterdir():
+        path.unlink()
+    (out / "rs-limit1-seed1").rmdir()
+    started, resumed = [], []
+    real_run, real_resume = active.run, active.resume
+    monkeypatch.setattr(active, "run", lambda *a, **k: started.append(1) or real_run(*a, **k))
+    monkeypatch.setattr(active, "resume", lambda *a, **k: resumed.append(1) or real_resume(*a, **k))
+    summarized = experiments.main(flags + ["--summarize-only"])  # runs nothing, tabulates the six finished runs
+    assert len(summarized) == 6 and not started and not resumed
+    assert len((out / "results.csv").read_text().splitlines()) == 7
+    assert "| RS | 1 | cells | 1 |" in (out / "summary.md").read_text()
+    again = experiments.main(flags)
+    assert len(started) == 2 and len(resumed) == 1  # rs-limit1-seed1 afresh; in-al-limit0.3-seed1 resumed (+ its run)
+    assert [r["results"]["mca"] for r in again] == [r["results"]["mca"] for r in rows]
+    assert (out / "results.csv").read_text().splitlines()[1:] != []
+
+
+def test_at_full_budget_active_learning_and_random_sampling_are_the_same_run(tmp_path, monkeypatch):
+    """Sec. 3.3: at 100% there is no selection, so the grid may run the AL cell as the RS run."""
+    base = TINY + ["--synthetic-cells", "100", "--max-epochs", "2"]
+    common = base + ["--limit", "1", "--scratch"]
+    random_run = active.main(common + ["--strategy", "random", "--out", str(tmp_path / "rs")])
+    active_run = active.main(common + ["--out", str(tmp_path / "al")])
+    assert active_run["labeled"] == random_run["labeled"] == random_run["pool"]
+    assert active_run["confusion"] == random_run["confusion"] and active_run["mca"] == random_run["mca"]
+    assert (tmp_path / "al" / "labeled.csv").read_text() == (tmp_path / "rs" / "labeled.csv").read_text()
+    # so the grid runs it once and reports it under both cases
+    started = []
+    real_run = active.run
+    monkeypatch.setattr(active, "run", lambda *a, **k: started.append(1) or real_run(*a, **k))
+    grid_flags = ["--cases", "rs", "al", "--limits", "1", "--seeds", "0", "--out", str(tmp_path / "grid")]
+    rows = experiments.main(grid_flags + base)
+    assert len(started) == 1 and [row["case"] for row in rows] == ["rs", "al"]
+    assert rows[0]["results"]["confusion"] == rows[1]["results"]["confusion"] == random_run["confusion"]
+    assert "| AL | 1 | cells | 1 |" in (tmp_path / "grid" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--limit", "0.2"], "--limit is set by the grid itself; use --limits"),
+        (["--seed=1"], "--seed is set by the grid itself; use --seeds"),
+        (["--summarize"], "unrecognized arguments: --summarize"),  # no prefix matching of --summarize-only
+    ],
+)
+def test_grid_refuses_singular_and_abbreviated_flags(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        experiments.main(["--out", str(tmp_path / "grid")] + flags)
+    assert message in str(exit_info.value) + capsys.readouterr().err
+    assert not (tmp_path / "grid").exists()  # nothing ran
