@@ -47,10 +47,12 @@ import torch
 import torch.nn.functional as F
 
 from data import (
+    NORMALIZATIONS,
     SHORT_NAMES,
     DataError,
     add_split_flags,
     describe_split,
+    development_split,
     get_dataset,
     load_checkpoint,
     model_inputs,
@@ -66,6 +68,7 @@ from data import (
 from evaluate import (
     draw_confusion,
     model_from_checkpoint,
+    predict_probabilities,
     summarize,
 )
 from model import (
@@ -191,9 +194,13 @@ def fine_tune(model, forward, labels, labeled, args, generator, device):
     Returns (epochs run, the kept epoch's training loss, images seen, optimizer).
     """
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=args.lr)
+    labeled = torch.as_tensor(labeled)
+    weights = None
+    if args.balanced:  # each class weighs as much in the loss as any other, however few of it are labeled
+        counts = torch.bincount(labels[labeled], minlength=model.head.out_features).float()
+        weights = (counts.sum() / (len(counts) * counts.clamp_min(1))).to(device)
     model.train()
     best, bad, epoch, seen, epoch_loss, best_weights = float("inf"), 0, 0, 0, float("nan"), None
-    labeled = torch.as_tensor(labeled)
     started = last_line = time.time()
     while epoch < args.max_epochs and bad < args.patience:
         epoch += 1
@@ -201,7 +208,7 @@ def fine_tune(model, forward, labels, labeled, args, generator, device):
         total = 0.0
         for start in range(0, len(order), args.batch_size):
             index = order[start : start + args.batch_size]
-            loss = F.cross_entropy(forward(index), labels[index].to(device))
+            loss = F.cross_entropy(forward(index), labels[index].to(device), weight=weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -355,6 +362,24 @@ def build_parser():
         help="after each fine-tuning recompute the trainable BatchNorm statistics over the labeled cells "
         "(recalibrate), or keep the running averages of training (running) (default: recalibrate)",
     )
+    parser.add_argument(
+        "--balanced",
+        action="store_true",
+        help="weigh each class's cross-entropy by the inverse of its share of the labeled cells (default: off, "
+        "as in the paper)",
+    )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="final test metrics averaged over the 8 rotations and mirrors of each cell (default: off, as in "
+        "the paper; round lines stay without)",
+    )
+    parser.add_argument(
+        "--development",
+        action="store_true",
+        help="leave the test specimens out entirely and split the pool again, by the same rule, into a "
+        "development pool and test: for choosing settings (default: off)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001, Sec. 3.1)")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out test share (default: 0.2, Sec. 3.1)")
@@ -367,8 +392,8 @@ def build_parser():
     parser.add_argument(
         "--normalize",
         default="none",
-        choices=["none", "max"],
-        help="with --scratch: per-cell intensity stretch (default: none); otherwise the checkpoint's",
+        choices=NORMALIZATIONS,
+        help="with --scratch: per-cell intensity stretch, as train.py's (default: none); otherwise the checkpoint's",
     )
     parser.add_argument(
         "--no-cache",
@@ -411,9 +436,9 @@ def resume(args, given: dict):
     if not state_path.exists():
         raise DataError(f"--resume {args.resume}: no state.pt in that folder")
     state = load_checkpoint(state_path, "--resume")
-    saved = argparse.Namespace(**state["args"])
-    fixed = ("data", "specimens", "split", "limit", "classes", "strategy", "scratch", "seed", "k", "m")
-    for key in fixed + ("checkpoint", "round_start"):
+    saved = argparse.Namespace(**{**vars(build_parser().parse_args([])), **state["args"]})  # flags newer than the run
+    fixed = ("data", "specimens", "split", "development", "limit", "classes", "strategy", "scratch", "seed", "k")
+    for key in fixed + ("m", "checkpoint", "round_start", "balanced", "tta"):
         if key in given and given[key] != getattr(saved, key):
             raise DataError(
                 f"--resume {args.resume}: the run was made with --{key.replace('_', '-')} {getattr(saved, key)}, "
@@ -465,10 +490,14 @@ def run(args, state=None):
     # Step 1: the 80/20 split, each specimen whole on one side when specimens are known, so that the test
     # cells come from specimens the model never saw. The test part is only ever evaluated, never trained on
     # or scored for selection.
-    pool, test = split_dataset(
-        dataset, args.split, [1 - args.test_fraction, args.test_fraction], args.seed, ["pool", "test"]
-    )
-    print(describe_split(dataset, args.split, [pool, test], ["pool", "test"], args.seed))
+    fractions, sides = [1 - args.test_fraction, args.test_fraction], ["pool", "test"]
+    pool, test = split_dataset(dataset, args.split, fractions, args.seed, sides)
+    if args.development:  # the test specimens are set aside unseen; the pool's own are split again
+        (pool, test), sides = (
+            development_split(dataset, args.split, pool, fractions, args.seed),
+            ["dev pool", "dev test"],
+        )
+    print(describe_split(dataset, args.split, [pool, test], sides, args.seed))
     sizes = round_sizes(len(pool), args.limit, args.k, args.m, args.strategy)
     budget = sum(sizes)
     cache = None
@@ -592,11 +621,18 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
     forward = forward_fn(model, dataset.images, None, device)
     # The specimen vote only where the test side holds whole specimens.
     cell_specimens = [dataset.specimens[i] for i in test.tolist()] if args.split == "specimen" else None
-    metrics = summarize(
-        dataset.labels[test], probabilities_of(model, forward, test), dataset.class_names, cell_specimens
-    )
+    if args.tta:  # the 8 rotations and mirrors of each test cell, averaged
+        probabilities = predict_probabilities(model, dataset.images[test], device, 64, tta=True)
+    else:
+        probabilities = probabilities_of(model, forward, test)
+    metrics = summarize(dataset.labels[test], probabilities, dataset.class_names, cell_specimens)
     test_specimens = specimens_of(dataset, test)
-    split = {"names": ["pool", "test"], "fractions": [1 - args.test_fraction, args.test_fraction], "seed": args.seed}
+    split = {
+        "names": ["pool", "test"],
+        "fractions": [1 - args.test_fraction, args.test_fraction],
+        "seed": args.seed,
+        "development": args.development,
+    }
     checkpoint = {
         "model": model.state_dict(),
         "class_names": dataset.class_names,
@@ -633,6 +669,7 @@ def finish(args, dataset, pool, test, labeled, reasons, label_round, rounds, mod
         "per_class": metrics["per_class"],
         "confusion": metrics["confusion"],
         "split": args.split,
+        "development": args.development,
         "test_specimens": test_specimens,
         "specimen_accuracy": metrics.get("specimen_accuracy"),
         "specimen_results": metrics.get("specimens"),

@@ -87,7 +87,13 @@ def optimised_round(model, dataset, labeled, unlabeled, epochs, batch_size, devi
     forward = active.forward_fn(model, dataset.images, cache, device)
     # The same work as straightforward_round: no BatchNorm recalibration pass (both would add one).
     args = argparse.Namespace(
-        lr=1e-3, max_epochs=epochs, patience=epochs + 1, batch_size=batch_size, stop_weights="last", batchnorm="running"
+        lr=1e-3,
+        max_epochs=epochs,
+        patience=epochs + 1,
+        batch_size=batch_size,
+        stop_weights="last",
+        batchnorm="running",
+        balanced=False,
     )
     started = time.time()
     active.fine_tune(model, forward, dataset.labels, labeled, args, torch.Generator().manual_seed(0), device)

@@ -143,18 +143,31 @@ def read_cell(path: Path) -> np.ndarray:
     return np.clip(array, 0.0, 1.0)
 
 
-def prepare_cell(array: np.ndarray, image_size: int = IMAGE_SIZE, normalize: str = "none") -> np.ndarray:
-    """Bicubic resize to image_size x image_size (Sec. 3.1) and quantise to uint8.
+NORMALIZATIONS = ("none", "max", "percentile")
 
-    normalize='max' stretches each cell so that its brightest pixel is 1: it
-    removes the positive/intermediate intensity difference before the network
-    sees the cell. The paper does not do this (it argues that the wavelet
-    approximation already homogenises intensity, Sec. 2.1), so it is off by
-    default.
+
+def normalize_cell(array: np.ndarray, normalize: str = "none") -> np.ndarray:
+    """Per-cell intensity stretch, from this cell's own pixels only (never from other cells).
+
+    'max' divides by the cell's brightest pixel; 'percentile' maps the cell's 1st
+    and 99th percentiles to 0 and 1 (clipped), so that a few hot pixels and the
+    background level of one specimen's exposure set neither end. Both remove
+    the positive/intermediate intensity difference before the network sees the
+    cell. The paper does neither: it argues that the wavelet approximation
+    homogenises intensity by itself (Sec. 2.1), so 'none' is the default.
     """
     if normalize == "max":
         peak = float(array.max())
-        array = array / peak if peak > 0 else array
+        return array / peak if peak > 0 else array
+    if normalize == "percentile":
+        low, high = np.percentile(array, [1.0, 99.0])
+        return np.clip((array - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(array)
+    return array
+
+
+def prepare_cell(array: np.ndarray, image_size: int = IMAGE_SIZE, normalize: str = "none") -> np.ndarray:
+    """Per-cell normalisation (normalize_cell), bicubic resize to image_size x image_size (Sec. 3.1), uint8."""
+    array = normalize_cell(array, normalize)
     resized = Image.fromarray(array.astype(np.float32), mode="F").resize((image_size, image_size), Image.BICUBIC)
     return (np.clip(np.asarray(resized), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
@@ -576,7 +589,11 @@ def synthetic_cell(class_name: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def synthetic_dataset(
-    kind: str = "source", num_cells: int | None = None, seed: int = 0, image_size: int = IMAGE_SIZE
+    kind: str = "source",
+    num_cells: int | None = None,
+    seed: int = 0,
+    image_size: int = IMAGE_SIZE,
+    normalize: str = "none",
 ) -> CellDataset:
     """The embedded default data: 'source' (5 SNPHEp-2 classes, balanced, 300 cells unless num_cells says otherwise) or
     'target' (6 LSHEp-2 classes, LSHEp-2's imbalance, 1500 cells). Same seed, same cells."""
@@ -594,7 +611,7 @@ def synthetic_dataset(
     for label, (class_name, count) in enumerate(zip(class_names, counts)):
         rng = np.random.default_rng([seed, label, 1 if kind == "target" else 0])
         for _ in range(count):
-            images.append(prepare_cell(synthetic_cell(class_name, rng), image_size))
+            images.append(prepare_cell(synthetic_cell(class_name, rng), image_size, normalize))
             labels.append(label)
     files = [f"synthetic:{kind}:{seed}:{index}" for index in range(len(labels))]
     return CellDataset(
@@ -612,7 +629,7 @@ def get_dataset(data, kind, classes, image_size, normalize, seed, synthetic_cell
         return load_dataset(data, classes, image_size, normalize, specimens_csv=specimens)
     if specimens:
         raise DataError("--specimens: only with --data (the synthetic default has no specimens)")
-    dataset = synthetic_dataset(kind, synthetic_cells, seed=seed, image_size=image_size)
+    dataset = synthetic_dataset(kind, synthetic_cells, seed=seed, image_size=image_size, normalize=normalize)
     if classes is not None:
         missing = [name for name in classes if name not in dataset.class_names]
         if missing:
@@ -782,6 +799,14 @@ def split_dataset(dataset: CellDataset, by: str, fractions: list[float], seed: i
     return stratified_split(dataset.labels, fractions, seed)
 
 
+def development_split(dataset: CellDataset, by: str, pool: torch.Tensor, fractions: list[float], seed: int):
+    """The pool split again by the same rule into a development pool and test (the real test side is left out).
+
+    Settings are chosen on these, never on the test specimens (README paper notes)."""
+    inner = split_dataset(dataset.subset(pool), by, fractions, seed, ["dev pool", "dev test"])
+    return pool[inner[0]], pool[inner[1]]
+
+
 def specimens_of(dataset: CellDataset, indices: torch.Tensor) -> list[str]:
     """The distinct specimens of these cells, sorted; [] where specimens are unknown."""
     if dataset.specimens is None:
@@ -823,6 +848,14 @@ def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 symmetries of the square of (N, C, H, W) images: 4 quarter turns, each without and with a mirror.
+
+    Exact (no interpolation): a cell's pattern has no orientation, so each view is as valid as the original."""
+    mirrored = torch.flip(images, dims=(3,))
+    return [torch.rot90(view, turns, dims=(2, 3)) for view in (images, mirrored) for turns in range(4)]
 
 
 def rotation_angles(views: int) -> torch.Tensor:

@@ -23,6 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from data import (
     DataError,
+    development_split,
+    dihedral_views,
     get_dataset,
     load_checkpoint,
     load_unlabeled,
@@ -124,14 +126,20 @@ def summarize(
 
 
 @torch.inference_mode()
-def predict_probabilities(model, images: torch.Tensor, device: torch.device, batch_size: int = 32) -> torch.Tensor:
-    """Softmax probabilities (Eq. 1) for uint8 cells, in eval mode, without augmentation."""
+def predict_probabilities(
+    model, images: torch.Tensor, device: torch.device, batch_size: int = 32, tta: bool = False
+) -> torch.Tensor:
+    """Softmax probabilities (Eq. 1) for uint8 cells, in eval mode.
+
+    With tta, the mean of the probabilities of the 8 dihedral views of each cell (test-time augmentation;
+    not in the paper): 8 times the work."""
     was_training = model.training
     model.eval()
     outputs = []
     for start in range(0, len(images), batch_size):
-        approximation, details = model_inputs(images[start : start + batch_size], device)
-        outputs.append(torch.softmax(model(approximation, details).float(), dim=1).cpu())
+        views = dihedral_views(images[start : start + batch_size]) if tta else [images[start : start + batch_size]]
+        probabilities = [torch.softmax(model(*model_inputs(view, device)).float(), dim=1) for view in views]
+        outputs.append(torch.stack(probabilities).mean(dim=0).cpu())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.zeros(0, len(model.head.bias))
 
@@ -329,7 +337,10 @@ def split_of_checkpoint(checkpoint: dict, dataset, split: str):
         raise DataError("--split: this checkpoint records no split; use --split all")
     if split not in info["names"]:
         raise DataError(f"--split {split}: this checkpoint's run made the splits {', '.join(info['names'])}")
-    parts = split_dataset(dataset, resolve_split(by, dataset), info["fractions"], info["seed"], info["names"])
+    by = resolve_split(by, dataset)
+    parts = split_dataset(dataset, by, info["fractions"], info["seed"], info["names"])
+    if info.get("development"):  # active.py --development: the pool split again, the test side left out
+        parts = list(development_split(dataset, by, parts[0], info["fractions"], info["seed"]))
     return dataset.subset(parts[info["names"].index(split)])
 
 

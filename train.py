@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from data import (
+    NORMALIZATIONS,
     DataError,
     add_split_flags,
     describe_split,
@@ -124,8 +125,9 @@ def main(argv=None):
     parser.add_argument(
         "--normalize",
         default="none",
-        choices=["none", "max"],
-        help="per-cell intensity stretch before the network (default: none, as in the paper)",
+        choices=NORMALIZATIONS,
+        help="per-cell intensity stretch before the network: to the cell's maximum, or its 1st-99th "
+        "percentiles (default: none, as in the paper)",
     )
     parser.add_argument(
         "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)"

@@ -230,3 +230,34 @@ def test_former_subcommands_point_to_their_scripts():
         with pytest.raises(SystemExit) as exit_info:
             active.main([command, "x"])
         assert str(exit_info.value) == f"error: `active.py {command}` is now `{script}`"
+
+
+def test_balanced_loss_weighs_classes_by_their_labeled_share(pretrained):
+    """With as many labels of each class, --balanced changes nothing; with skewed labels it changes training."""
+    dataset = data.synthetic_dataset("target", 300, seed=0, image_size=32)
+    equal = torch.cat([torch.nonzero(dataset.labels == c).squeeze(1)[:8] for c in range(6)])
+    skewed = torch.cat([torch.nonzero(dataset.labels == c).squeeze(1)[: 2 + 10 * (c == 0)] for c in range(6)])
+
+    def trained(labeled, balanced):
+        torch.manual_seed(0)  # the same fresh head both times
+        model = active.transfer_model(torch.load(pretrained, weights_only=True), 6, "cpu")
+        args = active.build_parser().parse_args(["--max-epochs", "2"] + (["--balanced"] if balanced else []))
+        forward = active.forward_fn(model, dataset.images, None, "cpu")
+        active.fine_tune(model, forward, dataset.labels, labeled, args, torch.Generator().manual_seed(0), "cpu")
+        return model.head.weight.detach()
+
+    assert torch.allclose(trained(equal, False), trained(equal, True), atol=1e-6)
+    assert not torch.allclose(trained(skewed, False), trained(skewed, True), atol=1e-4)
+
+
+def test_tta_flag_scores_the_final_test_over_eight_views(pretrained, tmp_path):
+    results, out = run_active(tmp_path, "tta", ["--tta", "--k", "20", "--m", "20"], pretrained)
+    model = evaluate.model_from_checkpoint(torch.load(out / "model.pt", weights_only=True), "cpu")
+    dataset = data.synthetic_dataset("target", 120, seed=0, image_size=32)
+    _, test = data.stratified_split(dataset.labels, [0.8, 0.2], 0)
+    expected = evaluate.summarize(
+        dataset.labels[test],
+        evaluate.predict_probabilities(model, dataset.images[test], "cpu", 64, tta=True),
+        dataset.class_names,
+    )
+    assert results["args"]["tta"] and results["confusion"] == expected["confusion"]

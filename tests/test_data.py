@@ -152,3 +152,47 @@ def test_synthetic_sets_are_seeded_and_shaped_like_the_paper():
     # bright and dim cells both occur
     peaks = target.images.flatten(1).max(dim=1).values.float()
     assert (peaks < 110).any() and (peaks > 170).any()
+
+
+def test_dihedral_views_are_exact_rotations_and_mirrors():
+    image = torch.arange(16.0).reshape(1, 1, 4, 4)
+    views = data.dihedral_views(image)
+    assert len(views) == 8 and torch.equal(views[0], image)
+    assert len({tuple(view.flatten().tolist()) for view in views}) == 8  # all different
+    assert torch.equal(views[1], torch.rot90(image, 1, dims=(2, 3)))
+    assert torch.equal(views[4], torch.flip(image, dims=(3,)))
+    assert torch.equal(views[6], torch.flip(image, dims=(2,)))  # mirror then half turn = the other mirror
+    for view in views:  # a group: any view turned or mirrored again is one of the eight
+        assert any(torch.equal(torch.rot90(view, 1, dims=(2, 3)), other) for other in views)
+        assert any(torch.equal(torch.flip(view, dims=(3,)), other) for other in views)
+        assert sorted(view.flatten().tolist()) == sorted(image.flatten().tolist())  # pixels moved, not changed
+
+
+def test_percentile_normalisation_is_per_cell_and_undoes_exposure():
+    rng = np.random.default_rng(4)
+    cell = data.synthetic_cell("centromere", rng)
+    cell = cell / cell.max()  # a bright (positive) cell
+    dim = 0.3 * cell + 0.05  # the same cell under another specimen's exposure and background
+    bright, dark = data.prepare_cell(cell, 64, "percentile"), data.prepare_cell(dim, 64, "percentile")
+    assert np.abs(bright.astype(int) - dark.astype(int)).max() <= 1
+    assert np.abs(data.prepare_cell(cell, 64).astype(int) - data.prepare_cell(dim, 64).astype(int)).max() > 50
+    stretched = data.normalize_cell(dim, "percentile")
+    assert stretched.min() == 0 and stretched.max() == 1 and bright.max() >= 240  # full range, before resizing
+    assert data.normalize_cell(np.full((20, 20), 0.3), "percentile").max() == 0  # flat: nothing to stretch
+
+
+def test_normalisation_never_looks_at_other_cells(tmp_path):
+    """A cell's tensor is the same whatever else is loaded with it (so test cells never shape training cells)."""
+    root = make_folder_dataset(tmp_path / "cells")
+    together = load_dataset(root, normalize="percentile", cache=False)
+    for path in (root / "golgi").glob("golgi00[12].png"):
+        path.unlink()
+    alone = load_dataset(root, normalize="percentile", cache=False)
+    assert torch.equal(together.images[together.files.index(alone.files[-1])], alone.images[-1])
+
+
+def test_synthetic_cells_follow_the_normalisation():
+    plain = data.synthetic_dataset("target", 60, seed=0, image_size=32)
+    stretched = data.synthetic_dataset("target", 60, seed=0, image_size=32, normalize="percentile")
+    assert not torch.equal(plain.images, stretched.images)
+    assert stretched.images.flatten(1).max(dim=1).values.float().min() > 200  # dim cells stretched too

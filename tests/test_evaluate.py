@@ -66,3 +66,16 @@ def test_checkpoint_classes_must_cover_the_data(pretrained, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main(["--checkpoint", str(tmp_path / "evil.pt")])
     assert "not a readable checkpoint" in str(exit_info.value)
+
+
+def test_test_time_augmentation_averages_the_eight_views(pretrained):
+    import data
+
+    model = evaluate.model_from_checkpoint(torch.load(pretrained, weights_only=True), "cpu")
+    images = data.synthetic_dataset("source", 10, seed=3, image_size=32).images
+    averaged = evaluate.predict_probabilities(model, images, "cpu", 4, tta=True)
+    by_hand = torch.stack([evaluate.predict_probabilities(model, v, "cpu") for v in data.dihedral_views(images)])
+    assert torch.allclose(averaged, by_hand.mean(dim=0), atol=1e-5)
+    turned = evaluate.predict_probabilities(model, torch.rot90(images, 1, dims=(2, 3)), "cpu", 4, tta=True)
+    assert torch.allclose(averaged, turned, atol=1e-5)  # the same eight views, so the same answer
+    assert not torch.allclose(evaluate.predict_probabilities(model, images, "cpu"), averaged, atol=1e-3)

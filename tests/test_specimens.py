@@ -319,3 +319,22 @@ def test_campaign_holds_out_whole_specimens(pretrained, tmp_path):
     campaign.main(["ingest", str(folder), "--device", "cpu"])
     history = json.loads((folder / "campaign.json").read_text())["history"][0]
     assert history["held_out"] % 3 == 0 and 0 < history["held_out"] < 18  # whole specimens of 3 cells each
+
+
+def test_development_split_never_touches_the_test_specimens(pretrained, tmp_path, capsys):
+    layout = {"Homogeneous": {f"h{i}": 3 for i in range(6)}, "Golgi": {f"g{i}": 3 for i in range(6)}}
+    root = tmp_path / "six"
+    root.mkdir()
+    write_specimens_csv(root / "specimens.csv", write_cells(root, layout))
+    flags = ["--data", str(root), "--checkpoint", str(pretrained), "--device", "cpu", "--limit", "0.5"]
+    results = active.main(flags + ["--max-epochs", "1", "--development", "--out", str(tmp_path / "dev")])
+    assert "dev pool" in capsys.readouterr().out and results["development"]
+    dataset = load_dataset(root, cache=False)
+    pool, test = data.split_dataset(dataset, "specimen", [0.8, 0.2], 0, ["pool", "test"])
+    real_test = set(data.specimens_of(dataset, test))
+    assert not real_test & set(results["test_specimens"])  # the development test comes from the pool
+    rows = list(csv.DictReader((tmp_path / "dev" / "labeled.csv").open()))
+    assert not real_test & {row["specimen"] for row in rows}
+    assert results["test"] + results["pool"] == len(pool)
+    metrics = evaluate.main(["--checkpoint", str(tmp_path / "dev" / "model.pt"), "--device", "cpu", "--json"])
+    assert metrics["count"] == results["test"] and metrics["mca"] == pytest.approx(results["mca"])
