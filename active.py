@@ -51,6 +51,7 @@ from data import (
     SHORT_NAMES,
     DataError,
     add_split_flags,
+    check_flags,
     describe_split,
     development_split,
     get_dataset,
@@ -58,6 +59,7 @@ from data import (
     model_inputs,
     parse_class_list,
     pick_device,
+    remove_stale_temporaries,
     resolve_split,
     save_atomic,
     seed_everything,
@@ -436,6 +438,8 @@ def resume(args, given: dict):
     if not state_path.exists():
         raise DataError(f"--resume {args.resume}: no state.pt in that folder")
     state = load_checkpoint(state_path, "--resume")
+    if "args" not in state or "rounds" not in state:
+        raise DataError(f"--resume {state_path}: not the state of an active.py run (no 'args' or 'rounds')")
     saved = argparse.Namespace(**{**vars(build_parser().parse_args([])), **state["args"]})  # flags newer than the run
     fixed = ("data", "specimens", "split", "development", "limit", "classes", "strategy", "scratch", "seed", "k")
     for key in fixed + ("m", "checkpoint", "round_start", "balanced", "tta"):
@@ -454,18 +458,13 @@ def run(args, state=None):
         raise DataError(f"--limit {args.limit}: expected a fraction in (0, 1]")
     if not 0 < args.test_fraction < 1:
         raise DataError(f"--test-fraction {args.test_fraction}: expected a fraction in (0, 1)")
-    for flag, value in [
-        ("--k", args.k),
-        ("--m", args.m),
-        ("--max-epochs", args.max_epochs),
-        ("--batch-size", args.batch_size),
-    ]:
-        if value is not None and value < 1:
-            raise DataError(f"{flag} {value}: expected a positive integer")
+    check_flags(args, ("k", "m", "max_epochs", "patience", "batch_size", "synthetic_cells"), ("lr",))
     device = pick_device(args.device)
     seed_everything(args.seed)
     out = Path(args.out or f"runs/{case_name(args)}-limit{args.limit:g}-seed{args.seed}")
     args.out = str(out)
+    for name in ("state.pt", "model.pt", "results.json", "labeled.csv", "confusion.png"):
+        remove_stale_temporaries(out / name)  # what a save killed half-way left behind
     classes = parse_class_list(args.classes)
 
     # The network: pretrained (IN) with a new head and frozen early layers, or from scratch (Sec. 3.1, 3.2).

@@ -43,11 +43,13 @@ from data import (
     TARGET_CLASSES,
     DataError,
     canonical_class,
+    check_flags,
     load_checkpoint,
     load_unlabeled,
     parse_class_list,
     pick_device,
     read_cell,
+    read_json,
     save_atomic,
     seed_everything,
     specimens_in,
@@ -75,7 +77,7 @@ def load_campaign(folder: Path) -> dict:
     path = folder / "campaign.json"
     if not path.is_file():
         raise DataError(f"{folder}: not a campaign folder (no campaign.json); start one with `campaign.py query`")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def main(argv=None) -> dict:
@@ -135,11 +137,14 @@ def start_campaign(args) -> dict:
     folder, pool = Path(args.out), Path(args.pool)
     if (folder / "campaign.json").exists():
         raise DataError(f"--out {folder}: a campaign is already there; continue it with `campaign.py ingest {folder}`")
-    if args.n < 1:
-        raise DataError(f"--n {args.n}: expected a positive integer")
+    check_flags(args, ("n", "max_epochs"))
     if not 0 <= args.holdout < 1:
         raise DataError(f"--holdout {args.holdout}: expected a fraction in [0, 1)")
     classes = parse_class_list(args.classes) or list(TARGET_CLASSES)
+    if len(set(classes)) < 2:
+        raise DataError(f"--classes {' '.join(classes)}: expected at least two classes")
+    if folder.resolve() == pool.resolve() or pool.resolve() in folder.resolve().parents:
+        raise DataError(f"--out {folder}: inside the pool {pool}; its query sheets would become cells to label")
     device = pick_device(args.device)
     seed_everything(args.seed)
     pretrained = load_checkpoint(args.checkpoint)

@@ -20,6 +20,7 @@ tensor: about 12 KB a cell, so the 13,596 cells of I3A take 170 MB.
 
 import csv
 import hashlib
+import json
 import math
 import os
 import random
@@ -889,7 +890,21 @@ def pick_device(name: str = "auto") -> torch.device:
         raise DataError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DataError(f"--device {name}: Apple's mps is not available on this machine")
     return device
+
+
+def check_flags(args, positive_integers=(), positive_numbers=()) -> None:
+    """One line per bad flag: these must be positive integers, those positive finite numbers (None: not given)."""
+    for name in positive_integers:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise DataError(f"--{name.replace('_', '-')} {value}: expected a positive integer")
+    for name in positive_numbers:
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise DataError(f"--{name.replace('_', '-')} {value}: expected a positive number")
 
 
 def seed_everything(seed: int) -> None:
@@ -903,16 +918,37 @@ def save_atomic(obj, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    try:
+        torch.save(obj, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)  # a failed write leaves no partial file behind
 
 
 def write_bytes_atomic(data: bytes, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Partial files a killed save left beside path (.NAME.tmpPID); the rename that would commit them never came."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON file this project wrote, or a one-line error naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: not readable JSON ({error.__class__.__name__}: {error})") from None
 
 
 def write_text_atomic(text: str, path: str | Path) -> None:

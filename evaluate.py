@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from data import (
     DataError,
+    check_flags,
     development_split,
     dihedral_views,
     get_dataset,
@@ -144,9 +145,13 @@ def predict_probabilities(
     return torch.cat(outputs) if outputs else torch.zeros(0, len(model.head.bias))
 
 
-def model_from_checkpoint(checkpoint: dict, device: torch.device) -> ParallelResNet:
+def model_from_checkpoint(checkpoint: dict, device: torch.device, name: str = "--checkpoint") -> ParallelResNet:
     model = ParallelResNet(len(checkpoint["class_names"]))
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:  # another network's weights, or another number of classes
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise DataError(f"{name}: its weights do not fit this project's network ({first})") from None
     return model.to(device).eval()
 
 
@@ -429,9 +434,12 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     args = parser.parse_args(argv)
     try:
+        check_flags(args, ("batch_size",))
+        if args.predict and Path(args.out).is_dir():
+            raise DataError(f"--out {args.out}: is a folder; expected the path of the CSV to write")
         device = pick_device(args.device)
         checkpoint = load_checkpoint(args.checkpoint)
-        model = model_from_checkpoint(checkpoint, device)
+        model = model_from_checkpoint(checkpoint, device, f"--checkpoint {args.checkpoint}")
         class_names = checkpoint["class_names"]
         if args.predict:
             return predict_folder(model, checkpoint, args, device)

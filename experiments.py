@@ -16,14 +16,13 @@ runs finished so far.
 import argparse
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 import active
-from data import SHORT_NAMES, DataError, write_text_atomic
+from data import SHORT_NAMES, DataError, read_json, write_text_atomic
 from evaluate import draw_bar_chart, draw_confusion, draw_line_chart
 
 CASES = {
@@ -75,7 +74,7 @@ def main(argv=None):
                             f"grid: {case}-limit{limit:g}-seed{seed} is {run_dir.name} (Sec. 3.3: no selection at 100%)"
                         )
                     if (run_dir / "results.json").exists():
-                        results = json.loads((run_dir / "results.json").read_text())
+                        results = read_json(run_dir / "results.json")
                         print(f"grid: {run_dir.name} finished earlier")
                     elif grid_args.summarize_only:
                         print(f"grid: {run_dir.name} not finished, left out")

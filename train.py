@@ -31,12 +31,14 @@ from data import (
     NORMALIZATIONS,
     DataError,
     add_split_flags,
+    check_flags,
     describe_split,
     get_dataset,
     load_checkpoint,
     model_inputs,
     parse_class_list,
     pick_device,
+    remove_stale_temporaries,
     resolve_split,
     rotation_angles,
     save_atomic,
@@ -46,6 +48,9 @@ from data import (
 )
 from evaluate import draw_confusion, format_report, predict_probabilities, summarize
 from model import ParallelResNet, trainable_parameters
+
+
+RESUME_MAY_CHANGE = {"epochs", "patience", "device", "resume"}
 
 
 def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, generator=None):
@@ -143,9 +148,7 @@ def main(argv=None):
 
 
 def run(args):
-    for flag, value in [("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--rotations", args.rotations)]:
-        if value < 1:
-            raise DataError(f"{flag} {value}: expected a positive integer")
+    check_flags(args, ("epochs", "batch_size", "rotations", "patience", "synthetic_cells"), ("lr",))
     if args.image_size < 16 or args.image_size % 4:
         raise DataError(f"--image-size {args.image_size}: expected a multiple of 4, at least 16")
     if not (0 < args.val_fraction < 1 and 0 <= args.test_fraction < 1 and args.val_fraction + args.test_fraction < 1):
@@ -183,6 +186,8 @@ def run(args):
         "test_specimens": specimens_of(dataset, test_idx),
     }
     state_path = Path(args.out).with_name(Path(args.out).name + ".state")
+    for path in (args.out, state_path):  # what a save killed half-way left behind
+        remove_stale_temporaries(path)
     start_epoch, best_loss, bad_epochs, history = 1, float("inf"), 0, []
     if args.resume and state_path.exists():
         state = load_checkpoint(state_path, "--resume")
@@ -194,6 +199,13 @@ def run(args):
             raise DataError(
                 f"--resume: {state_path} was made on other data, classes or split; remove it or drop --resume"
             )
+        # Only the flags that do not change what is trained or how the data is split may differ.
+        for key, value in vars(args).items():
+            if key not in RESUME_MAY_CHANGE and key in state["args"] and state["args"][key] != value:
+                raise DataError(
+                    f"--resume: {state_path} was made with --{key.replace('_', '-')} {state['args'][key]}, not "
+                    f"{value}; a resume may change only --epochs, --patience and --device"
+                )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -204,7 +216,9 @@ def run(args):
             state["bad_epochs"],
             state["history"],
         )
-        print(f"resumed from {state_path} after epoch {state['epoch']}")
+        print(
+            f"resumed from {state_path} after epoch {state['epoch']} (a resume may change --epochs, --patience, --device)"
+        )
 
     for epoch in range(start_epoch, args.epochs + 1):
         if bad_epochs >= args.patience:
@@ -253,6 +267,11 @@ def run(args):
             state_path,
         )
 
+    if best_loss == float("inf"):  # no epoch improved on nothing: every validation loss was NaN
+        raise DataError(
+            f"no epoch gave a finite validation loss (last: {history[-1]['val_loss'] if history else 'none'}); "
+            f"nothing was saved and {args.out} was left as it was"
+        )
     # The test split is looked at once, after training, by the chosen (best validation loss) model.
     best = load_checkpoint(args.out)
     model.load_state_dict(best["model"])

@@ -1,0 +1,127 @@
+"""Bad input stops with one line `error: ...` naming the file or flag (SystemExit: exit status 1, no traceback)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from PIL import Image
+
+import active
+import campaign
+import data
+import evaluate
+import experiments
+import train
+
+
+def fails(main, argv, *words):
+    """main(argv) exits with one line that starts with 'error: ' and holds every word."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    text = str(exit_info.value)
+    assert text.startswith("error: ") and "\n" not in text, text
+    assert all(word in text for word in words), text
+    return text
+
+
+@pytest.mark.parametrize(
+    "flags, flag",
+    [
+        (["--patience", "0"], "--patience 0"),
+        (["--lr", "-1"], "--lr -1.0"),
+        (["--lr", "nan"], "--lr nan"),
+        (["--synthetic-cells", "0"], "--synthetic-cells 0"),
+        (["--batch-size", "0"], "--batch-size 0"),
+    ],
+)
+def test_training_flags_are_checked_in_train_and_active(flags, flag, tmp_path):
+    fails(train.main, TINY + ["--out", str(tmp_path / "p.pt")] + flags, flag)
+    fails(active.main, TINY + ["--scratch", "--out", str(tmp_path / "run")] + flags, flag)
+
+
+def test_device_that_is_not_there():
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has mps")
+    fails(train.main, ["--device", "mps"], "--device mps", "not available")
+
+
+def test_evaluate_batch_size_and_an_output_that_is_a_folder(pretrained, tmp_path):
+    fails(evaluate.main, ["--checkpoint", str(pretrained), "--batch-size", "-1"], "--batch-size -1")
+    Image.fromarray(np.zeros((30, 30), np.uint8)).save(tmp_path / "cell.png")
+    (tmp_path / "out").mkdir()
+    flags = ["--checkpoint", str(pretrained), "--predict", str(tmp_path), "--out", str(tmp_path / "out")]
+    fails(evaluate.main, flags, "--out", "is a folder")
+    assert not list(tmp_path.glob(".*tmp*")) and not list((tmp_path / "out").iterdir())
+
+
+def test_weights_that_do_not_fit_and_a_state_without_args(pretrained, tmp_path):
+    checkpoint = torch.load(pretrained, weights_only=True)
+    checkpoint["class_names"] = checkpoint["class_names"] + ["golgi"]  # 6 names for a 5-class head
+    torch.save(checkpoint, tmp_path / "six.pt")
+    fails(evaluate.main, ["--checkpoint", str(tmp_path / "six.pt")], str(tmp_path / "six.pt"), "do not fit")
+    (tmp_path / "run").mkdir()
+    torch.save({"model": {}, "class_names": ["a", "b"]}, tmp_path / "run" / "state.pt")
+    fails(active.main, ["--resume", str(tmp_path / "run")], "state.pt", "not the state of an active.py run")
+
+
+def test_damaged_json_is_named(pretrained, tmp_path):
+    (tmp_path / "campaign").mkdir()
+    (tmp_path / "campaign" / "campaign.json").write_text('{"pool": ')
+    fails(campaign.main, ["status", str(tmp_path / "campaign")], "campaign.json", "not readable JSON")
+    (tmp_path / "grid" / "rs-limit0.5-seed0").mkdir(parents=True)
+    (tmp_path / "grid" / "rs-limit0.5-seed0" / "results.json").write_text("{")
+    flags = ["--cases", "rs", "--limits", "0.5", "--seeds", "0", "--out", str(tmp_path / "grid")]
+    fails(experiments.main, flags, "results.json", "not readable JSON")
+
+
+def test_campaign_flags(pretrained, tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for index in range(4):
+        Image.fromarray(np.full((30, 30), 40 * index, np.uint8)).save(pool / f"c{index}.png")
+    flags = ["query", "--pool", str(pool), "--checkpoint", str(pretrained), "--device", "cpu"]
+    fails(campaign.main, flags + ["--out", str(tmp_path / "a"), "--max-epochs", "0"], "--max-epochs 0")
+    fails(campaign.main, flags + ["--out", str(tmp_path / "b"), "--classes", "golgi"], "--classes golgi")
+    fails(campaign.main, flags + ["--out", str(pool / "campaign")], "--out", "inside the pool")
+    assert sorted(path.name for path in pool.iterdir()) == ["c0.png", "c1.png", "c2.png", "c3.png"]
+
+
+def test_train_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
+    args = TINY + ["--synthetic-cells", "40", "--rotations", "1", "--out", str(tmp_path / "p.pt")]
+    train.main(args + ["--epochs", "1"])
+    fails(train.main, args + ["--epochs", "2", "--resume", "--seed", "3"], "--seed 0, not 3", "--epochs, --patience")
+    fails(train.main, args + ["--resume", "--val-fraction", "0.3"], "--val-fraction 0.15, not 0.3")
+    train.main(args + ["--epochs", "2", "--resume", "--patience", "3"])  # what may change
+    assert "a resume may change --epochs, --patience, --device" in capsys.readouterr().out
+
+
+def test_a_run_that_saves_nothing_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "p.pt"
+    args = TINY + ["--synthetic-cells", "40", "--rotations", "1", "--epochs", "2", "--out", str(out)]
+    train.main(args)
+    before = out.read_bytes()
+    real_summarize = train.summarize
+    monkeypatch.setattr(train, "summarize", lambda *a, **k: {**real_summarize(*a, **k), "loss": float("nan")})
+    fails(train.main, args + ["--seed", "1"], "no epoch gave a finite validation loss", str(out))
+    assert out.read_bytes() == before
+
+
+def test_partial_files_of_a_killed_save_are_removed(tmp_path, monkeypatch):
+    def broken_save(obj, path):
+        path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        data.save_atomic({"a": 1}, tmp_path / "state.pt")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".state.pt.tmp4242").write_bytes(b"left by a kill")
+    active.main(
+        TINY + ["--scratch", "--synthetic-cells", "60", "--max-epochs", "1", "--limit", "0.3", "--out", str(run)]
+    )
+    assert not list(run.glob(".*tmp*")) and json.loads((run / "results.json").read_text())["labeled"] > 0
