@@ -49,6 +49,7 @@ from data import (
     parse_class_list,
     pick_device,
     read_cell,
+    read_csv_rows,
     read_json,
     save_atomic,
     seed_everything,
@@ -149,7 +150,9 @@ def start_campaign(args) -> dict:
     seed_everything(args.seed)
     pretrained = load_checkpoint(args.checkpoint)
     model = transfer_model(pretrained, len(classes), device)
-    images, files = load_unlabeled(pool, pretrained.get("image_size", 112), pretrained.get("normalize", "none"))
+    images, files = load_unlabeled(
+        pool, pretrained.get("image_size", 112), pretrained.get("normalize", "none"), "--pool"
+    )
     names = [Path(file).name for file in files]
     specimens = specimens_in(pool, [Path(file) for file in files], args.specimens) or []
     state = {
@@ -257,8 +260,11 @@ def read_filled_query(folder: Path, state: dict) -> tuple[list[dict], list[str]]
     if not path.is_file():
         raise DataError(f"{path}: the pending query is missing")
     pending = {entry["file"]: entry["sha256"] for entry in state["pending"]}
-    rows = list(csv.DictReader(path.read_text(encoding="utf-8-sig").splitlines()))
-    if rows and ("file" not in rows[0] or "label" not in rows[0]):
+    # As a spreadsheet program saves it: any of its encodings, `;` in European locales, trailing empty rows.
+    lines, _ = read_csv_rows(path)
+    header = [cell.strip() for cell in lines[0]] if lines else []
+    rows = [dict(zip(header, line)) for line in lines[1:]]
+    if rows and ("file" not in header or "label" not in header):
         raise DataError(f"{path}: expected the columns 'file' and 'label'")
     entries, unfilled, seen = [], [], set()
     valid = ", ".join(classes + [SKIP])
@@ -297,7 +303,7 @@ def ingest(folder: Path, device) -> dict:
     entries, unfilled = read_filled_query(folder, state)
     ledger = state["ledger"] + entries
     classes, round_index = state["classes"], state["round"]
-    images, files = load_unlabeled(state["pool"], state["image_size"], state["normalize"])
+    images, files = load_unlabeled(state["pool"], state["image_size"], state["normalize"], "campaign pool")
     names = [Path(file).name for file in files]
     position = {name: index for index, name in enumerate(names)}
     labels = torch.full((len(names),), -1, dtype=torch.int64)

@@ -203,12 +203,42 @@ class CellDataset:
         )
 
 
+SKIPPED_FOLDERS = {"__MACOSX", ".ipynb_checkpoints"}  # what zip tools and notebooks leave beside data
+
+
+def _is_hidden(path: Path) -> bool:
+    """Hidden files and folders (.x.png, macOS's ._x.png) and the folders of SKIPPED_FOLDERS are never data."""
+    return path.name.startswith(".") or path.name in SKIPPED_FOLDERS
+
+
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.stem.lower().endswith("_mask")
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.stem.lower().endswith("_mask") and not _is_hidden(path)
 
 
 def list_images(folder: Path) -> list[Path]:
+    """The cell images directly in folder (no masks, nothing hidden)."""
     return sorted(path for path in folder.iterdir() if path.is_file() and _is_image(path))
+
+
+def list_images_under(folder: Path) -> list[Path]:
+    """The cell images in folder and its subfolders (a class folder may hold one subfolder per specimen)."""
+    images = []
+    for path in folder.rglob("*"):
+        between = path.relative_to(folder).parts[:-1]  # the subfolders between folder and the file
+        if path.is_file() and _is_image(path) and not any(_is_hidden(Path(part)) for part in between):
+            images.append(path)
+    return sorted(images)
+
+
+def read_text(path: Path) -> str:
+    """A text file as spreadsheet programs save it: UTF-8 (with or without BOM), UTF-16, else cp1252."""
+    raw = Path(path).read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace")
 
 
 # Column names a CSV header may use (compared lower-case, letters and digits only). A first row is a header
@@ -218,9 +248,9 @@ FILE_COLUMNS = ("file", "filename", "path", "id", "cell", "cellid")
 SPECIMEN_COLUMNS = ("specimen", "slide", "patient", "group", "image")  # "image": the specimen image of ICPR 2012
 
 
-def _read_csv_rows(csv_path: Path) -> tuple[list[list[str]], str]:
-    """Non-empty rows of a `,` or `;` separated file, and the separator."""
-    text = csv_path.read_text(encoding="utf-8-sig", errors="replace")
+def read_csv_rows(csv_path: Path) -> tuple[list[list[str]], str]:
+    """Non-empty rows of a `,` or `;` separated file (rows of empty cells, `,,,,`, dropped), and the separator."""
+    text = read_text(csv_path)
     delimiter = ";" if text.count(";") > text.count(",") else ","
     rows = [row for row in csv.reader(text.splitlines(), delimiter=delimiter) if any(cell.strip() for cell in row)]
     return rows, delimiter
@@ -247,7 +277,7 @@ def _csv_columns(rows: list[list[str]]) -> tuple[int, int, int | None, bool]:
 def _holds_classes(csv_path: Path) -> bool:
     """Whether a CSV is a labels file: its header names a class column, or its second column holds class names."""
     try:
-        rows, _ = _read_csv_rows(csv_path)
+        rows, _ = read_csv_rows(csv_path)
     except OSError:
         return False
     _, class_column, _, has_header = _csv_columns(rows)
@@ -288,7 +318,7 @@ def _labeled_files_from_csv(csv_path: Path) -> list[tuple[Path, str, str | None]
         by_stem[path.name.lower()] = path
         by_stem[path.stem.lower()] = path
         by_stem.setdefault(path.stem.lower().lstrip("0") or "0", path)
-    rows, delimiter = _read_csv_rows(csv_path)
+    rows, delimiter = read_csv_rows(csv_path)
     file_column, class_column, specimen_column, has_header = _csv_columns(rows)
     width = max(file_column, class_column, -1 if specimen_column is None else specimen_column) + 1
     triples, first_line = [], {}
@@ -309,6 +339,8 @@ def _labeled_files_from_csv(csv_path: Path) -> list[tuple[Path, str, str | None]
             path = folder / image_id if (folder / image_id).is_file() else None
         else:
             path = by_stem.get(key) or by_stem.get(Path(key).stem) or by_stem.get(key.lstrip("0") or "0")
+        if path is not None and path.stem.lower().endswith("_mask"):
+            raise DataError(f"{csv_path}:{line_number}: {image_id} is a segmentation mask, not a cell")
         if path is None or not _is_image(path):
             raise DataError(f"{csv_path}:{line_number}: no image file for id '{image_id}' in {folder}")
         resolved = path.resolve()
@@ -325,7 +357,7 @@ def _labeled_files_from_csv(csv_path: Path) -> list[tuple[Path, str, str | None]
 def read_specimens(specimens_csv: Path, root: Path, paths: list[Path]) -> list[str | None]:
     """The specimen of each path from a `file,specimen` CSV (files relative to root, or absolute); None if unlisted."""
     try:
-        rows, _ = _read_csv_rows(specimens_csv)
+        rows, _ = read_csv_rows(specimens_csv)
     except OSError as error:
         raise DataError(f"--specimens {specimens_csv}: cannot read ({error.strerror})") from None
     if rows and [_squash(cell) for cell in rows[0][:2]] == ["file", "specimen"]:
@@ -361,13 +393,15 @@ def find_labeled_images(root: Path, specimens_csv: str | Path | None = None) -> 
         triples = _labeled_files_from_csv(csv_path)
     else:
         triples = []
-        for folder in sorted(path for path in root.iterdir() if path.is_dir()):
+        for folder in sorted(path for path in root.iterdir() if path.is_dir() and not _is_hidden(path)):
             canonical = canonical_class(folder.name)
             if canonical is None:
                 raise DataError(
                     f"{folder}: folder name is not a known class; expected one of {', '.join(CLASS_ALIASES)}"
                 )
-            triples.extend((path, canonical, None) for path in list_images(folder))
+            triples.extend((path, canonical, None) for path in list_images_under(folder))
+    if csv_path is not None and not triples:
+        raise DataError(f"{csv_path}: no rows of image and class")
     if not triples:
         raise DataError(f"--data {root}: no cell images found; expected class folders or a CSV beside the images")
     if specimens_csv is None and any(specimen is not None for _, _, specimen in triples):
@@ -445,16 +479,35 @@ def load_dataset(
     return CellDataset(images, labels, class_names, files, str(root), specimens)
 
 
-def load_unlabeled(folder: str | Path, image_size: int = IMAGE_SIZE, normalize: str = "none"):
-    """(images (N,1,S,S) uint8, file paths) for every image directly in folder."""
+def load_unlabeled(
+    folder: str | Path,
+    image_size: int = IMAGE_SIZE,
+    normalize: str = "none",
+    flag: str = "--predict",
+    unreadable: list | None = None,
+):
+    """(images (N,1,S,S) uint8, file paths) for every image directly in folder.
+
+    An unreadable image stops the load, unless a list is given for `unreadable`: then (file, error) is
+    appended to it and the rest are read."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"--predict {folder}: not a folder")
+        raise DataError(f"{flag} {folder}: not a folder")
     paths = list_images(folder)
     if not paths:
-        raise DataError(f"--predict {folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    images = torch.from_numpy(np.stack([prepare_cell(read_cell(path), image_size, normalize) for path in paths]))
-    return images.unsqueeze(1), [str(path) for path in paths]
+        raise DataError(f"{flag} {folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    cells, files = [], []
+    for path in paths:
+        try:
+            cells.append(prepare_cell(read_cell(path), image_size, normalize))
+            files.append(str(path))
+        except DataError as error:
+            if unreadable is None:
+                raise
+            unreadable.append((str(path), str(error).removeprefix(f"{path}: ")))
+    if not cells:
+        raise DataError(f"{flag} {folder}: none of its {len(paths)} images could be read")
+    return torch.from_numpy(np.stack(cells)).unsqueeze(1), files
 
 
 # ---------------------------------------------------------------------------------------------

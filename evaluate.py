@@ -465,7 +465,10 @@ def main(argv=None):
 
 def predict_folder(model, checkpoint: dict, args, device) -> list[dict]:
     """Classify every image of a folder: file, predicted class, each class's probability, entropy (Eq. 3)."""
-    images, files = load_unlabeled(args.predict, checkpoint.get("image_size", 112), checkpoint.get("normalize", "none"))
+    unreadable: list[tuple[str, str]] = []
+    images, files = load_unlabeled(
+        args.predict, checkpoint.get("image_size", 112), checkpoint.get("normalize", "none"), unreadable=unreadable
+    )
     from active import entropy  # imported here: active.py itself imports this file
 
     probabilities = predict_probabilities(model, images, device, args.batch_size)
@@ -473,14 +476,20 @@ def predict_folder(model, checkpoint: dict, args, device) -> list[dict]:
     class_names = checkpoint["class_names"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["file", "predicted", *[f"p_{name}" for name in class_names], "entropy"])
+    writer.writerow(["file", "predicted", *[f"p_{name}" for name in class_names], "entropy", "error"])
     rows = []
     for file, row, value in zip(files, probabilities.tolist(), uncertainty.tolist()):
         predicted = class_names[max(range(len(row)), key=row.__getitem__)]
-        writer.writerow([file, predicted, *[f"{p:.6f}" for p in row], f"{value:.6f}"])
+        writer.writerow([file, predicted, *[f"{p:.6f}" for p in row], f"{value:.6f}", ""])
         rows.append({"file": file, "predicted": predicted, "entropy": value})
+    for file, error in unreadable:  # listed, not classified
+        writer.writerow([file, "", *[""] * len(class_names), "", error])
     write_text_atomic(buffer.getvalue(), args.out)
     print(f"classified {len(files)} cells from {args.predict}; predictions written to {args.out}")
+    if unreadable:
+        print(
+            f"{len(unreadable)} image(s) could not be read, e.g. {unreadable[0][0]}; their rows in {args.out} say why"
+        )
     return rows
 
 

@@ -125,3 +125,50 @@ def test_partial_files_of_a_killed_save_are_removed(tmp_path, monkeypatch):
         TINY + ["--scratch", "--synthetic-cells", "60", "--max-epochs", "1", "--limit", "0.3", "--out", str(run)]
     )
     assert not list(run.glob(".*tmp*")) and json.loads((run / "results.json").read_text())["labeled"] > 0
+
+
+def test_hidden_files_zip_leftovers_and_nested_folders(tmp_path):
+    root = tmp_path / "cells"
+    for folder in ["Golgi", "Homogeneous", "Golgi/specimen-2", "__MACOSX/Golgi", "Golgi/.ipynb_checkpoints"]:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for name in ["Golgi/a.png", "Golgi/specimen-2/b.png", "Homogeneous/c.png", "Golgi/.ipynb_checkpoints/d.png"]:
+        Image.fromarray(np.full((30, 30), 90, np.uint8)).save(root / name)
+    for name in ["Golgi/._a.png", "Golgi/.x.png", "__MACOSX/Golgi/._a.png"]:
+        (root / name).write_bytes(b"\x00\x05 resource fork, not an image")
+    dataset = data.load_dataset(root, cache=False)
+    assert sorted(path.split("cells/")[1] for path in dataset.files) == [
+        "Golgi/a.png",
+        "Golgi/specimen-2/b.png",  # nested images are read
+        "Homogeneous/c.png",
+    ]
+
+
+def test_csv_problems_are_named(tmp_path):
+    Image.fromarray(np.full((30, 30), 90, np.uint8)).save(tmp_path / "07924.png")
+    Image.fromarray(np.full((30, 30), 255, np.uint8)).save(tmp_path / "07924_Mask.png")
+    (tmp_path / "labels.csv").write_text("file,class\n")
+    with pytest.raises(data.DataError, match=r"labels\.csv: no rows of image and class"):
+        data.load_dataset(tmp_path, cache=False)
+    (tmp_path / "labels.csv").write_text("file,class\n./07924_Mask.png,golgi\n07924.png,centromere\n")
+    with pytest.raises(data.DataError, match=r"labels\.csv:2: ./07924_Mask.png is a segmentation mask, not a cell"):
+        data.load_dataset(tmp_path, cache=False)
+
+
+def test_predict_lists_unreadable_images_and_classifies_the_rest(pretrained, tmp_path, capsys):
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    for index in range(3):
+        Image.fromarray(np.full((30, 30), 60 * index, np.uint8)).save(cells / f"c{index}.png")
+    (cells / "broken.png").write_bytes(b"\x89PNG truncated")
+    out = tmp_path / "predictions.csv"
+    rows = evaluate.main(["--checkpoint", str(pretrained), "--predict", str(cells), "--out", str(out)])
+    assert len(rows) == 3 and "1 image(s) could not be read" in capsys.readouterr().out
+    written = {row["file"].split("/")[-1]: row for row in __import__("csv").DictReader(out.open())}
+    assert written["broken.png"]["predicted"] == "" and "cannot read image" in written["broken.png"]["error"]
+    assert written["c1.png"]["error"] == "" and written["c1.png"]["predicted"]
+    for index in range(3):
+        (cells / f"c{index}.png").write_bytes(b"not an image")
+    fails(evaluate.main, ["--checkpoint", str(pretrained), "--predict", str(cells)], "none of its 4 images")
+    (tmp_path / "empty").mkdir()
+    flags = ["query", "--pool", str(tmp_path / "empty"), "--checkpoint", str(pretrained), "--out", str(tmp_path / "c")]
+    fails(campaign.main, flags, "--pool", "no images found")

@@ -154,3 +154,16 @@ def test_bad_filled_csvs_get_clear_errors(pretrained, pool, tmp_path, problem, m
         campaign.main(["ingest", str(folder), "--device", "cpu"])
     assert str(exit_info.value).startswith("error: ") and message in str(exit_info.value)
     assert (folder / "campaign.json").read_text() == before
+
+
+@pytest.mark.parametrize("encoding", ["cp1252", "utf-16", "utf-8-sig"])
+def test_a_query_saved_by_a_spreadsheet_program_ingests(pretrained, pool, tmp_path, encoding):
+    """Semicolons (European locales), trailing empty rows and the encodings spreadsheet programs write."""
+    pool_dir, truth = pool
+    folder = start_campaign(tmp_path, pool_dir, pretrained, encoding)
+    query = folder / "round-000.csv"
+    rows = fill(query, truth)
+    lines = [";".join(rows[0])] + [";".join(row.values()) for row in rows] + [";;;;;;;;", ";;;;;;;;"]
+    query.write_bytes(("\r\n".join(lines) + "\r\n").encode(encoding))
+    state = campaign.main(["ingest", str(folder), "--device", "cpu"])
+    assert len(state["ledger"]) == 8 and {entry["label"] for entry in state["ledger"]} <= set(truth.values())
