@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import active
 from data import (
     DataError,
+    check_flags,
     get_dataset,
     load_checkpoint,
     load_dataset,
@@ -137,6 +138,7 @@ def main(argv=None):
 
 
 def run(args):
+    check_flags(args, ("labeled", "epochs", "batch_size"))
     device = pick_device(args.device)
     seed_everything(0)
     checkpoint = load_checkpoint(args.checkpoint)

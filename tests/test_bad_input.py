@@ -172,3 +172,11 @@ def test_predict_lists_unreadable_images_and_classifies_the_rest(pretrained, tmp
     (tmp_path / "empty").mkdir()
     flags = ["query", "--pool", str(tmp_path / "empty"), "--checkpoint", str(pretrained), "--out", str(tmp_path / "c")]
     fails(campaign.main, flags, "--pool", "no images found")
+
+
+def test_data_that_is_a_file_but_not_a_csv_and_bench_counts(tmp_path):
+    (tmp_path / "labels.txt").write_text("a.png,golgi\n")
+    fails(train.main, ["--data", str(tmp_path / "labels.txt")], "--data", "labels.txt", "expected a folder")
+    import bench
+
+    fails(bench.main, ["--quick", "--epochs", "0"], "--epochs 0")
