@@ -59,6 +59,7 @@ from data import (
     model_inputs,
     parse_class_list,
     pick_device,
+    preprocessing,
     remove_stale_temporaries,
     resolve_split,
     save_atomic,
@@ -471,7 +472,7 @@ def run(args, state=None):
     pretrained = None
     if not args.scratch:  # the target cells must be prepared exactly as the source cells were
         pretrained = load_checkpoint(args.checkpoint)
-        args.image_size, args.normalize = pretrained.get("image_size", 112), pretrained.get("normalize", "none")
+        args.image_size, args.normalize = preprocessing(pretrained)
     dataset = get_dataset(
         args.data, "target", classes, args.image_size, args.normalize, args.seed, args.synthetic_cells, args.specimens
     )

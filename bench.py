@@ -42,6 +42,7 @@ from data import (
     load_dataset,
     model_inputs,
     pick_device,
+    preprocessing,
     prepare_cell,
     read_cell,
     seed_everything,
@@ -142,7 +143,7 @@ def run(args):
     device = pick_device(args.device)
     seed_everything(0)
     checkpoint = load_checkpoint(args.checkpoint)
-    image_size, normalize = checkpoint.get("image_size", 112), checkpoint.get("normalize", "none")
+    image_size, normalize = preprocessing(checkpoint)
     rows = [
         (
             "device",

@@ -48,6 +48,7 @@ from data import (
     load_unlabeled,
     parse_class_list,
     pick_device,
+    preprocessing,
     read_cell,
     read_csv_rows,
     read_json,
@@ -56,7 +57,7 @@ from data import (
     specimens_in,
     write_text_atomic,
 )
-from evaluate import draw_contact_sheet, summarize
+from evaluate import draw_contact_sheet, model_from_checkpoint, summarize
 from model import ParallelResNet, freeze_early_layers
 
 SKIP = "skip"
@@ -129,9 +130,7 @@ def main(argv=None) -> dict:
 
 def campaign_model(state: dict, folder: Path, device) -> ParallelResNet:
     checkpoint = load_checkpoint(folder / state["model"], "campaign model")
-    model = freeze_early_layers(ParallelResNet(len(state["classes"])))
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device)
+    return freeze_early_layers(model_from_checkpoint(checkpoint, device, f"campaign model {state['model']}"))
 
 
 def start_campaign(args) -> dict:
@@ -150,9 +149,8 @@ def start_campaign(args) -> dict:
     seed_everything(args.seed)
     pretrained = load_checkpoint(args.checkpoint)
     model = transfer_model(pretrained, len(classes), device)
-    images, files = load_unlabeled(
-        pool, pretrained.get("image_size", 112), pretrained.get("normalize", "none"), "--pool"
-    )
+    image_size, normalize = preprocessing(pretrained)
+    images, files = load_unlabeled(pool, image_size, normalize, "--pool")
     names = [Path(file).name for file in files]
     specimens = specimens_in(pool, [Path(file) for file in files], args.specimens) or []
     state = {
@@ -163,8 +161,8 @@ def start_campaign(args) -> dict:
         "n": args.n,
         "seed": args.seed,
         "holdout": args.holdout,
-        "image_size": pretrained.get("image_size", 112),
-        "normalize": pretrained.get("normalize", "none"),
+        "image_size": image_size,
+        "normalize": normalize,
         "max_epochs": args.max_epochs,
         "round": 0,
         "model": "model-000.pt",

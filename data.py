@@ -1020,3 +1020,8 @@ def load_checkpoint(path: str | Path, flag: str = "--checkpoint") -> dict:
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "class_names" not in checkpoint:
         raise DataError(f"{flag} {path}: expected a checkpoint dict with 'model' and 'class_names'")
     return checkpoint
+
+
+def preprocessing(checkpoint: dict) -> tuple[int, str]:
+    """(image size, normalisation) the checkpoint's cells were prepared with; cells fed to it must match."""
+    return checkpoint.get("image_size", IMAGE_SIZE), checkpoint.get("normalize", "none")

@@ -32,6 +32,7 @@ from data import (
     model_inputs,
     parse_class_list,
     pick_device,
+    preprocessing,
     resolve_split,
     split_dataset,
     write_bytes_atomic,
@@ -367,8 +368,7 @@ def labeled_data_for(checkpoint: dict, data: str | None, split: str, classes=Non
         run_args.get("data") if own_data else data,
         checkpoint.get("data_kind", "source"),
         parse_class_list(run_args.get("classes")) if own_data else classes,
-        checkpoint.get("image_size", 112),
-        checkpoint.get("normalize", "none"),
+        *preprocessing(checkpoint),
         run_args.get("seed", 0),
         run_args.get("synthetic_cells"),
         specimens if specimens is not None else (run_args.get("specimens") if own_data else None),
@@ -466,9 +466,7 @@ def main(argv=None):
 def predict_folder(model, checkpoint: dict, args, device) -> list[dict]:
     """Classify every image of a folder: file, predicted class, each class's probability, entropy (Eq. 3)."""
     unreadable: list[tuple[str, str]] = []
-    images, files = load_unlabeled(
-        args.predict, checkpoint.get("image_size", 112), checkpoint.get("normalize", "none"), unreadable=unreadable
-    )
+    images, files = load_unlabeled(args.predict, *preprocessing(checkpoint), unreadable=unreadable)
     from active import entropy  # imported here: active.py itself imports this file
 
     probabilities = predict_probabilities(model, images, device, args.batch_size)
