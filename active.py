@@ -433,6 +433,11 @@ def main(argv=None):
         sys.exit(f"error: {error}")
 
 
+# Flags that define a run: a resume that gives another value is refused (--device and the rest may differ).
+RESUME_REFUSES = ("data", "specimens", "split", "development", "limit", "classes", "strategy", "scratch", "seed")
+RESUME_REFUSES += ("k", "m", "checkpoint", "round_start", "balanced", "tta")
+
+
 def resume(args, given: dict):
     """Continue the run in args.resume with its own saved arguments; flags that would change it are refused."""
     state_path = Path(args.resume) / "state.pt"
@@ -442,8 +447,7 @@ def resume(args, given: dict):
     if "args" not in state or "rounds" not in state:
         raise DataError(f"--resume {state_path}: not the state of an active.py run (no 'args' or 'rounds')")
     saved = argparse.Namespace(**{**vars(build_parser().parse_args([])), **state["args"]})  # flags newer than the run
-    fixed = ("data", "specimens", "split", "development", "limit", "classes", "strategy", "scratch", "seed", "k")
-    for key in fixed + ("m", "checkpoint", "round_start", "balanced", "tta"):
+    for key in RESUME_REFUSES:
         if key in given and given[key] != getattr(saved, key):
             raise DataError(
                 f"--resume {args.resume}: the run was made with --{key.replace('_', '-')} {getattr(saved, key)}, "
@@ -493,10 +497,8 @@ def run(args, state=None):
     fractions, sides = [1 - args.test_fraction, args.test_fraction], ["pool", "test"]
     pool, test = split_dataset(dataset, args.split, fractions, args.seed, sides)
     if args.development:  # the test specimens are set aside unseen; the pool's own are split again
-        (pool, test), sides = (
-            development_split(dataset, args.split, pool, fractions, args.seed),
-            ["dev pool", "dev test"],
-        )
+        pool, test = development_split(dataset, args.split, pool, fractions, args.seed)
+        sides = ["dev pool", "dev test"]
     print(describe_split(dataset, args.split, [pool, test], sides, args.seed))
     sizes = round_sizes(len(pool), args.limit, args.k, args.m, args.strategy)
     budget = sum(sizes)
