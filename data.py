@@ -882,7 +882,7 @@ def describe_split(dataset: CellDataset, by: str, parts: list[torch.Tensor], nam
         for part in parts:
             cells = part[dataset.labels[part] == label]
             per_side.append(f"{len(specimens_of(dataset, cells)):>3} ({len(cells):>5})")
-        total = len(specimens_of(dataset, torch.nonzero(dataset.labels == label).squeeze(1)))
+        total = len(specimens_of(dataset, torch.cat([part[dataset.labels[part] == label] for part in parts])))
         lines.append(f"  {class_name:<{width}}  {total:>9}  " + "  ".join(f"{side:>12}" for side in per_side))
     lines.append(
         f"  (specimens (cells) per side; {names[-1]} specimens: {', '.join(specimens_of(dataset, parts[-1]))})"

@@ -430,6 +430,11 @@ def main(argv=None):
         "--png", default=None, help="confusion matrix PNG (default: confusion.png beside the checkpoint)"
     )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of text (default: off)")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="average each cell's probabilities over its 8 rotations and mirrors (default: off, as in the paper)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="inference batch size (default: 32)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     args = parser.parse_args(argv)
@@ -447,13 +452,13 @@ def main(argv=None):
         dataset, split = labeled_data_for(checkpoint, args.data, args.split, classes, args.specimens)
     except DataError as error:
         sys.exit(f"error: {error}")
-    probabilities = predict_probabilities(model, dataset.images, device, args.batch_size)
+    probabilities = predict_probabilities(model, dataset.images, device, args.batch_size, args.tta)
     metrics = summarize(dataset.labels, probabilities, class_names, known_specimens(dataset))
     png = args.png or str(Path(args.checkpoint).with_name("confusion.png"))
     draw_confusion(
         metrics["confusion"], class_names, png, f"{Path(args.checkpoint).name} on {dataset.source} ({split})"
     )
-    metrics.update(checkpoint=args.checkpoint, data=dataset.source, split=split, png=png)
+    metrics.update(checkpoint=args.checkpoint, data=dataset.source, split=split, png=png, tta=args.tta)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

@@ -261,3 +261,7 @@ def test_tta_flag_scores_the_final_test_over_eight_views(pretrained, tmp_path):
         dataset.class_names,
     )
     assert results["args"]["tta"] and results["confusion"] == expected["confusion"]
+    metrics = evaluate.main(
+        ["--checkpoint", str(out / "model.pt"), "--tta", "--device", "cpu", "--png", str(out / "c.png")]
+    )
+    assert metrics["confusion"] == expected["confusion"] and metrics["tta"]  # evaluate.py --tta scores alike
