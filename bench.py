@@ -36,18 +36,20 @@ import torch.nn.functional as F
 import active
 from data import (
     DataError,
+    add_device_flag,
     check_flags,
     get_dataset,
     load_checkpoint,
     load_dataset,
     model_inputs,
     pick_device,
-    preprocessing,
     prepare_cell,
+    preprocessing,
     read_cell,
     seed_everything,
     stratified_split,
 )
+from evaluate import model_from_checkpoint, predict_probabilities
 from model import trainable_parameters
 
 
@@ -88,20 +90,15 @@ def optimised_round(model, dataset, labeled, unlabeled, epochs, batch_size, devi
     """The same round the way active.py runs it: from the cached output of the frozen layers."""
     forward = active.forward_fn(model, dataset.images, cache, device)
     # The same work as straightforward_round: no BatchNorm recalibration pass (both would add one).
-    args = argparse.Namespace(
-        lr=1e-3,
-        max_epochs=epochs,
-        patience=epochs + 1,
-        batch_size=batch_size,
-        stop_weights="last",
-        batchnorm="running",
-        balanced=False,
-    )
     started = time.time()
-    active.fine_tune(model, forward, dataset.labels, labeled, args, torch.Generator().manual_seed(0), device)
+    generator = torch.Generator().manual_seed(0)
+    fixed = dict(
+        max_epochs=epochs, patience=epochs + 1, batch_size=batch_size, stop_weights="last", batchnorm="running"
+    )
+    active.fine_tune(model, forward, dataset.labels, labeled, generator, device, **fixed)
     train_seconds = time.time() - started
     started = time.time()
-    active.entropy(active.probabilities_of(model, forward, unlabeled))
+    active.entropy(predict_probabilities(model, unlabeled, device, 64, forward=forward))
     return train_seconds, time.time() - started
 
 
@@ -109,7 +106,7 @@ def peak_child_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
@@ -129,8 +126,12 @@ def main(argv=None):
     parser.add_argument(
         "--end-to-end", default="on", choices=["on", "off"], help="run active.py end to end (default: on)"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    args = parser.parse_args(argv)
+    add_device_flag(parser)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
     try:
         return run(args)
@@ -183,13 +184,13 @@ def run(args):
     from_files = bool(args.data)
 
     torch.manual_seed(0)
-    model = active.transfer_model(checkpoint, len(dataset.class_names), device)
+    model = model_from_checkpoint(checkpoint, device, new_classes=len(dataset.class_names), freeze=True)
     print(f"bench: straightforward round ({labeled_count} labeled x {epochs} epochs, score {len(unlabeled)})...")
     slow_train, slow_score = straightforward_round(
         model, dataset, labeled, unlabeled, epochs, args.batch_size, device, from_files
     )
     torch.manual_seed(0)
-    model = active.transfer_model(checkpoint, len(dataset.class_names), device)
+    model = model_from_checkpoint(checkpoint, device, new_classes=len(dataset.class_names), freeze=True)
     started = time.time()
     cache = active.early_feature_cache(model, dataset.images, device)
     cache_seconds = time.time() - started

@@ -27,21 +27,14 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 
-from active import (
-    build_parser,
-    early_feature_cache,
-    entropy,
-    fine_tune,
-    forward_fn,
-    probabilities_of,
-    select_most_uncertain,
-    transfer_model,
-)
+from active import early_feature_cache, entropy, fine_tune, forward_fn, select_most_uncertain
 from data import (
     SHORT_NAMES,
     TARGET_CLASSES,
     DataError,
+    add_device_flag,
     canonical_class,
     check_flags,
     load_checkpoint,
@@ -57,8 +50,8 @@ from data import (
     specimens_in,
     write_text_atomic,
 )
-from evaluate import draw_contact_sheet, model_from_checkpoint, summarize
-from model import ParallelResNet, freeze_early_layers
+from evaluate import font_of_size, model_from_checkpoint, predict_probabilities, save_png, summarize
+from model import ParallelResNet
 
 SKIP = "skip"
 
@@ -82,7 +75,7 @@ def load_campaign(folder: Path) -> dict:
     return read_json(path)
 
 
-def main(argv=None) -> dict:
+def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
@@ -113,8 +106,12 @@ def main(argv=None) -> dict:
     for command in (ingest_parser, status):
         command.add_argument("campaign", help="campaign folder")
     for command in (query, ingest_parser, status):
-        command.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    args = parser.parse_args(argv)
+        add_device_flag(command)
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "query":
             return start_campaign(args)
@@ -130,7 +127,7 @@ def main(argv=None) -> dict:
 
 def campaign_model(state: dict, folder: Path, device) -> ParallelResNet:
     checkpoint = load_checkpoint(folder / state["model"], "campaign model")
-    return freeze_early_layers(model_from_checkpoint(checkpoint, device, f"campaign model {state['model']}"))
+    return model_from_checkpoint(checkpoint, device, f"campaign model {state['model']}", freeze=True)
 
 
 def start_campaign(args) -> dict:
@@ -148,7 +145,7 @@ def start_campaign(args) -> dict:
     device = pick_device(args.device)
     seed_everything(args.seed)
     pretrained = load_checkpoint(args.checkpoint)
-    model = transfer_model(pretrained, len(classes), device)
+    model = model_from_checkpoint(pretrained, device, new_classes=len(classes), freeze=True)
     image_size, normalize = preprocessing(pretrained)
     images, files = load_unlabeled(pool, image_size, normalize, "--pool")
     names = [Path(file).name for file in files]
@@ -172,7 +169,7 @@ def start_campaign(args) -> dict:
     # The first round has no labels to learn from: the seed set is random, as in the paper (Table 1).
     generator = torch.Generator().manual_seed(args.seed)
     chosen = torch.randperm(len(names), generator=generator)[: args.n].tolist()
-    probabilities = probabilities_of(model, forward_fn(model, images, None, device), torch.tensor(chosen))
+    probabilities = predict_probabilities(model, images[chosen], device, 64)
     state["pending"] = write_query(folder, state, 0, [names[i] for i in chosen], probabilities)
     save_campaign_model(model, state, folder / "model-000.pt", None)
     commit(folder, state)
@@ -210,6 +207,28 @@ def write_query(folder: Path, state: dict, round_index: int, names: list[str], p
         f"round {round_index}: label these cells in round-{round_index:03d}.csv (number = row)",
     )
     return [{"file": name, "sha256": file_digest(pool / name)} for name in names]
+
+
+def draw_contact_sheet(cells: list, captions: list[str], path, title: str = "", tile: int = 180, columns: int = 5):
+    """Cells (2-D float arrays in [0, 1]) in a numbered grid, large enough for an annotator to judge.
+
+    Each cell is stretched to its own brightest pixel for display only, so dim
+    (intermediate) cells are as readable as bright ones.
+    """
+    rows = max(1, (len(cells) + columns - 1) // columns)
+    image = Image.new("RGB", (columns * tile, rows * (tile + 34) + 30), "white")
+    draw = ImageDraw.Draw(image)
+    font, small = font_of_size(16), font_of_size(11)
+    draw.text((8, 6), title, fill="black", font=font)
+    for position, (cell, caption) in enumerate(zip(cells, captions)):
+        x, y = (position % columns) * tile, 30 + (position // columns) * (tile + 34)
+        peak = float(cell.max()) or 1.0
+        picture = Image.fromarray((255 * cell / peak).clip(0, 255).astype("uint8"), mode="L")
+        image.paste(picture.resize((tile - 8, tile - 8), Image.BICUBIC).convert("RGB"), (x + 4, y + 4))
+        draw.rectangle((x + 4, y + 4, x + 38, y + 24), fill="black")
+        draw.text((x + 8, y + 6), f"{position + 1}", fill="yellow", font=font)
+        draw.text((x + 6, y + tile - 2), caption[:34], fill="black", font=small)
+    save_png(image, path)
 
 
 def save_campaign_model(model, state: dict, path: Path, validation) -> None:
@@ -321,22 +340,21 @@ def ingest(folder: Path, device) -> dict:
     model = campaign_model(state, folder, device)
     cache = early_feature_cache(model, images, device)
     forward = forward_fn(model, images, cache, device)
-    # the same fine-tuning settings as the simulated loop
-    defaults = build_parser().parse_args(["--max-epochs", str(state["max_epochs"])])
     epochs = 0
     if training:
         generator = torch.Generator().manual_seed(state["seed"] * 100_003 + round_index + 1)
-        epochs, _, _, _ = fine_tune(model, forward, labels, training, defaults, generator, device)
+        # the simulated loop's fine-tuning settings (Sec. 3.1), with the campaign's cap on epochs
+        epochs, _, _ = fine_tune(model, forward, labels, training, generator, device, max_epochs=state["max_epochs"])
     validation = None
     if held_out:
         held = torch.tensor(held_out)
-        validation = summarize(labels[held], probabilities_of(model, forward, held), classes)
+        validation = summarize(labels[held], predict_probabilities(model, held, device, 64, forward=forward), classes)
         validation.pop("confusion")
 
     # The next query: cells left unfilled are asked again first, then the most uncertain unlabeled ones.
     done = {entry["file"] for entry in ledger} | set(unfilled)
     unlabeled = torch.tensor([index for index, name in enumerate(names) if name not in done], dtype=torch.int64)
-    scores = entropy(probabilities_of(model, forward, unlabeled))
+    scores = entropy(predict_probabilities(model, unlabeled, device, 64, forward=forward))
     fresh = unlabeled[select_most_uncertain(scores, max(0, state["n"] - len(unfilled)))].tolist()
     asked = [position[name] for name in unfilled if name in position] + fresh
     next_round = round_index + 1
@@ -353,7 +371,7 @@ def ingest(folder: Path, device) -> dict:
             "seconds": time.time() - started,
         }
     ]
-    probabilities = probabilities_of(model, forward, torch.tensor(asked, dtype=torch.int64))
+    probabilities = predict_probabilities(model, torch.tensor(asked, dtype=torch.int64), device, 64, forward=forward)
     state["pending"] = write_query(folder, state, next_round, [names[i] for i in asked], probabilities) if asked else []
     save_campaign_model(model, state, folder / state["model"], validation)
     commit(folder, state)  # the step takes effect here, all at once

@@ -929,6 +929,12 @@ def model_inputs(images: torch.Tensor, device: torch.device, degrees: torch.Tens
 # Run plumbing shared by the scripts
 
 
+def add_device_flag(parser) -> None:
+    """The one --device flag of every script."""
+    help = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)"
+    parser.add_argument("--device", default="auto", help=help)
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """--device auto: cuda, then mps, then cpu."""
     if name == "auto":

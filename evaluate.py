@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from data import (
     DataError,
+    add_device_flag,
     check_flags,
     development_split,
     dihedral_views,
@@ -38,7 +39,7 @@ from data import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from model import ParallelResNet
+from model import ParallelResNet, freeze_early_layers, replace_head
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
@@ -129,30 +130,47 @@ def summarize(
 
 @torch.inference_mode()
 def predict_probabilities(
-    model, images: torch.Tensor, device: torch.device, batch_size: int = 32, tta: bool = False
+    model, images: torch.Tensor, device: torch.device, batch_size: int = 32, tta: bool = False, forward=None
 ) -> torch.Tensor:
-    """Softmax probabilities (Eq. 1) for uint8 cells, in eval mode.
+    """Softmax probabilities (Eq. 1) in eval mode, batch by batch: the one inference function of the project.
 
-    With tta, the mean of the probabilities of the 8 dihedral views of each cell (test-time augmentation;
-    not in the paper): 8 times the work."""
+    images are uint8 cells for the full network; with forward (a function from a
+    batch of them to logits: active.py passes dataset indices and a function
+    through its cached frozen layers) anything forward accepts. With tta, the mean
+    of the probabilities of the 8 dihedral views of each cell (test-time
+    augmentation; not in the paper): 8 times the work, full network only.
+    """
+    if forward is None:
+
+        def forward(batch):
+            return model(*model_inputs(batch, device))
+
     was_training = model.training
     model.eval()
     outputs = []
     for start in range(0, len(images), batch_size):
         views = dihedral_views(images[start : start + batch_size]) if tta else [images[start : start + batch_size]]
-        probabilities = [torch.softmax(model(*model_inputs(view, device)).float(), dim=1) for view in views]
+        probabilities = [torch.softmax(forward(view).float(), dim=1) for view in views]
         outputs.append(torch.stack(probabilities).mean(dim=0).cpu())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.zeros(0, len(model.head.bias))
 
 
-def model_from_checkpoint(checkpoint: dict, device: torch.device, name: str = "--checkpoint") -> ParallelResNet:
+def model_from_checkpoint(
+    checkpoint: dict, device, name: str = "--checkpoint", new_classes: int | None = None, freeze: bool = False
+) -> ParallelResNet:
+    """The network a checkpoint holds, in eval mode; for transfer (Sec. 3.1) with a fresh head for
+    new_classes target classes, and with freeze its early layers fixed (up to the second pooling)."""
     model = ParallelResNet(len(checkpoint["class_names"]))
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:  # another network's weights, or another number of classes
         first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
         raise DataError(f"{name}: its weights do not fit this project's network ({first})") from None
+    if new_classes is not None:
+        model = replace_head(model, new_classes)
+    if freeze:
+        model = freeze_early_layers(model)
     return model.to(device).eval()
 
 
@@ -160,7 +178,7 @@ def model_from_checkpoint(checkpoint: dict, device: torch.device, name: str = "-
 # Pictures
 
 
-def _font(size: int):
+def font_of_size(size: int):
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one fixed-size default font
@@ -174,7 +192,7 @@ def draw_confusion(confusion, class_names: list[str], path: str | Path, title: s
     n, cell, left, top = len(class_names), 78, 150, 150
     image = Image.new("RGB", (left + n * cell + 20, top + n * cell + 50), "white")
     draw = ImageDraw.Draw(image)
-    font, small = _font(14), _font(12)
+    font, small = font_of_size(14), font_of_size(12)
     draw.text((10, 10), title or "confusion matrix (% of each true class)", fill="black", font=font)
     draw.text((left, top - 20), "predicted class", fill="black", font=small)
     for i in range(n):
@@ -190,114 +208,13 @@ def draw_confusion(confusion, class_names: list[str], path: str | Path, title: s
         ImageDraw.Draw(label).text((0, 0), class_names[i][:18], fill="black", font=small)
         image.paste(label.rotate(90, expand=True), (left + i * cell + 30, top - 145), label.rotate(90, expand=True))
     draw.text((8, top + n * cell + 15), "rows: true class", fill="black", font=small)
-    _save_png(image, path)
+    save_png(image, path)
 
 
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-
-
-def _save_png(image: Image.Image, path: str | Path) -> None:
+def save_png(image: Image.Image, path: str | Path) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     write_bytes_atomic(buffer.getvalue(), path)
-
-
-def draw_line_chart(path, title: str, panels: list, xlabel: str = "labeled fraction of the pool") -> None:
-    """Side-by-side panels of lines with a +-1 std band, y in percent.
-
-    panels: [(y label, {series name: [(x, mean, std), ...]}), ...], x and y as fractions.
-    """
-    width, height, margin = 440, 340, 55
-    image = Image.new("RGB", (width * len(panels), height + 70), "white")
-    draw = ImageDraw.Draw(image, "RGBA")
-    font, small = _font(14), _font(11)
-    draw.text((10, 8), title, fill="black", font=font)
-    for panel_index, (ylabel, series) in enumerate(panels):
-        left, top = panel_index * width + margin, 40
-        plot_w, plot_h = width - margin - 20, height - 60
-        xs = sorted({x for points in series.values() for x, _, _ in points}) or [0.0, 1.0]
-        low = min(50.0, min((100 * (m - s) for points in series.values() for _, m, s in points), default=50.0))
-        low = max(0.0, 10 * int(low // 10))
-
-        def to_pixel(x, y):
-            return left + plot_w * x, top + plot_h * (1 - (100 * y - low) / (100 - low))
-
-        draw.rectangle((left, top, left + plot_w, top + plot_h), outline="black")
-        for tick in range(int(low), 101, 10):
-            _, y = to_pixel(0, tick / 100)
-            draw.line((left, y, left + plot_w, y), fill=(225, 225, 225))
-            draw.text((left - 28, y - 6), f"{tick}", fill="black", font=small)
-        for x in xs:
-            px, _ = to_pixel(x, low / 100)
-            draw.text((px - 10, top + plot_h + 4), f"{100 * x:g}%", fill="black", font=small)
-        draw.text((left, top + plot_h + 20), xlabel, fill="black", font=small)
-        draw.text((left + 4, top + 4), f"{ylabel} (%)", fill="black", font=font)
-        for index, (name, points) in enumerate(series.items()):
-            color = PALETTE[index % len(PALETTE)]
-            points = sorted(points)
-            upper = [to_pixel(x, m + s) for x, m, s in points]
-            lower = [to_pixel(x, m - s) for x, m, s in reversed(points)]
-            if len(points) > 1:
-                draw.polygon(upper + lower, fill=(*color, 50))
-                draw.line([to_pixel(x, m) for x, m, _ in points], fill=color, width=2)
-            for x, m, _ in points:
-                px, py = to_pixel(x, m)
-                draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=color)
-            legend_y = top + plot_h - 18 * (len(series) - index)
-            draw.line((left + plot_w - 90, legend_y + 6, left + plot_w - 70, legend_y + 6), fill=color, width=3)
-            draw.text((left + plot_w - 65, legend_y), name, fill="black", font=small)
-    _save_png(image, path)
-
-
-def draw_bar_chart(path, title: str, groups: list[str], series: dict[str, list]) -> None:
-    """Grouped bars in percent: one group per entry of groups, one bar per series (values as fractions)."""
-    group_w, bar_w, left, top, plot_h = 60 + 22 * len(series), 22, 50, 40, 260
-    image = Image.new("RGB", (left + group_w * len(groups) + 140, top + plot_h + 60), "white")
-    draw = ImageDraw.Draw(image)
-    font, small = _font(14), _font(11)
-    draw.text((10, 8), title, fill="black", font=font)
-    for tick in range(0, 101, 20):
-        y = top + plot_h * (1 - tick / 100)
-        draw.line((left, y, left + group_w * len(groups), y), fill=(225, 225, 225))
-        draw.text((left - 28, y - 6), f"{tick}", fill="black", font=small)
-    for g, group in enumerate(groups):
-        x0 = left + g * group_w + 20
-        for index, values in enumerate(series.values()):
-            value = values[g]
-            if value is None:
-                continue
-            x = x0 + index * bar_w
-            draw.rectangle((x, top + plot_h * (1 - value), x + bar_w - 3, top + plot_h), fill=PALETTE[index % 6])
-            draw.text((x, top + plot_h * (1 - value) - 12), f"{100 * value:.0f}", fill="black", font=small)
-        draw.text((x0, top + plot_h + 6), group, fill="black", font=small)
-    for index, name in enumerate(series):
-        y = top + 18 * index
-        x = left + group_w * len(groups) + 10
-        draw.rectangle((x, y, x + 12, y + 12), fill=PALETTE[index % 6])
-        draw.text((x + 18, y), name, fill="black", font=small)
-    _save_png(image, path)
-
-
-def draw_contact_sheet(cells: list, captions: list[str], path, title: str = "", tile: int = 180, columns: int = 5):
-    """Cells (2-D float arrays in [0, 1]) in a numbered grid, large enough for an annotator to judge.
-
-    Each cell is stretched to its own brightest pixel for display only, so dim
-    (intermediate) cells are as readable as bright ones.
-    """
-    rows = max(1, (len(cells) + columns - 1) // columns)
-    image = Image.new("RGB", (columns * tile, rows * (tile + 34) + 30), "white")
-    draw = ImageDraw.Draw(image)
-    font, small = _font(16), _font(11)
-    draw.text((8, 6), title, fill="black", font=font)
-    for position, (cell, caption) in enumerate(zip(cells, captions)):
-        x, y = (position % columns) * tile, 30 + (position // columns) * (tile + 34)
-        peak = float(cell.max()) or 1.0
-        picture = Image.fromarray((255 * cell / peak).clip(0, 255).astype("uint8"), mode="L")
-        image.paste(picture.resize((tile - 8, tile - 8), Image.BICUBIC).convert("RGB"), (x + 4, y + 4))
-        draw.rectangle((x + 4, y + 4, x + 38, y + 24), fill="black")
-        draw.text((x + 8, y + 6), f"{position + 1}", fill="yellow", font=font)
-        draw.text((x + 6, y + tile - 2), caption[:34], fill="black", font=small)
-    _save_png(image, path)
 
 
 def format_report(metrics: dict, class_names: list[str]) -> str:
@@ -398,7 +315,7 @@ def known_specimens(dataset) -> list[str] | None:
     return specimens if specimens is not None and all(s is not None for s in specimens) else None
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
@@ -436,8 +353,12 @@ def main(argv=None):
         help="average each cell's probabilities over its 8 rotations and mirrors (default: off, as in the paper)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="inference batch size (default: 32)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    args = parser.parse_args(argv)
+    add_device_flag(parser)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         check_flags(args, ("batch_size",))
         if args.predict and Path(args.out).is_dir():
@@ -472,10 +393,8 @@ def predict_folder(model, checkpoint: dict, args, device) -> list[dict]:
     """Classify every image of a folder: file, predicted class, each class's probability, entropy (Eq. 3)."""
     unreadable: list[tuple[str, str]] = []
     images, files = load_unlabeled(args.predict, *preprocessing(checkpoint), unreadable=unreadable)
-    from active import entropy  # imported here: active.py itself imports this file
-
     probabilities = predict_probabilities(model, images, device, args.batch_size)
-    uncertainty = entropy(probabilities)
+    uncertainty = -torch.special.xlogy(probabilities, probabilities).sum(dim=1)  # entropy, Eq. 3 (active.entropy)
     class_names = checkpoint["class_names"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)

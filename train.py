@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from data import (
     NORMALIZATIONS,
     DataError,
+    add_device_flag,
     add_split_flags,
     check_flags,
     describe_split,
@@ -49,8 +50,7 @@ from data import (
 from evaluate import draw_confusion, format_report, predict_probabilities, summarize
 from model import ParallelResNet, trainable_parameters
 
-
-RESUME_MAY_CHANGE = {"epochs", "patience", "device", "resume"}
+RESUME_MAY_CHANGE = {"max_epochs", "patience", "device", "resume"}
 
 
 def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, generator=None):
@@ -79,7 +79,7 @@ def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, g
     return total_loss / len(order), correct / len(order), len(order)
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
@@ -100,7 +100,7 @@ def main(argv=None):
     )
     add_split_flags(parser, "train/validation/test")
     parser.add_argument("--out", default="runs/pretrained.pt", help="best checkpoint (default: runs/pretrained.pt)")
-    parser.add_argument("--epochs", type=int, default=30, help="maximum epochs (default: 30; the paper stopped at 32)")
+    parser.add_argument("--max-epochs", type=int, default=30, help="most epochs (default: 30; the paper stopped at 32)")
     parser.add_argument(
         "--patience",
         type=int,
@@ -134,12 +134,14 @@ def main(argv=None):
         help="per-cell intensity stretch before the network: to the cell's maximum, or its 1st-99th "
         "percentiles (default: none, as in the paper)",
     )
-    parser.add_argument(
-        "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)"
-    )
+    add_device_flag(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and order (default: 0)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT.state if it exists (default: off)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
     try:
         return run(args)
@@ -148,7 +150,7 @@ def main(argv=None):
 
 
 def run(args):
-    check_flags(args, ("epochs", "batch_size", "rotations", "patience", "synthetic_cells"), ("lr",))
+    check_flags(args, ("max_epochs", "batch_size", "rotations", "patience", "synthetic_cells"), ("lr",))
     if args.image_size < 16 or args.image_size % 4:
         raise DataError(f"--image-size {args.image_size}: expected a multiple of 4, at least 16")
     if not (0 < args.val_fraction < 1 and 0 <= args.test_fraction < 1 and args.val_fraction + args.test_fraction < 1):
@@ -204,7 +206,7 @@ def run(args):
             if key not in RESUME_MAY_CHANGE and key in state["args"] and state["args"][key] != value:
                 raise DataError(
                     f"--resume: {state_path} was made with --{key.replace('_', '-')} {state['args'][key]}, not "
-                    f"{value}; a resume may change only --epochs, --patience and --device"
+                    f"{value}; a resume may change only --max-epochs, --patience and --device"
                 )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -217,10 +219,10 @@ def run(args):
             state["history"],
         )
         print(
-            f"resumed from {state_path} after epoch {state['epoch']} (a resume may change --epochs, --patience, --device)"
+            f"resumed from {state_path} after epoch {state['epoch']} (a resume may change --max-epochs, --patience, --device)"
         )
 
-    for epoch in range(start_epoch, args.epochs + 1):
+    for epoch in range(start_epoch, args.max_epochs + 1):
         if bad_epochs >= args.patience:
             break
         started = time.time()

@@ -19,7 +19,7 @@ def pretrained(tmp_path_factory):
     import train
 
     out = tmp_path_factory.mktemp("pretrain") / "pretrained.pt"
-    train.main(TINY + ["--synthetic-cells", "60", "--epochs", "2", "--rotations", "2", "--out", str(out)])
+    train.main(TINY + ["--synthetic-cells", "60", "--max-epochs", "2", "--rotations", "2", "--out", str(out)])
     return out
 
 

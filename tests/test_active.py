@@ -10,6 +10,7 @@ import active
 import data
 import evaluate
 from active import entropy, least_confidence, margin, round_sizes, select_most_uncertain
+from evaluate import predict_probabilities
 from model import ParallelResNet
 
 UNIFORM = torch.full((1, 4), 0.25)
@@ -156,13 +157,13 @@ def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrai
     killed_dir = tmp_path / "killed"
     assert torch.load(killed_dir / "state.pt", weights_only=True)["round"] == 1
     capsys.readouterr()
-    resumed = active.main(["--resume", str(killed_dir), "--device", "cpu"])
+    resumed = active.main(["--resume", "--out", str(killed_dir), "--device", "cpu"])
     assert "after round 1 (" in capsys.readouterr().out  # the same numbering as the round lines
     assert (killed_dir / "labeled.csv").read_text() == (whole_dir / "labeled.csv").read_text()
     assert resumed["mca"] == whole["mca"] and resumed["aca"] == whole["aca"]
     assert [r["mca"] for r in resumed["rounds"]] == [r["mca"] for r in whole["rounds"]]
     with pytest.raises(SystemExit) as exit_info:
-        active.main(["--resume", str(killed_dir), "--limit", "0.3"])
+        active.main(["--resume", "--out", str(killed_dir), "--limit", "0.3"])
     assert "--limit" in str(exit_info.value)
 
 
@@ -171,7 +172,7 @@ def test_active_bad_flags(tmp_path, pretrained):
         (["--limit", "0"], "--limit 0"),
         (["--limit", "1.5"], "--limit 1.5"),
         (["--checkpoint", str(tmp_path / "none.pt")], "no such file"),
-        (["--resume", str(tmp_path)], "no state.pt"),
+        (["--resume"], "no state.pt"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             active.main(TINY + ["--out", str(tmp_path / "x")] + flags)
@@ -213,8 +214,8 @@ def test_cached_loop_matches_the_full_network_loop(pretrained, tmp_path):
     dataset = data.synthetic_dataset("target", 300, seed=0, image_size=32)
     everything = torch.arange(len(dataset))
     cache = active.early_feature_cache(model, dataset.images, "cpu")
-    through_cache = active.probabilities_of(model, active.forward_fn(model, dataset.images, cache, "cpu"), everything)
-    through_network = active.probabilities_of(model, active.forward_fn(model, dataset.images, None, "cpu"), everything)
+    through_cache = predict_probabilities(model, everything, "cpu", forward=active.forward_fn(model, None, cache, "cpu"))
+    through_network = predict_probabilities(model, dataset.images, "cpu")
     assert (entropy(through_cache) - entropy(through_network)).abs().max() < 0.01
 
 
@@ -225,13 +226,6 @@ def test_no_cli_prefix_matches_a_flag(tmp_path, capsys):
         assert "unrecognized arguments" in capsys.readouterr().err
 
 
-def test_former_subcommands_point_to_their_scripts():
-    for command, script in [("grid", "python experiments.py"), ("ingest", "python campaign.py ingest")]:
-        with pytest.raises(SystemExit) as exit_info:
-            active.main([command, "x"])
-        assert str(exit_info.value) == f"error: `active.py {command}` is now `{script}`"
-
-
 def test_balanced_loss_weighs_classes_by_their_labeled_share(pretrained):
     """With as many labels of each class, --balanced changes nothing; with skewed labels it changes training."""
     dataset = data.synthetic_dataset("target", 300, seed=0, image_size=32)
@@ -240,10 +234,10 @@ def test_balanced_loss_weighs_classes_by_their_labeled_share(pretrained):
 
     def trained(labeled, balanced):
         torch.manual_seed(0)  # the same fresh head both times
-        model = active.transfer_model(torch.load(pretrained, weights_only=True), 6, "cpu")
-        args = active.build_parser().parse_args(["--max-epochs", "2"] + (["--balanced"] if balanced else []))
+        model = evaluate.model_from_checkpoint(torch.load(pretrained, weights_only=True), "cpu", new_classes=6, freeze=True)
         forward = active.forward_fn(model, dataset.images, None, "cpu")
-        active.fine_tune(model, forward, dataset.labels, labeled, args, torch.Generator().manual_seed(0), "cpu")
+        generator = torch.Generator().manual_seed(0)
+        active.fine_tune(model, forward, dataset.labels, labeled, generator, "cpu", max_epochs=2, balanced=balanced)
         return model.head.weight.detach()
 
     assert torch.allclose(trained(equal, False), trained(equal, True), atol=1e-6)

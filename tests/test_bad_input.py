@@ -63,7 +63,7 @@ def test_weights_that_do_not_fit_and_a_state_without_args(pretrained, tmp_path):
     fails(evaluate.main, ["--checkpoint", str(tmp_path / "six.pt")], str(tmp_path / "six.pt"), "do not fit")
     (tmp_path / "run").mkdir()
     torch.save({"model": {}, "class_names": ["a", "b"]}, tmp_path / "run" / "state.pt")
-    fails(active.main, ["--resume", str(tmp_path / "run")], "state.pt", "not the state of an active.py run")
+    fails(active.main, ["--resume", "--out", str(tmp_path / "run")], "state.pt", "not the state of an active.py run")
 
 
 def test_damaged_json_is_named(pretrained, tmp_path):
@@ -90,16 +90,21 @@ def test_campaign_flags(pretrained, tmp_path):
 
 def test_train_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
     args = TINY + ["--synthetic-cells", "40", "--rotations", "1", "--out", str(tmp_path / "p.pt")]
-    train.main(args + ["--epochs", "1"])
-    fails(train.main, args + ["--epochs", "2", "--resume", "--seed", "3"], "--seed 0, not 3", "--epochs, --patience")
+    train.main(args + ["--max-epochs", "1"])
+    fails(
+        train.main,
+        args + ["--max-epochs", "2", "--resume", "--seed", "3"],
+        "--seed 0, not 3",
+        "--max-epochs, --patience",
+    )
     fails(train.main, args + ["--resume", "--val-fraction", "0.3"], "--val-fraction 0.15, not 0.3")
-    train.main(args + ["--epochs", "2", "--resume", "--patience", "3"])  # what may change
-    assert "a resume may change --epochs, --patience, --device" in capsys.readouterr().out
+    train.main(args + ["--max-epochs", "2", "--resume", "--patience", "3"])  # what may change
+    assert "a resume may change --max-epochs, --patience, --device" in capsys.readouterr().out
 
 
 def test_a_run_that_saves_nothing_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "p.pt"
-    args = TINY + ["--synthetic-cells", "40", "--rotations", "1", "--epochs", "2", "--out", str(out)]
+    args = TINY + ["--synthetic-cells", "40", "--rotations", "1", "--max-epochs", "2", "--out", str(out)]
     train.main(args)
     before = out.read_bytes()
     real_summarize = train.summarize

@@ -1,11 +1,16 @@
 import csv
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import active
+import data
 import evaluate
 from evaluate import confusion_matrix, mca_aca
 
@@ -79,3 +84,21 @@ def test_test_time_augmentation_averages_the_eight_views(pretrained):
     turned = evaluate.predict_probabilities(model, torch.rot90(images, 1, dims=(2, 3)), "cpu", 4, tta=True)
     assert torch.allclose(averaged, turned, atol=1e-5)  # the same eight views, so the same answer
     assert not torch.allclose(evaluate.predict_probabilities(model, images, "cpu"), averaged, atol=1e-3)
+
+
+def test_evaluate_imports_nothing_from_active():
+    """evaluate.py is the metrics and inference that active.py builds on: importing it must not import the loop."""
+    code = "import sys, evaluate; sys.exit('active' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(evaluate.__file__).parent).returncode == 0
+
+
+def test_predictions_entropy_is_the_loops_entropy(pretrained, tmp_path):
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    dataset = data.synthetic_dataset("source", 10, seed=3, image_size=32)
+    for index, image in enumerate(dataset.images):
+        Image.fromarray(image.squeeze(0).numpy()).save(folder / f"cell{index}.png")
+    rows = evaluate.main(["--checkpoint", str(pretrained), "--predict", str(folder), "--out", str(tmp_path / "p.csv")])
+    table = list(csv.DictReader((tmp_path / "p.csv").open()))
+    probabilities = torch.tensor([[float(row[key]) for key in row if key.startswith("p_")] for row in table])
+    assert torch.allclose(torch.tensor([row["entropy"] for row in rows]), active.entropy(probabilities), atol=1e-4)

@@ -40,7 +40,7 @@ def test_train_evaluate_and_active_on_real_cells(few_real_cells, tmp_path, monke
         [
             "--data",
             str(few_real_cells),
-            "--epochs",
+            "--max-epochs",
             "2",
             "--rotations",
             "1",

@@ -224,7 +224,9 @@ def test_csv_header_only_by_name_and_no_image_twice(tmp_path):
 def test_train_split_by_specimen_records_it_and_evaluate_reproduces_it(specimen_folder, tmp_path, capsys):
     out = tmp_path / "p.pt"
     flags = ["--data", str(specimen_folder), "--image-size", "32", "--device", "cpu", "--rotations", "1"]
-    result = train.main(flags + ["--epochs", "1", "--val-fraction", "0.3", "--test-fraction", "0.3", "--out", str(out)])
+    result = train.main(
+        flags + ["--max-epochs", "1", "--val-fraction", "0.3", "--test-fraction", "0.3", "--out", str(out)]
+    )
     printed = capsys.readouterr().out
     assert "split: by specimen" in printed and "test specimens: " in printed
     checkpoint = torch.load(out, weights_only=True)
@@ -247,7 +249,7 @@ def test_train_stops_when_a_class_has_too_few_specimens_and_test_fraction_zero_h
     rows = [(file, "g1" if specimen == "g3" else specimen) for file, specimen in rows]
     write_specimens_csv(specimen_folder / "specimens.csv", rows)
     flags = ["--data", str(specimen_folder), "--device", "cpu", "--image-size", "32", "--rotations", "1"]
-    flags += ["--epochs", "1", "--out", str(tmp_path / "p.pt")]
+    flags += ["--max-epochs", "1", "--out", str(tmp_path / "p.pt")]
     with pytest.raises(SystemExit) as exit_info:
         train.main(flags)
     text = str(exit_info.value)
@@ -275,7 +277,7 @@ def test_active_run_keeps_test_specimens_unseen(specimen_folder, pretrained, tmp
     )  # nothing labeled from a test specimen
     assert torch.load(out / "model.pt", weights_only=True)["test_specimens"] == written["test_specimens"]
     with pytest.raises(SystemExit, match="was made with --split specimen, not cells"):
-        active.main(["--resume", str(out), "--split", "cells"])
+        active.main(["--resume", "--out", str(out), "--split", "cells"])
 
 
 def test_evaluate_classes_scores_a_five_class_checkpoint_on_six_class_data(pretrained, tmp_path):

@@ -16,13 +16,13 @@ def test_train_cli_writes_a_checkpoint_dict(pretrained, capsys):
 def test_train_resumes_and_stops_early(tmp_path, capsys):
     out = tmp_path / "p.pt"
     args = TINY + ["--synthetic-cells", "40", "--rotations", "1", "--out", str(out)]
-    train.main(args + ["--epochs", "1"])
+    train.main(args + ["--max-epochs", "1"])
     capsys.readouterr()
-    result = train.main(args + ["--epochs", "3", "--resume"])
+    result = train.main(args + ["--max-epochs", "3", "--resume"])
     printed = capsys.readouterr().out
     assert "resumed" in printed and "epoch   1" not in printed and "epoch   2" in printed
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
-    result = train.main(args + ["--epochs", "50", "--patience", "1", "--resume"])
+    result = train.main(args + ["--max-epochs", "50", "--patience", "1", "--resume"])
     last = result["history"][-1]["epoch"]
     assert last < 50  # stopped by patience: the validation loss did not improve for 1 epoch
 
@@ -30,11 +30,11 @@ def test_train_resumes_and_stops_early(tmp_path, capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--epochs", "0"], "--epochs 0"),
+        (["--max-epochs", "0"], "--max-epochs 0"),
         (["--val-fraction", "0.9", "--test-fraction", "0.2"], "--val-fraction"),
         (["--classes", "banana"], "unknown class 'banana'"),
         (["--data", "/nonexistent/cells"], "no such file or folder"),
-        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--epochs", "-1"], "--"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--max-epochs", "-1"], "--"),
     ],
 )
 def test_train_bad_flags_exit_with_one_line(flags, message, tmp_path):
