@@ -307,7 +307,7 @@ def run(args, state=None):
     labeled, rounds = [], []
     if state is not None:
         labeled, rounds, initial_weights = restore(state, model, generator)
-        setup_seconds += state["setup_seconds"]  # rounds count from 0: the last finished is len(rounds) - 1
+        setup_seconds += state["setup_seconds"]
         print(f"resumed {args.out} after round {len(rounds) - 1} ({len(labeled)}/{sum(sizes)} labeled)")
     print(plan_line(args, len(pool), len(test), sizes))
 
@@ -316,12 +316,10 @@ def run(args, state=None):
         in_pool = torch.ones(len(dataset), dtype=torch.bool)
         in_pool[[entry["index"] for entry in labeled]] = False
         unlabeled = pool[in_pool[pool]]
-        # Step 2: the seed set, k images at random (and the random strategy's whole budget).
-        if round_index == 0 or uncertainty is None:
+        if round_index == 0 or uncertainty is None:  # Step 2: the seed set, k at random (random strategy: all)
             chosen = unlabeled[torch.randperm(len(unlabeled), generator=generator)[: sizes[round_index]]]
             reasons = ["random"] * len(chosen)
-        # Steps 4 and 5: score every unlabeled pool image (Eq. 3), label the m most uncertain.
-        else:
+        else:  # Steps 4 and 5: score every unlabeled pool image (Eq. 3), label the m most uncertain
             scores = uncertainty(predict_probabilities(model, unlabeled, device, 64, forward=forward))
             positions = select_most_uncertain(scores, sizes[round_index])
             chosen = unlabeled[positions]

@@ -856,7 +856,7 @@ def split_dataset(dataset: CellDataset, by: str, fractions: list[float], seed: i
 def development_split(dataset: CellDataset, by: str, pool: torch.Tensor, fractions: list[float], seed: int):
     """The pool split again by the same rule into a development pool and test (the real test side is left out).
 
-    Settings are chosen on these, never on the test specimens (README paper notes)."""
+    Settings are chosen on these, never on the test specimens (docs/paper-notes.md)."""
     inner = split_dataset(dataset.subset(pool), by, fractions, seed, ["dev pool", "dev test"])
     return pool[inner[0]], pool[inner[1]]
 

@@ -219,7 +219,8 @@ def run(args):
             state["history"],
         )
         print(
-            f"resumed from {state_path} after epoch {state['epoch']} (a resume may change --max-epochs, --patience, --device)"
+            f"resumed from {state_path} after epoch {state['epoch']} "
+            "(a resume may change --max-epochs, --patience, --device)"
         )
 
     for epoch in range(start_epoch, args.max_epochs + 1):

@@ -214,7 +214,8 @@ def test_cached_loop_matches_the_full_network_loop(pretrained, tmp_path):
     dataset = data.synthetic_dataset("target", 300, seed=0, image_size=32)
     everything = torch.arange(len(dataset))
     cache = active.early_feature_cache(model, dataset.images, "cpu")
-    through_cache = predict_probabilities(model, everything, "cpu", forward=active.forward_fn(model, None, cache, "cpu"))
+    cached_forward = active.forward_fn(model, None, cache, "cpu")
+    through_cache = predict_probabilities(model, everything, "cpu", forward=cached_forward)
     through_network = predict_probabilities(model, dataset.images, "cpu")
     assert (entropy(through_cache) - entropy(through_network)).abs().max() < 0.01
 
@@ -234,7 +235,8 @@ def test_balanced_loss_weighs_classes_by_their_labeled_share(pretrained):
 
     def trained(labeled, balanced):
         torch.manual_seed(0)  # the same fresh head both times
-        model = evaluate.model_from_checkpoint(torch.load(pretrained, weights_only=True), "cpu", new_classes=6, freeze=True)
+        checkpoint = torch.load(pretrained, weights_only=True)
+        model = evaluate.model_from_checkpoint(checkpoint, "cpu", new_classes=6, freeze=True)
         forward = active.forward_fn(model, dataset.images, None, "cpu")
         generator = torch.Generator().manual_seed(0)
         active.fine_tune(model, forward, dataset.labels, labeled, generator, "cpu", max_epochs=2, balanced=balanced)
