@@ -1,6 +1,7 @@
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -156,6 +157,16 @@ def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrai
     monkeypatch.setattr(active, "fine_tune", real_fine_tune)
     killed_dir = tmp_path / "killed"
     assert torch.load(killed_dir / "state.pt", weights_only=True)["round"] == 1
+    # A state.pt written before the labeled entries became one list (three parallel lists) resumes alike.
+    older_dir = tmp_path / "older"
+    shutil.copytree(killed_dir, older_dir)
+    state = torch.load(older_dir / "state.pt", weights_only=True)
+    entries = state.pop("labeled")
+    state.update(labeled=[e["index"] for e in entries], reasons=[e["reason"] for e in entries])
+    state["label_round"] = [e["round"] for e in entries]
+    torch.save(state, older_dir / "state.pt")
+    active.main(["--resume", "--out", str(older_dir), "--device", "cpu"])
+    assert (older_dir / "labeled.csv").read_text() == (whole_dir / "labeled.csv").read_text()
     capsys.readouterr()
     resumed = active.main(["--resume", "--out", str(killed_dir), "--device", "cpu"])
     assert "after round 1 (" in capsys.readouterr().out  # the same numbering as the round lines
