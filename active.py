@@ -545,8 +545,8 @@ def build_parser():
     add("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001, Sec. 3.1)")
     add("--test-fraction", type=float, default=0.2, help="held-out test share (default: 0.2, Sec. 3.1)")
     add("--image-size", type=int, default=112, help="with --scratch: cell size (default: 112; else the checkpoint's)")
-    normalize = "with --scratch: per-cell intensity stretch (default: none; else the checkpoint's)"
-    add("--normalize", default="none", choices=NORMALIZATIONS, help=normalize)
+    normalize = "with --scratch: per-cell intensity stretch (default: percentile; none is the paper's)"
+    add("--normalize", default="percentile", choices=NORMALIZATIONS, help=normalize)
     add("--no-cache", action="store_true", help="run the frozen layers every step (default: cache their output)")
     add("--out", default=None, help="run directory (default: runs/<case>-limit<limit>-seed<seed>)")
     add("--resume", action="store_true", help="continue the killed run in --out from its state.pt (default: off)")

@@ -260,7 +260,8 @@ def test_balanced_loss_weighs_classes_by_their_labeled_share(pretrained):
 def test_tta_flag_scores_the_final_test_over_eight_views(pretrained, tmp_path):
     results, out = run_active(tmp_path, "tta", ["--tta", "--k", "20", "--m", "20"], pretrained)
     model = evaluate.model_from_checkpoint(torch.load(out / "model.pt", weights_only=True), "cpu")
-    dataset = data.synthetic_dataset("target", 120, seed=0, image_size=32)
+    normalize = results["args"]["normalize"]  # the run's cells, prepared as the pretrained checkpoint's
+    dataset = data.synthetic_dataset("target", 120, seed=0, image_size=32, normalize=normalize)
     _, test = data.stratified_split(dataset.labels, [0.8, 0.2], 0)
     expected = evaluate.summarize(
         dataset.labels[test],

@@ -42,3 +42,12 @@ def test_train_bad_flags_exit_with_one_line(flags, message, tmp_path):
         train.main(TINY[:2] + ["--synthetic-cells", "40", "--out", str(tmp_path / "x.pt")] + flags)
     text = str(exit_info.value)
     assert text.startswith("error: ") and message in text and "\n" not in text
+
+
+def test_default_preprocessing_is_the_percentile_stretch(pretrained):
+    """The recipe chosen on unseen specimens' development split; --normalize none is the paper's literal reading."""
+    import active
+
+    assert torch.load(pretrained, weights_only=True)["normalize"] == "percentile"
+    assert active.build_parser().parse_args([]).normalize == "percentile"
+    assert train.build_parser().parse_args(["--normalize", "none"]).normalize == "none"
