@@ -275,7 +275,8 @@ def run(args, state=None):
         args.data, "target", classes, args.image_size, args.normalize, args.seed, args.synthetic_cells, args.specimens
     )
     args.split = resolve_split(args.split, dataset)
-    if state is not None and state["fingerprint"] != data_fingerprint(dataset):
+    fingerprint = data_fingerprint(dataset)  # what state.pt records, so that a resume reads the same data
+    if state is not None and state["fingerprint"] != fingerprint:
         raise DataError(f"--resume: the data differs from the run's in {out} ({state['fingerprint']['source']})")
     num_classes = len(dataset.class_names)
     model = ParallelResNet(num_classes)  # built in every case: each seed's random stream stays as published
@@ -302,6 +303,7 @@ def run(args, state=None):
     forward = forward_fn(model, dataset.images, cache, device)
     uncertainty = None if args.strategy == "random" else UNCERTAINTY[args.strategy]
     generator = torch.Generator().manual_seed(args.seed)
+    training = {key: getattr(args, key) for key in TRAINING_FLAGS}  # fine_tune's settings, the same every round
     setup_seconds = time.time() - run_started  # loading, model and cache; resumed runs add theirs
     # labeled: {"index", "round", "reason"} of each labeled cell in labeling order; rounds: round_record's
     labeled, rounds = [], []
@@ -331,7 +333,6 @@ def run(args, state=None):
         if args.round_start == "restart":
             model.load_state_dict(initial_weights)
         train_started = time.time()
-        training = {key: getattr(args, key) for key in TRAINING_FLAGS}
         indices = [entry["index"] for entry in labeled]
         epochs, train_loss, seen = fine_tune(model, forward, dataset.labels, indices, generator, device, **training)
         train_seconds = time.time() - train_started
@@ -342,7 +343,7 @@ def run(args, state=None):
         queried = torch.bincount(dataset.labels[chosen], minlength=num_classes).tolist()
         rounds.append(round_record(round_index, labeled, queried, metrics, epochs, train_loss, dataset))
         rounds[-1].update(train_seconds=train_seconds, score_seconds=score_seconds, seconds=time.time() - started)
-        save_state(out, args, dataset, labeled, rounds, model, initial_weights, generator, setup_seconds)
+        save_state(out, args, fingerprint, labeled, rounds, model, initial_weights, generator, setup_seconds)
         print(round_line(rounds[-1], sum(sizes), seen), flush=True)
 
     return finish(args, dataset, pool, test, labeled, rounds, model, setup_seconds)
@@ -405,11 +406,11 @@ def round_line(record: dict, budget: int, seen: int) -> str:
     )
 
 
-def save_state(out, args, dataset, labeled, rounds, model, initial_weights, generator, setup_seconds) -> None:
+def save_state(out, args, fingerprint, labeled, rounds, model, initial_weights, generator, setup_seconds) -> None:
     """state.pt after every round, written atomically: what `--resume` needs to go on exactly."""
     state = {
         "args": vars(args),
-        "fingerprint": data_fingerprint(dataset),
+        "fingerprint": fingerprint,
         "round": len(rounds) - 1,
         "labeled": labeled,
         "rounds": rounds,
@@ -417,7 +418,7 @@ def save_state(out, args, dataset, labeled, rounds, model, initial_weights, gene
         "initial_weights": initial_weights,
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
-        "class_names": dataset.class_names,
+        "class_names": fingerprint["class_names"],
         "setup_seconds": setup_seconds,
     }
     save_atomic(state, out / "state.pt")
