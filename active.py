@@ -176,7 +176,8 @@ def fine_tune(
     the loss on a small labeled set would otherwise be what the round keeps), "last" keeps the final
     epoch's; batchnorm "recalibrate" then recomputes the BatchNorm statistics (recalibrate_batchnorm);
     balanced weighs each class's loss by the inverse of its labeled count (not in the paper).
-    Returns (epochs run, the kept epoch's training loss, images seen).
+    Returns (epochs run, the kept epoch, its training loss, images seen): the epochs after the kept one are
+    the rule's cost, patience epochs at least whenever it stops before max_epochs (docs/speed.md).
     """
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=lr)
     labeled = torch.as_tensor(labeled)
@@ -186,6 +187,7 @@ def fine_tune(
         weights = (counts.sum() / (len(counts) * counts.clamp_min(1))).to(device)
     model.train()
     best, bad, epoch, seen, epoch_loss, best_weights = float("inf"), 0, 0, 0, float("nan"), None
+    best_epoch = 0
     started = last_line = time.time()
     while epoch < max_epochs and bad < patience:
         epoch += 1
@@ -201,7 +203,7 @@ def fine_tune(
         epoch_loss = total / len(order)
         seen += len(order)
         if epoch_loss < best - 1e-4:  # "decreased": by more than 1e-4
-            best, bad = epoch_loss, 0
+            best, bad, best_epoch = epoch_loss, 0, epoch
             if stop_weights == "best":
                 best_weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
         else:
@@ -214,12 +216,13 @@ def fine_tune(
                 f"{seen / max(elapsed, 1e-9):5.0f} img/s | {elapsed:6.1f}s",  # a coarse clock can read 0 s
                 flush=True,
             )
+    kept = epoch
     if best_weights is not None and bad > 0:
         model.load_state_dict(best_weights)
-        epoch_loss = best
+        epoch_loss, kept = best, best_epoch
     if batchnorm == "recalibrate":
         recalibrate_batchnorm(model, forward, labeled, batch_size)
-    return epoch, epoch_loss, seen
+    return epoch, kept, epoch_loss, seen
 
 
 TRAINING_FLAGS = ("lr", "max_epochs", "patience", "batch_size", "stop_weights", "batchnorm", "balanced")
@@ -334,14 +337,16 @@ def run(args, state=None):
             model.load_state_dict(initial_weights)
         train_started = time.time()
         indices = [entry["index"] for entry in labeled]
-        epochs, train_loss, seen = fine_tune(model, forward, dataset.labels, indices, generator, device, **training)
+        epochs, kept, train_loss, seen = fine_tune(
+            model, forward, dataset.labels, indices, generator, device, **training
+        )
         train_seconds = time.time() - train_started
 
         # Report on the test split (never used for any decision).
         probabilities = predict_probabilities(model, test, device, 64, forward=forward)
         metrics = summarize(dataset.labels[test], probabilities, dataset.class_names)
         queried = torch.bincount(dataset.labels[chosen], minlength=num_classes).tolist()
-        rounds.append(round_record(round_index, labeled, queried, metrics, epochs, train_loss, dataset))
+        rounds.append(round_record(round_index, labeled, queried, metrics, epochs, kept, train_loss, dataset))
         rounds[-1].update(train_seconds=train_seconds, score_seconds=score_seconds, seconds=time.time() - started)
         save_state(out, args, fingerprint, labeled, rounds, model, initial_weights, generator, setup_seconds)
         print(round_line(rounds[-1], sum(sizes), seen), flush=True)
@@ -381,7 +386,7 @@ def plan_line(args, pool_size: int, test_size: int, sizes: list[int]) -> str:
     return f"{case_name(args).upper()}: pool {pool_size}, test {test_size}, budget {sum(sizes)} = {plan}"
 
 
-def round_record(round_index, labeled, queried, metrics, epochs, train_loss, dataset) -> dict:
+def round_record(round_index, labeled, queried, metrics, epochs, kept_epoch, train_loss, dataset) -> dict:
     """What results.json keeps of a round (the times are added once the round ends)."""
     return {
         "round": round_index,
@@ -391,6 +396,7 @@ def round_record(round_index, labeled, queried, metrics, epochs, train_loss, dat
         "aca": metrics["aca"],
         "per_class": metrics["per_class"],
         "epochs": epochs,
+        "kept_epoch": kept_epoch,  # the weights the round keeps; the epochs after it only decided to stop
         "train_loss": train_loss,
     }
 
@@ -398,10 +404,11 @@ def round_record(round_index, labeled, queried, metrics, epochs, train_loss, dat
 def round_line(record: dict, budget: int, seen: int) -> str:
     """The progress line of a round: what it labeled, the test metrics, the time and the throughput."""
     histogram = " ".join(f"{SHORT_NAMES.get(name, name[:6])}:{count}" for name, count in record["queried"].items())
+    throughput = seen / max(record["train_seconds"], 1e-9)
     return (
         f"round {record['round']:2d} | labeled {record['labeled']:5d}/{budget} | queried {histogram} | "
         f"MCA {100 * record['mca']:5.1f}% ACA {100 * record['aca']:5.1f}% | train {record['train_seconds']:5.1f}s "
-        f"({record['epochs']} ep, {seen / max(record['train_seconds'], 1e-9):5.0f} img/s) "
+        f"({record['epochs']} ep, kept {record['kept_epoch']}, {throughput:5.0f} img/s) "
         f"score {record['score_seconds']:4.1f}s | {record['seconds']:5.1f}s"
     )
 

@@ -18,6 +18,10 @@ again. This script measures, in one run and on the same data:
     python bench.py --quick                       # about a minute, synthetic cells
 
 It ends with `speedup: N.Nx`, the labeling round optimised over straightforward.
+Two more jobs of the same kind, each on its own:
+
+    python bench.py --levers                      # the upper layers' img/s under each speed lever
+    python bench.py --curve runs/scale            # a run's round time against its labeled cells, as a PNG
 """
 
 import argparse
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 import active
 from data import (
@@ -46,11 +51,12 @@ from data import (
     prepare_cell,
     preprocessing,
     read_cell,
+    read_json,
     seed_everything,
     stratified_split,
 )
-from evaluate import model_from_checkpoint, predict_probabilities
-from model import trainable_parameters
+from evaluate import font_of_size, model_from_checkpoint, predict_probabilities, save_png
+from model import ParallelResNet, freeze_early_layers, trainable_parameters
 
 
 def straightforward_round(model, dataset, labeled, unlabeled, epochs, batch_size, device, from_files):
@@ -102,6 +108,186 @@ def optimised_round(model, dataset, labeled, unlabeled, epochs, batch_size, devi
     return train_seconds, time.time() - started
 
 
+def bfloat16_support(device) -> str | None:
+    """Why bfloat16 autocast would not pay here, or None when the hardware computes in it."""
+    if device.type == "cuda":
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bfloat16"
+    if device.type == "cpu" and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return "this CPU has neither AVX512-BF16 nor AMX (emulated bfloat16 is slower than float32)"
+    return None if device.type == "cpu" else f"not measured on {device.type}"
+
+
+def lever_throughput(device, lever: str, labeled: int, score_cells: int) -> tuple[float, float, float]:
+    """(fine-tune img/s, score img/s, one-time seconds) of the layers above the frozen ones under one lever.
+
+    The same work as every round of active.py: Adam steps on cached-shaped inputs (two (N, 64, 14, 14)
+    tensors), then eval-mode scoring. Random inputs: the speed does not depend on the values.
+    """
+    train_batch = {"train batch 32": 32, "train batch 128": 128}.get(lever, 64)
+    score_batch = {"score batch 256": 256, "score batch 1024": 1024}.get(lever, 64)
+    threads = torch.get_num_threads()
+    if lever == "1 thread":
+        torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(0)
+    model = freeze_early_layers(ParallelResNet(6)).to(device)
+    cells = max(labeled, score_cells)
+    approximation = torch.randn(cells, 64, 14, 14, generator=generator).to(device)
+    details = torch.randn(cells, 64, 14, 14, generator=generator).to(device)
+    labels = torch.randint(0, 6, (cells,), generator=generator).to(device)
+    if lever == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        approximation = approximation.contiguous(memory_format=torch.channels_last)
+        details = details.contiguous(memory_format=torch.channels_last)
+
+    def forward(first, last):
+        return model.head(model.late_features(approximation[first:last], details[first:last]))
+
+    if lever == "torch.compile":
+        forward = torch.compile(forward)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=lever == "bfloat16 autocast")
+    optimizer = torch.optim.Adam(trainable_parameters(model), lr=1e-3)
+
+    def epoch():
+        model.train()
+        for start in range(0, labeled, train_batch):
+            with autocast:
+                loss = F.cross_entropy(forward(start, start + train_batch), labels[start : start + train_batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        synchronize(device)
+
+    def score():
+        model.eval()
+        with torch.inference_mode(), autocast:
+            for start in range(0, score_cells, score_batch):
+                torch.softmax(forward(start, start + score_batch).float(), dim=1)
+        synchronize(device)
+
+    started = time.time()
+    epoch(), score()  # warm-up: allocation, kernel choice, compilation
+    warm_up = time.time() - started
+    started = time.time()
+    epoch(), epoch()
+    train_rate = 2 * labeled / (time.time() - started)
+    started = time.time()
+    score()
+    score_rate = score_cells / (time.time() - started)
+    torch.set_num_threads(threads)
+    return train_rate, score_rate, warm_up
+
+
+LEVERS = (
+    "float32 (today)",
+    "channels_last",
+    "bfloat16 autocast",
+    "torch.compile",
+    "1 thread",
+    "train batch 32",
+    "train batch 128",
+    "score batch 256",
+    "score batch 1024",
+    "float32 (again)",  # the first row measured again: the spread between the two is the noise
+)
+
+
+def lever_rows(device, labeled: int, score_cells: int, compile_too: bool = True) -> list[tuple[str, str]]:
+    """One row per lever of docs/speed.md, each against float32 on the same inputs."""
+    rows, today = [], None
+    for lever in LEVERS:
+        if lever == "bfloat16 autocast" and bfloat16_support(device):
+            rows.append((lever, f"skipped: {bfloat16_support(device)}"))
+            continue
+        if lever == "torch.compile" and not compile_too:
+            rows.append((lever, "skipped under --quick (compiling takes a minute)"))
+            continue
+        print(f"bench: lever {lever}...")
+        train_rate, score_rate, warm_up = lever_throughput(device, lever, labeled, score_cells)
+        today = today or (train_rate, score_rate)
+        rows.append(
+            (
+                lever,
+                f"fine-tune {train_rate:5.0f} img/s ({train_rate / today[0]:.2f}x) | "
+                f"score {score_rate:5.0f} img/s ({score_rate / today[1]:.2f}x) | warm-up {warm_up:.1f} s",
+            )
+        )
+    return rows
+
+
+def synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def draw_round_times(run_dir: Path, path: Path) -> list[tuple[str, str]]:
+    """A run's seconds per round against its labeled cells (results.json, or state.pt of an unfinished run).
+
+    Also fits the two rates a round's time is made of: fine-tuning, epochs x labeled cells at one rate,
+    and scoring, the unlabeled pool at another, so that a user can predict a run of another size.
+    """
+    results = run_dir / "results.json"
+    if results.exists():
+        rounds, pool = read_json(results)["rounds"], read_json(results)["pool"]
+    elif (run_dir / "state.pt").exists():
+        state = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=False)
+        rounds, pool = state["rounds"], None
+    else:
+        raise DataError(f"--curve {run_dir}: expected a run folder with results.json or state.pt")
+    if not rounds:
+        raise DataError(f"--curve {run_dir}: the run has no finished round yet")
+    seen = sum(r["epochs"] * r["labeled"] for r in rounds)
+    train_rate = seen / sum(r["train_seconds"] for r in rounds)
+    scored = [r for r in rounds[1:] if r["score_seconds"] > 0]
+    rows = [
+        ("rounds", f"{len(rounds)}, labeled {rounds[0]['labeled']} to {rounds[-1]['labeled']}"),
+        ("fine-tuning rate (epochs x labeled / s)", f"{train_rate:.0f} img/s"),
+        (
+            "epochs run / kept (sum over rounds)",
+            f"{sum(r['epochs'] for r in rounds)} / {sum(r.get('kept_epoch', r['epochs']) for r in rounds)}",
+        ),
+    ]
+    if pool is None:
+        pool = read_json(run_dir / "results.json")["pool"] if (run_dir / "results.json").exists() else None
+    if scored and pool:
+        score_rate = sum(pool - previous["labeled"] for previous in rounds[: len(scored)]) / sum(
+            r["score_seconds"] for r in scored
+        )
+        rows.append(("scoring rate (unlabeled pool / s)", f"{score_rate:.0f} img/s"))
+
+    width, height, left, top = 640, 420, 70, 40
+    plot_w, plot_h = width - left - 20, height - top - 60
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font, small = font_of_size(14), font_of_size(11)
+    draw.text((10, 8), f"seconds per round against labeled cells: {run_dir.name}", fill="black", font=font)
+    most_labeled = max(r["labeled"] for r in rounds)
+    most_seconds = max(r["seconds"] for r in rounds) * 1.1
+
+    def to_pixel(labeled, seconds):
+        return left + plot_w * labeled / most_labeled, top + plot_h * (1 - seconds / most_seconds)
+
+    draw.rectangle((left, top, left + plot_w, top + plot_h), outline="black")
+    for fraction in (0, 0.25, 0.5, 0.75, 1):
+        _, y = to_pixel(0, fraction * most_seconds)
+        draw.line((left, y, left + plot_w, y), fill=(225, 225, 225))
+        draw.text((8, y - 6), f"{fraction * most_seconds:.0f} s", fill="black", font=small)
+        x, _ = to_pixel(fraction * most_labeled, 0)
+        draw.text((x - 12, top + plot_h + 4), f"{fraction * most_labeled:.0f}", fill="black", font=small)
+    draw.text((left, top + plot_h + 22), "labeled cells after the round", fill="black", font=small)
+    for index, (name, key) in enumerate((("round", "seconds"), ("fine-tuning", "train_seconds"))):
+        color = [(31, 119, 180), (255, 127, 14)][index]
+        points = [to_pixel(r["labeled"], r[key]) for r in rounds]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=2)
+        for x, y in points:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=color)
+        draw.line((left + 10, top + 12 + 18 * index, left + 30, top + 12 + 18 * index), fill=color, width=3)
+        draw.text((left + 36, top + 6 + 18 * index), name, fill="black", font=small)
+    save_png(image, path)
+    rows.append(("plot", str(path)))
+    return rows
+
+
 def peak_child_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
 
@@ -126,6 +312,19 @@ def build_parser():
     parser.add_argument(
         "--end-to-end", default="on", choices=["on", "off"], help="run active.py end to end (default: on)"
     )
+    parser.add_argument(
+        "--levers",
+        action="store_true",
+        help="only time the upper layers under each speed lever (channels_last, bfloat16, torch.compile, threads, "
+        "batch sizes), on random inputs; needs no checkpoint (default: off)",
+    )
+    parser.add_argument(
+        "--curve",
+        default=None,
+        metavar="RUN_DIR",
+        help="only plot an active.py run's seconds per round against its labeled cells to RUN_DIR/round_times.png "
+        "and print its fine-tuning and scoring rates (default: off)",
+    )
     add_device_flag(parser)
     return parser
 
@@ -143,19 +342,18 @@ def run(args):
     check_flags(args, ("labeled", "epochs", "batch_size"))
     device = pick_device(args.device)
     seed_everything(0)
+    if args.curve or args.levers:
+        if args.curve:
+            rows = draw_round_times(Path(args.curve), Path(args.curve) / "round_times.png")
+        else:
+            labeled, score_cells = (128, 256) if args.quick else (args.labeled, 4096)
+            rows = [("device", describe_device(device)), (f"{labeled} cells trained, {score_cells} scored", "")]
+            rows += lever_rows(device, labeled, score_cells, compile_too=not args.quick)
+        print_rows(rows)
+        return {"rows": rows}
     checkpoint = load_checkpoint(args.checkpoint)
     image_size, normalize = preprocessing(checkpoint)
-    rows = [
-        (
-            "device",
-            str(device)
-            + (
-                f" ({torch.cuda.get_device_name(device)})"
-                if device.type == "cuda"
-                else f" ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-            ),
-        )
-    ]
+    rows = [("device", describe_device(device))]
 
     if args.data:
         with tempfile.TemporaryDirectory() as cold_cache:
@@ -245,11 +443,21 @@ def run(args):
             ("IN-AL result", final.split(" with ")[0].removeprefix("final: ")),
         ]
 
+    print_rows(rows)
+    print(f"speedup: {speedup:.1f}x")
+    return {"rows": rows, "speedup": speedup}
+
+
+def describe_device(device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__})"
+
+
+def print_rows(rows) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
-    print(f"speedup: {speedup:.1f}x")
-    return {"rows": rows, "speedup": speedup}
 
 
 if __name__ == "__main__":

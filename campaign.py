@@ -344,7 +344,7 @@ def ingest(folder: Path, device) -> dict:
     if training:
         generator = torch.Generator().manual_seed(state["seed"] * 100_003 + round_index + 1)
         # the simulated loop's fine-tuning settings (Sec. 3.1), with the campaign's cap on epochs
-        epochs, _, _ = fine_tune(model, forward, labels, training, generator, device, max_epochs=state["max_epochs"])
+        epochs, _, _, _ = fine_tune(model, forward, labels, training, generator, device, max_epochs=state["max_epochs"])
     validation = None
     if held_out:
         held = torch.tensor(held_out)

@@ -469,8 +469,9 @@ def load_dataset(
                 return CellDataset(images, labels, class_names, files, str(root), specimens)
         except Exception:
             pass  # a broken cache is rebuilt below
-    images = torch.from_numpy(np.stack([prepare_cell(read_cell(path), image_size, normalize) for path in paths]))
-    images = images.unsqueeze(1)
+    images = torch.empty((len(paths), 1, image_size, image_size), dtype=torch.uint8)  # filled in place: one copy
+    for index, path in enumerate(paths):
+        images[index, 0] = torch.from_numpy(prepare_cell(read_cell(path), image_size, normalize))
     if cache_file is not None:
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -661,16 +662,18 @@ def synthetic_dataset(
     else:
         raise ValueError(f"kind must be 'source' or 'target', got {kind}")
     counts = [max(2, round(num_cells * share)) for share in proportions]
+    # Filled in place, not stacked from a list of cells: one copy in memory, even at LSHEp-2's 63,445 cells.
+    images = np.empty((sum(counts), image_size, image_size), dtype=np.uint8)
+    labels = []
     # Every class seeds its own generator so a class's cells do not depend on the other classes.
-    images, labels = [], []
     for label, (class_name, count) in enumerate(zip(class_names, counts)):
         rng = np.random.default_rng([seed, label, 1 if kind == "target" else 0])
         for _ in range(count):
-            images.append(prepare_cell(synthetic_cell(class_name, rng), image_size, normalize))
+            images[len(labels)] = prepare_cell(synthetic_cell(class_name, rng), image_size, normalize)
             labels.append(label)
     files = [f"synthetic:{kind}:{seed}:{index}" for index in range(len(labels))]
     return CellDataset(
-        torch.from_numpy(np.stack(images)).unsqueeze(1),
+        torch.from_numpy(images).unsqueeze(1),
         torch.tensor(labels),
         list(class_names),
         files,

@@ -85,6 +85,7 @@ def test_four_cases_end_to_end(pretrained, tmp_path, extra, case):
         assert [r["labeled"] for r in rounds] == list(torch.tensor(round_sizes(pool, 0.5)).cumsum(0).tolist())
         assert rows[-1]["reason"].startswith("entropy=") and rows[0]["reason"] == "random"
     assert all(0 <= r["mca"] <= 1 and sum(r["queried"].values()) > 0 for r in rounds)
+    assert all(1 <= r["kept_epoch"] <= r["epochs"] for r in rounds)
     # evaluate.py on the run's model, by default on the run's own test split, gives the same numbers
     metrics = evaluate.main(["--checkpoint", str(out / "model.pt"), "--json", "--png", str(tmp_path / "e.png")])
     assert metrics["split"] == "test" and metrics["mca"] == pytest.approx(results["mca"])
@@ -273,3 +274,19 @@ def test_tta_flag_scores_the_final_test_over_eight_views(pretrained, tmp_path):
         ["--checkpoint", str(out / "model.pt"), "--tta", "--device", "cpu", "--png", str(out / "c.png")]
     )
     assert metrics["confusion"] == expected["confusion"] and metrics["tta"]  # evaluate.py --tta scores alike
+
+
+@pytest.mark.parametrize("stop_weights", ["best", "last"])
+def test_fine_tune_reports_the_epoch_it_keeps(pretrained, stop_weights):
+    """Stopped by patience, the kept epoch is the best one, exactly patience epochs before the last."""
+    dataset = data.synthetic_dataset("target", 120, seed=0, image_size=32)
+    model = evaluate.model_from_checkpoint(torch.load(pretrained, weights_only=True), "cpu", new_classes=6, freeze=True)
+    forward = active.forward_fn(model, dataset.images, None, "cpu")
+    labeled, generator = list(range(0, 120, 4)), torch.Generator().manual_seed(0)
+    epochs, kept, loss, seen = active.fine_tune(
+        model, forward, dataset.labels, labeled, generator, "cpu", lr=0.5, max_epochs=40, patience=2,
+        stop_weights=stop_weights, batchnorm="running",
+    )  # fmt: skip
+    assert seen == epochs * len(labeled) and math.isfinite(loss)
+    assert epochs < 40  # a large learning rate on 30 cells: the loss stalls well before 40 epochs
+    assert kept == (epochs - 2 if stop_weights == "best" else epochs)
