@@ -329,7 +329,8 @@ def run(args, state=None):
             positions = select_most_uncertain(scores, sizes[round_index])
             chosen = unlabeled[positions]
             reasons = [f"{args.strategy}={value:.6f}" for value in scores[positions].tolist()]
-        score_seconds = time.time() - started if round_index > 0 and uncertainty is not None else 0.0
+        scored = len(unlabeled) if round_index > 0 and uncertainty is not None else 0
+        score_seconds = time.time() - started if scored else 0.0
         labeled += [{"index": i, "round": round_index, "reason": r} for i, r in zip(chosen.tolist(), reasons)]
 
         # Step 3: fine-tune on everything labeled so far.
@@ -347,7 +348,8 @@ def run(args, state=None):
         metrics = summarize(dataset.labels[test], probabilities, dataset.class_names)
         queried = torch.bincount(dataset.labels[chosen], minlength=num_classes).tolist()
         rounds.append(round_record(round_index, labeled, queried, metrics, epochs, kept, train_loss, dataset))
-        rounds[-1].update(train_seconds=train_seconds, score_seconds=score_seconds, seconds=time.time() - started)
+        rounds[-1].update(scored=scored, train_seconds=train_seconds, score_seconds=score_seconds)
+        rounds[-1]["seconds"] = time.time() - started
         save_state(out, args, fingerprint, labeled, rounds, model, initial_weights, generator, setup_seconds)
         print(round_line(rounds[-1], sum(sizes), seen), flush=True)
 

@@ -237,7 +237,7 @@ def draw_round_times(run_dir: Path, path: Path) -> list[tuple[str, str]]:
         raise DataError(f"--curve {run_dir}: the run has no finished round yet")
     seen = sum(r["epochs"] * r["labeled"] for r in rounds)
     train_rate = seen / sum(r["train_seconds"] for r in rounds)
-    scored = [r for r in rounds[1:] if r["score_seconds"] > 0]
+    scored = any(r["score_seconds"] > 0 for r in rounds[1:])
     rows = [
         ("rounds", f"{len(rounds)}, labeled {rounds[0]['labeled']} to {rounds[-1]['labeled']}"),
         ("fine-tuning rate (epochs x labeled / s)", f"{train_rate:.0f} img/s"),
@@ -246,13 +246,10 @@ def draw_round_times(run_dir: Path, path: Path) -> list[tuple[str, str]]:
             f"{sum(r['epochs'] for r in rounds)} / {sum(r.get('kept_epoch', r['epochs']) for r in rounds)}",
         ),
     ]
-    if pool is None:
-        pool = read_json(run_dir / "results.json")["pool"] if (run_dir / "results.json").exists() else None
-    if scored and pool:
-        score_rate = sum(pool - previous["labeled"] for previous in rounds[: len(scored)]) / sum(
-            r["score_seconds"] for r in scored
-        )
-        rows.append(("scoring rate (unlabeled pool / s)", f"{score_rate:.0f} img/s"))
+    if scored:  # runs before "scored" was recorded: the unlabeled part of the pool at the round's start
+        counts = [r.get("scored", pool - previous["labeled"] if pool else 0) for r, previous in zip(rounds[1:], rounds)]
+        score_rate = sum(counts) / sum(r["score_seconds"] for r in rounds[1:])
+        rows.append(("scoring rate (unlabeled pool / s)", f"{score_rate:.0f} img/s" if all(counts) else "unknown"))
 
     width, height, left, top = 640, 420, 70, 40
     plot_w, plot_h = width - left - 20, height - top - 60

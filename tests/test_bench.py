@@ -37,6 +37,10 @@ def test_bench_curve_plots_a_run_and_gives_its_rates(pretrained, tmp_path):
     rate = float(rows["fine-tuning rate (epochs x labeled / s)"].split()[0])
     assert rate == pytest.approx(seen / sum(r["train_seconds"] for r in rounds), abs=0.5)
     assert rows["rounds"].startswith(f"{len(rounds)},") and (out / "round_times.png").stat().st_size > 1000
+    assert [r["scored"] for r in rounds] == [0] + [json.loads((out / "results.json").read_text())["pool"] - r["labeled"]
+                                                   for r in rounds[:-1]]  # fmt: skip
+    rate = float(rows["scoring rate (unlabeled pool / s)"].split()[0])
+    assert rate == pytest.approx(sum(r["scored"] for r in rounds) / sum(r["score_seconds"] for r in rounds), rel=0.01)
     (out / "results.json").unlink()  # an unfinished run: the rounds come from state.pt
     assert dict(bench.main(["--curve", str(out)])["rows"])["rounds"] == rows["rounds"]
     with pytest.raises(SystemExit, match="--curve"):
