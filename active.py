@@ -124,13 +124,16 @@ def early_feature_cache(model: ParallelResNet, images: torch.Tensor, device, bat
     activations (800 KB a cell) fit in the caches beats a large one (docs/speed.md).
     """
     model.eval()
-    approximations, details = [], []
+    approximations = details = None
     for start in range(0, len(images), batch_size):
         inputs = model_inputs(images[start : start + batch_size], device)
         early_approximation, early_details = model.early_features(*inputs)
-        approximations.append(early_approximation.to("cpu", torch.float16))
-        details.append(early_details.to("cpu", torch.float16))
-    return torch.cat(approximations), torch.cat(details)
+        if approximations is None:  # filled in place: concatenating batches would hold the cache twice at its peak
+            approximations = torch.empty((len(images), *early_approximation.shape[1:]), dtype=torch.float16)
+            details = torch.empty((len(images), *early_details.shape[1:]), dtype=torch.float16)
+        approximations[start : start + batch_size] = early_approximation.to("cpu", torch.float16)
+        details[start : start + batch_size] = early_details.to("cpu", torch.float16)
+    return approximations, details
 
 
 def forward_fn(model: ParallelResNet, images: torch.Tensor, cache, device):

@@ -290,3 +290,21 @@ def test_fine_tune_reports_the_epoch_it_keeps(pretrained, stop_weights):
     assert seen == epochs * len(labeled) and math.isfinite(loss)
     assert epochs < 40  # a large learning rate on 30 cells: the loss stalls well before 40 epochs
     assert kept == (epochs - 2 if stop_weights == "best" else epochs)
+
+
+def test_early_feature_cache_holds_every_cell_once_in_float16():
+    """Filled batch by batch in place, the last batch short: the same as one pass over every cell."""
+    torch.manual_seed(0)
+    model = ParallelResNet(6).eval()
+    images = torch.randint(0, 256, (37, 1, 32, 32), dtype=torch.uint8)
+    approximations, details = active.early_feature_cache(model, images, "cpu", batch_size=16)
+    with torch.no_grad():
+        expected = model.early_features(*data.model_inputs(images, "cpu"))
+    assert approximations.dtype == details.dtype == torch.float16 and approximations.shape == (
+        37,
+        64,
+        4,
+        4,
+    )  # 32 -> Haar 16 -> pools 4
+    assert torch.allclose(approximations.float(), expected[0], atol=1e-2, rtol=1e-3)
+    assert torch.allclose(details.float(), expected[1], atol=1e-2, rtol=1e-3)
