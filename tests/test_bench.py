@@ -21,7 +21,11 @@ def test_bench_levers_time_every_lever_against_float32(capsys):
     assert set(bench.LEVERS) <= set(rows)
     assert "(1.00x)" in rows["float32 (today)"]  # every other row is a ratio to this one
     assert rows["torch.compile"].startswith("skipped")  # compiling takes a minute: not under --quick
-    measured = [value for name, value in result["rows"] if "img/s" in value]
+    assert (
+        float(rows["cache: channels_last (today)"].split()[0]) > 0
+        and "(1.00x)" in rows["cache of the frozen layers: NCHW"]
+    )
+    measured = [value for name, value in result["rows"] if value.startswith("fine-tune")]
     assert len(measured) >= len(bench.LEVERS) - 2
     assert all(float(value.split()[1]) > 0 for value in measured)  # "fine-tune N img/s ..."
     assert "float32 (again)" in capsys.readouterr().out

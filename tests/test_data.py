@@ -7,6 +7,7 @@ from PIL import Image
 
 import data
 from data import DataError, canonical_class, load_dataset, stratified_split
+from wavelets import haar_split
 
 
 def write_cell(path, array, mode=None):
@@ -196,3 +197,14 @@ def test_synthetic_cells_follow_the_normalisation():
     stretched = data.synthetic_dataset("target", 60, seed=0, image_size=32, normalize="percentile")
     assert not torch.equal(plain.images, stretched.images)
     assert stretched.images.flatten(1).max(dim=1).values.float().min() > 200  # dim cells stretched too
+
+
+def test_model_inputs_are_the_haar_split_in_channels_last_memory():
+    images = torch.randint(0, 256, (3, 1, 16, 16), dtype=torch.uint8)
+    approximation, details = data.model_inputs(images, "cpu")
+    expected = haar_split(images.float() / 255.0)
+    assert torch.equal(approximation, expected[0]) and torch.equal(details, expected[1])
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+    with torch.no_grad():  # what the speed is for: the convolutions keep the layout
+        assert conv(approximation).is_contiguous(memory_format=torch.channels_last)
+        assert not conv(expected[0].contiguous()).is_contiguous(memory_format=torch.channels_last)
