@@ -200,7 +200,8 @@ def cache_throughput(device, cells: int, channels_last: bool) -> float:
             started = time.time()
             for start in range(0, cells, 16):  # early_feature_cache's batch
                 inputs = model_inputs(images[start : start + 16], device)  # channels-last (data.model_inputs)
-                model.early_features(*(inputs if channels_last else [band.contiguous() for band in inputs]))
+                standard = [band.clone(memory_format=torch.contiguous_format) for band in inputs]
+                model.early_features(*(inputs if channels_last else standard))
             synchronize(device)
     return cells / (time.time() - started)
 

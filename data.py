@@ -931,7 +931,9 @@ def model_inputs(images: torch.Tensor, device: torch.device, degrees: torch.Tens
     batch = images.to(device, non_blocking=True).float().div_(255.0)
     if degrees is not None:
         batch = rotate(batch, degrees.to(device))
-    return tuple(band.contiguous(memory_format=torch.channels_last) for band in haar_split(batch))
+    # torch.empty, not .contiguous(): a one-channel band that is already contiguous would keep its strides.
+    layout = dict(dtype=batch.dtype, device=batch.device, memory_format=torch.channels_last)
+    return tuple(torch.empty(band.shape, **layout).copy_(band) for band in haar_split(batch))
 
 
 # ---------------------------------------------------------------------------------------------

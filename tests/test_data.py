@@ -200,11 +200,14 @@ def test_synthetic_cells_follow_the_normalisation():
 
 
 def test_model_inputs_are_the_haar_split_in_channels_last_memory():
-    images = torch.randint(0, 256, (3, 1, 16, 16), dtype=torch.uint8)
-    approximation, details = data.model_inputs(images, "cpu")
-    expected = haar_split(images.float() / 255.0)
-    assert torch.equal(approximation, expected[0]) and torch.equal(details, expected[1])
     conv = torch.nn.Conv2d(1, 4, 3, padding=1)
-    with torch.no_grad():  # what the speed is for: the convolutions keep the layout
-        assert conv(approximation).is_contiguous(memory_format=torch.channels_last)
-        assert not conv(expected[0].contiguous()).is_contiguous(memory_format=torch.channels_last)
+    for cells in (3, 1):  # one cell: a one-channel band is contiguous in both layouts, and must still be channels-last
+        images = torch.randint(0, 256, (cells, 1, 16, 16), dtype=torch.uint8)
+        approximation, details = data.model_inputs(images, "cpu")
+        expected = haar_split(images.float() / 255.0)
+        assert torch.equal(approximation, expected[0]) and torch.equal(details, expected[1])
+        with torch.no_grad():  # what the speed is for: the convolutions keep the layout
+            assert conv(approximation).is_contiguous(memory_format=torch.channels_last)
+            assert conv(details).is_contiguous(memory_format=torch.channels_last)
+            standard = expected[0].clone(memory_format=torch.contiguous_format)
+            assert not conv(standard).is_contiguous(memory_format=torch.channels_last)
