@@ -121,8 +121,7 @@ def early_feature_cache(model: ParallelResNet, images: torch.Tensor, device, bat
 
     Valid because those layers are fixed, their BatchNorm is in eval mode and fine-tuning uses no
     augmentation, so their output never changes (Sec. 3.1). Batches of 16: on a CPU a batch whose
-    activations (800 KB a cell) fit in the caches beats a large one (1.5-1.9x over 64 on the reference
-    machine, channels-last inputs, 2026-11-27).
+    activations (800 KB a cell) fit in the caches beats a large one (a one-off probe, not a kept command).
     """
     model.eval()
     approximations = details = None

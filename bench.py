@@ -250,7 +250,8 @@ def draw_round_times(run_dir: Path, path: Path) -> list[tuple[str, str]]:
     """
     results = run_dir / "results.json"
     if results.exists():
-        rounds, pool = read_json(results)["rounds"], read_json(results)["pool"]
+        finished = read_json(results)
+        rounds, pool = finished["rounds"], finished["pool"]
     elif (run_dir / "state.pt").exists():
         state = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=False)
         rounds, pool = state["rounds"], None

@@ -925,8 +925,8 @@ def model_inputs(images: torch.Tensor, device: torch.device, degrees: torch.Tens
     """uint8 cells -> (approximation, details) on device, rotated first if degrees are given (Sec. 2.1).
 
     Channels-last memory: the convolutions then keep it, and the max-pooling of the 56x56 and 28x28 maps,
-    the slowest step of the frozen layers on a CPU in the default layout, runs about 5x faster (the frozen
-    layers' cache 1.7-2x, a whole training step 1.2x: docs/speed.md). The values are the same.
+    the slowest step of the frozen layers on a CPU in the default layout, runs faster (the frozen layers'
+    cache 1.63x, `python bench.py --levers`, docs/speed.md). The values are the same.
     """
     batch = images.to(device, non_blocking=True).float().div_(255.0)
     if degrees is not None:
