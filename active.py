@@ -45,6 +45,7 @@ from data import (
     check_flags,
     describe_split,
     development_split,
+    dihedral_views,
     get_dataset,
     load_checkpoint,
     model_inputs,
@@ -115,40 +116,60 @@ def round_sizes(pool_size: int, limit: float, k: int | None = None, m: int | Non
 
 
 @torch.inference_mode()
-def early_feature_cache(model: ParallelResNet, images: torch.Tensor, device, batch_size: int = 16):
+def early_feature_cache(model: ParallelResNet, images: torch.Tensor, device, batch_size: int = 16, views: int = 1):
     """The frozen layers' output for every image, once (float16 on the CPU: 50 KB a cell), so that every
     round trains and scores only the layers above them (--no-cache runs the full network every step).
 
-    Valid because those layers are fixed, their BatchNorm is in eval mode and fine-tuning uses no
-    augmentation, so their output never changes (Sec. 3.1). Batches of 16: on a CPU a batch whose
-    activations (800 KB a cell) fit in the caches beats a large one (a one-off probe, not a kept command).
+    Valid because those layers are fixed and their BatchNorm is in eval mode, so their output for a given
+    input never changes (Sec. 3.1). views=8 also caches the 8 dihedral views of every cell for
+    --augment dihedral (8x the memory and the time): row view * N + i holds view `view` of cell i, view 0
+    the cell as it is. Batches of 16: on a CPU a batch whose activations (800 KB a cell) fit in the caches
+    beats a large one (a one-off probe, not a kept command).
     """
     model.eval()
+    count = len(images)
     approximations = details = None
-    for start in range(0, len(images), batch_size):
-        inputs = model_inputs(images[start : start + batch_size], device)
-        early_approximation, early_details = model.early_features(*inputs)
-        if approximations is None:  # filled in place: concatenating batches would hold the cache twice at its peak
-            approximations = torch.empty((len(images), *early_approximation.shape[1:]), dtype=torch.float16)
-            details = torch.empty((len(images), *early_details.shape[1:]), dtype=torch.float16)
-        approximations[start : start + batch_size] = early_approximation.to("cpu", torch.float16)
-        details[start : start + batch_size] = early_details.to("cpu", torch.float16)
+    for start in range(0, count, batch_size):
+        for view, cells in enumerate(dihedral_views(images[start : start + batch_size])[:views]):
+            early_approximation, early_details = model.early_features(*model_inputs(cells, device))
+            if approximations is None:  # filled in place: concatenating batches would hold the cache twice
+                approximations = torch.empty((views * count, *early_approximation.shape[1:]), dtype=torch.float16)
+                details = torch.empty((views * count, *early_details.shape[1:]), dtype=torch.float16)
+            rows = slice(view * count + start, view * count + start + len(cells))
+            approximations[rows] = early_approximation.to("cpu", torch.float16)
+            details[rows] = early_details.to("cpu", torch.float16)
     return approximations, details
 
 
-def forward_fn(model: ParallelResNet, images: torch.Tensor, cache, device):
-    """A function from dataset indices to logits: through the cached early features if any, else the full network."""
+def forward_fn(model: ParallelResNet, images: torch.Tensor, cache, device, augment: torch.Generator | None = None):
+    """A function from dataset indices to logits: through the cached early features if any, else the full network.
+
+    With a generator for augment, each cell is seen in one of its 8 dihedral views drawn at random (exact
+    quarter turns and mirrors, as valid as the original: a pattern has no orientation); that is what
+    --augment dihedral trains on. Without, every cell as it is.
+    """
     if cache is not None:
         early_approximation, early_details = cache
+        count = len(images) if images is not None else len(early_approximation)
+        views = len(early_approximation) // count
+        if augment is not None and views != 8:
+            raise ValueError("forward_fn: augmentation needs the cache of the 8 dihedral views (views=8)")
 
         def forward(index):
+            index = torch.as_tensor(index)
+            if augment is not None:
+                index = torch.randint(8, (len(index),), generator=augment) * count + index
             inputs = early_approximation[index].to(device).float(), early_details[index].to(device).float()
             return model.head(model.late_features(*inputs))
 
     else:
 
         def forward(index):
-            return model(*model_inputs(images[index], device))
+            cells = images[index]
+            if augment is not None:
+                chosen = torch.randint(8, (len(cells),), generator=augment)
+                cells = torch.stack(dihedral_views(cells))[chosen, torch.arange(len(cells))]
+            return model(*model_inputs(cells, device))
 
     return forward
 
@@ -304,11 +325,18 @@ def run(args, state=None):
     cache = None
     if pretrained is not None and not args.no_cache:
         started = time.time()
-        cache = early_feature_cache(model, dataset.images, device)
-        print(f"cached the frozen layers' output for {len(dataset)} cells in {time.time() - started:.1f}s")
+        views = 8 if args.augment == "dihedral" else 1
+        cache = early_feature_cache(model, dataset.images, device, views=views)
+        print(
+            f"cached the frozen layers' output for {len(dataset)} cells x {views} views in "
+            f"{time.time() - started:.1f}s ({sum(part.nbytes for part in cache) / 2**30:.2f} GiB)"
+        )
     forward = forward_fn(model, dataset.images, cache, device)
     uncertainty = None if args.strategy == "random" else UNCERTAINTY[args.strategy]
     generator = torch.Generator().manual_seed(args.seed)
+    # --augment dihedral: training sees a random view of each cell, drawn from the run's generator (so a
+    # resumed run draws the same); scoring and the test see the cells as they are.
+    train_forward = forward if args.augment == "none" else forward_fn(model, dataset.images, cache, device, generator)
     training = {key: getattr(args, key) for key in TRAINING_FLAGS}  # fine_tune's settings, the same every round
     setup_seconds = time.time() - run_started  # loading, model and cache; resumed runs add theirs
     # labeled: {"index", "round", "reason"} of each labeled cell in labeling order; rounds: round_record's
@@ -342,7 +370,7 @@ def run(args, state=None):
         train_started = time.time()
         indices = [entry["index"] for entry in labeled]
         epochs, kept, train_loss, seen = fine_tune(
-            model, forward, dataset.labels, indices, generator, device, **training
+            model, train_forward, dataset.labels, indices, generator, device, **training
         )
         train_seconds = time.time() - train_started
 
@@ -551,6 +579,8 @@ def build_parser():
     )
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm)
     add("--balanced", action="store_true", help="class-balanced cross-entropy (default: off, as in the paper)")
+    augment = "fine-tune on a random one of each cell's 8 rotations and mirrors (default: none, as the paper)"
+    add("--augment", default="none", choices=["none", "dihedral"], help=augment)
     add("--tta", action="store_true", help="final test over the 8 rotations and mirrors (default: off, as the paper)")
     development = "leave the test specimens out, split the pool again into a development pool and test (default: off)"
     add("--development", action="store_true", help=development)
@@ -584,7 +614,7 @@ def main(argv=None):
 
 # Flags that define a run: a resume that gives another value is refused (--device and the rest may differ).
 RESUME_REFUSES = ("data", "specimens", "split", "development", "limit", "classes", "strategy", "scratch", "seed")
-RESUME_REFUSES += ("k", "m", "checkpoint", "round_start", "balanced", "tta")
+RESUME_REFUSES += ("k", "m", "checkpoint", "round_start", "balanced", "tta", "augment")
 
 
 def resume(folder: str, device: str = "auto", given: dict | None = None):

@@ -308,3 +308,65 @@ def test_early_feature_cache_holds_every_cell_once_in_float16():
     )  # 32 -> Haar 16 -> pools 4
     assert torch.allclose(approximations.float(), expected[0], atol=1e-2, rtol=1e-3)
     assert torch.allclose(details.float(), expected[1], atol=1e-2, rtol=1e-3)
+
+
+def test_cache_of_dihedral_views_holds_each_view_of_each_cell():
+    """views=8: row view * N + i is the frozen layers' output for dihedral view `view` of cell i, view 0 the cell."""
+    torch.manual_seed(0)
+    model = ParallelResNet(6).eval()
+    images = torch.randint(0, 256, (5, 1, 32, 32), dtype=torch.uint8)
+    approximations, details = active.early_feature_cache(model, images, "cpu", batch_size=2, views=8)
+    assert approximations.shape == (40, 64, 4, 4) and details.shape == (40, 64, 4, 4)
+    plain, _ = active.early_feature_cache(model, images, "cpu")
+    assert torch.equal(approximations[:5], plain)
+    with torch.no_grad():
+        for view, cells in enumerate(data.dihedral_views(images)):
+            expected = model.early_features(*data.model_inputs(cells, "cpu"))
+            assert torch.allclose(approximations[view * 5 : view * 5 + 5].float(), expected[0], atol=1e-2, rtol=1e-3)
+            assert torch.allclose(details[view * 5 : view * 5 + 5].float(), expected[1], atol=1e-2, rtol=1e-3)
+    assert not torch.allclose(approximations[5:10], approximations[:5])  # a quarter turn is another input
+
+
+def test_augmented_forward_draws_views_alike_with_and_without_the_cache():
+    """The same generator picks the same views on both paths; the views vary; no generator, no augmentation."""
+    torch.manual_seed(0)
+    model = ParallelResNet(6).eval()
+    images = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
+    cache = active.early_feature_cache(model, images, "cpu", views=8)
+    index = torch.arange(6)
+    with torch.no_grad():
+        through_cache = active.forward_fn(model, images, cache, "cpu", torch.Generator().manual_seed(1))(index)
+        full = active.forward_fn(model, images, None, "cpu", torch.Generator().manual_seed(1))(index)
+        plain = active.forward_fn(model, images, cache, "cpu")(index)
+        unaugmented = model(*data.model_inputs(images, "cpu"))
+    assert torch.allclose(through_cache, full, atol=1e-2)
+    assert torch.allclose(plain, unaugmented, atol=1e-2)
+    assert not torch.allclose(full, unaugmented, atol=1e-3)  # 6 cells, 8 views: some cell is not seen as it is
+    with pytest.raises(ValueError, match="8 dihedral views"):
+        active.forward_fn(model, images, active.early_feature_cache(model, images, "cpu"), "cpu", torch.Generator())
+
+
+def test_augment_flag_fine_tunes_on_random_views_and_resumes_alike(pretrained, tmp_path, monkeypatch):
+    extra = ["--augment", "dihedral", "--k", "8", "--m", "10"]
+    plain, _ = run_active(tmp_path, "plain", ["--k", "8", "--m", "10"], pretrained)
+    whole, whole_dir = run_active(tmp_path, "whole", extra, pretrained)
+    assert whole["args"]["augment"] == "dihedral"
+    assert [r["train_loss"] for r in whole["rounds"]] != [r["train_loss"] for r in plain["rounds"]]
+    real_fine_tune, calls = active.fine_tune, []
+
+    def killed_in_round_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_fine_tune(*args, **kwargs)
+
+    monkeypatch.setattr(active, "fine_tune", killed_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_active(tmp_path, "killed", extra, pretrained)
+    monkeypatch.setattr(active, "fine_tune", real_fine_tune)
+    resumed = active.main(["--resume", "--out", str(tmp_path / "killed"), "--device", "cpu"])
+    assert (tmp_path / "killed" / "labeled.csv").read_text() == (whole_dir / "labeled.csv").read_text()
+    assert [r["mca"] for r in resumed["rounds"]] == [r["mca"] for r in whole["rounds"]]
+    with pytest.raises(SystemExit) as exit_info:
+        active.main(["--resume", "--out", str(tmp_path / "killed"), "--augment", "none"])
+    assert "--augment" in str(exit_info.value)
