@@ -331,19 +331,24 @@ def test_augmented_forward_draws_views_alike_with_and_without_the_cache():
     """The same generator picks the same views on both paths; the views vary; no generator, no augmentation."""
     torch.manual_seed(0)
     model = ParallelResNet(6).eval()
-    images = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
-    cache = active.early_feature_cache(model, images, "cpu", views=8)
-    index = torch.arange(6)
+    images = torch.randint(0, 256, (9, 1, 32, 32), dtype=torch.uint8)
+    cache, views = active.early_feature_cache(model, images, "cpu"), {}
+    active.add_dihedral_views(model, images, [4, 1], "cpu", views, capacity=6)
+    active.add_dihedral_views(model, images, [1, 4, 7, 0, 2, 3], "cpu", views, capacity=6)  # only 7, 0, 2, 3 added
+    assert views["count"] == 6 and views["row"][[4, 1, 7, 0, 2, 3]].tolist() == [0, 1, 2, 3, 4, 5]
+    assert views["row"][[5, 6, 8]].tolist() == [-1, -1, -1] and views["approximations"].shape == (6, 8, 64, 4, 4)
+    assert torch.equal(views["approximations"][views["row"][[0, 1, 2, 3]], 0], cache[0][[0, 1, 2, 3]])
+    index = torch.tensor([3, 0, 1, 2, 7, 4])
     with torch.no_grad():
-        through_cache = active.forward_fn(model, images, cache, "cpu", torch.Generator().manual_seed(1))(index)
+        cached = active.forward_fn(model, images, cache, "cpu", torch.Generator().manual_seed(1), views)(index)
         full = active.forward_fn(model, images, None, "cpu", torch.Generator().manual_seed(1))(index)
         plain = active.forward_fn(model, images, cache, "cpu")(index)
-        unaugmented = model(*data.model_inputs(images, "cpu"))
-    assert torch.allclose(through_cache, full, atol=1e-2)
+        unaugmented = model(*data.model_inputs(images[index], "cpu"))
+    assert torch.allclose(cached, full, atol=1e-2)
     assert torch.allclose(plain, unaugmented, atol=1e-2)
     assert not torch.allclose(full, unaugmented, atol=1e-3)  # 6 cells, 8 views: some cell is not seen as it is
-    with pytest.raises(ValueError, match="8 dihedral views"):
-        active.forward_fn(model, images, active.early_feature_cache(model, images, "cpu"), "cpu", torch.Generator())
+    with pytest.raises(ValueError, match="dihedral views cached"):
+        active.forward_fn(model, images, cache, "cpu", torch.Generator(), views)(torch.tensor([5]))
 
 
 def test_augment_flag_fine_tunes_on_random_views_and_resumes_alike(pretrained, tmp_path, monkeypatch):
