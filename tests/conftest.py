@@ -1,5 +1,6 @@
 """Shared fixtures: the scripts are flat top-level files, so the project root goes on sys.path."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,8 +10,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 I3A = ROOT.parent / "shared" / "data" / "i3a"
 
-# Tiny settings that keep every end-to-end test to seconds on 2 CPU cores.
-TINY = ["--image-size", "32", "--device", "cpu"]
+# Tiny settings that keep every end-to-end test to seconds on 2 CPU cores. HEP2_TEST_DEVICE=cuda runs the
+# scripts' end-to-end tests on a GPU instead (docs/speed.md, the GPU check); the default is the CPU.
+TINY = ["--image-size", "32", "--device", os.environ.get("HEP2_TEST_DEVICE", "cpu")]
 
 
 @pytest.fixture(scope="session")
