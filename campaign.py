@@ -340,11 +340,14 @@ def ingest(folder: Path, device) -> dict:
     model = campaign_model(state, folder, device)
     cache = early_feature_cache(model, images, device)
     forward = forward_fn(model, images, cache, device)
-    epochs = 0
+    epochs, kept, training_loss = 0, 0, None
     if training:
         generator = torch.Generator().manual_seed(state["seed"] * 100_003 + round_index + 1)
-        # the simulated loop's fine-tuning settings (Sec. 3.1), with the campaign's cap on epochs
-        epochs, _, _, _ = fine_tune(model, forward, labels, training, generator, device, max_epochs=state["max_epochs"])
+        # the simulated loop's fine-tuning settings (Sec. 3.1), with the campaign's cap on epochs; the kept epoch
+        # and its loss go in the history, so a lab sees whether a round's training converged or hit the cap
+        epochs, kept, training_loss, _ = fine_tune(
+            model, forward, labels, training, generator, device, max_epochs=state["max_epochs"]
+        )
     validation = None
     if held_out:
         held = torch.tensor(held_out)
@@ -367,6 +370,8 @@ def ingest(folder: Path, device) -> dict:
             "trained_on": len(training),
             "held_out": len(held_out),
             "epochs": epochs,
+            "kept_epoch": kept,
+            "training_loss": training_loss,
             "validation": validation,
             "seconds": time.time() - started,
         }
@@ -378,7 +383,7 @@ def ingest(folder: Path, device) -> dict:
     counts = {name: sum(entry["label"] == name for entry in ledger) for name in classes}
     print(
         f"round {round_index}: +{len(entries)} labels ({len(unfilled)} unfilled, asked again), {len(labeled)} in all; "
-        f"trained on {len(training)} for {epochs} epochs; "
+        f"trained on {len(training)} for {epochs} epochs{training_summary(kept, training_loss)}; "
         + (
             f"held-out MCA {100 * validation['mca']:.1f}% ACA {100 * validation['aca']:.1f}% ({len(held_out)} labels)"
             if validation
@@ -391,6 +396,12 @@ def ingest(folder: Path, device) -> dict:
     else:
         print("the whole pool is labeled: the campaign is complete")
     return state
+
+
+def training_summary(kept, training_loss) -> str:
+    """ ", kept 7 at loss 0.1234" for a round that trained; empty otherwise (or for a campaign.json written before
+    the history kept them)."""
+    return "" if training_loss is None else f", kept {kept} at loss {training_loss:.4f}"
 
 
 def print_status(folder: Path, state: dict) -> None:
@@ -412,7 +423,8 @@ def print_status(folder: Path, state: dict) -> None:
         )
         print(
             f"  round {entry['round']}: +{entry['new_labels']} labels, {entry['labels']} in all, trained on "
-            f"{entry['trained_on']} ({entry['epochs']} epochs), {quality}"
+            f"{entry['trained_on']} ({entry['epochs']} epochs"
+            f"{training_summary(entry.get('kept_epoch'), entry.get('training_loss'))}), {quality}"
         )
 
 

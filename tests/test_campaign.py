@@ -123,6 +123,10 @@ def test_campaign_round_trip_with_a_kill_mid_ingest(pretrained, pool, tmp_path, 
     campaign.main(["status", str(folder)])
     printed = capsys.readouterr().out
     assert "round 3" in printed and "skip 1" in printed and "held-out" in printed
+    # each round's history says how its training ended: the kept epoch within those run, its loss finite
+    for entry in state["history"]:
+        assert 1 <= entry["kept_epoch"] <= entry["epochs"] <= 3 and entry["training_loss"] >= 0
+        assert f"kept {entry['kept_epoch']} at loss {entry['training_loss']:.4f}" in printed
 
 
 @pytest.mark.parametrize(
