@@ -399,8 +399,8 @@ def ingest(folder: Path, device) -> dict:
 
 
 def training_summary(kept, training_loss) -> str:
-    """ ", kept 7 at loss 0.1234" for a round that trained; empty otherwise (or for a campaign.json written before
-    the history kept them)."""
+    """The ", kept K at loss L" part of a round's line; empty when the round did not train (or its campaign.json
+    predates these fields)."""
     return "" if training_loss is None else f", kept {kept} at loss {training_loss:.4f}"
 
 
