@@ -141,6 +141,22 @@ def test_batchnorm_recalibration_averages_every_whole_batch():
     assert torch.allclose(first_bn.running_mean, torch.stack(seen).mean(dim=0), atol=1e-5)
 
 
+@pytest.mark.parametrize("round_start", ["continue", "restart"])
+def test_round_start_sets_where_each_round_fine_tunes_from(pretrained, tmp_path, monkeypatch, round_start):
+    real_fine_tune, starts = active.fine_tune, []
+
+    def recording_fine_tune(model, *args, **kwargs):  # the trainable weights each round starts from
+        starts.append({k: v.clone() for k, v in model.state_dict().items() if "head" in k or "fusion" in k})
+        return real_fine_tune(model, *args, **kwargs)
+
+    monkeypatch.setattr(active, "fine_tune", recording_fine_tune)
+    run_active(tmp_path, round_start, ["--k", "8", "--m", "10", "--round-start", round_start], pretrained)
+    assert len(starts) >= 3 and starts[0]
+    for later in starts[1:]:  # restart: every round from the first round's start; continue: from the last round's end
+        same = all(torch.equal(later[key], starts[0][key]) for key in starts[0])
+        assert same == (round_start == "restart")
+
+
 def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrained, tmp_path, monkeypatch, capsys):
     extra = ["--k", "8", "--m", "10"]
     whole, whole_dir = run_active(tmp_path, "whole", extra, pretrained)
