@@ -91,6 +91,18 @@ def test_four_cases_end_to_end(pretrained, tmp_path, extra, case):
     assert metrics["split"] == "test" and metrics["mca"] == pytest.approx(results["mca"])
 
 
+@pytest.mark.parametrize("strategy", ["least-confidence", "margin"])
+def test_other_uncertainty_strategies_end_to_end(pretrained, tmp_path, strategy):
+    results, out = run_active(tmp_path, strategy, ["--k", "8", "--m", "10", "--strategy", strategy], pretrained)
+    assert results["case"] == f"in-{strategy}"
+    rows = list(csv.DictReader((out / "labeled.csv").open()))
+    chosen = [row for row in rows if row["round"] != "0"]
+    assert chosen and all(row["reason"].startswith(f"{strategy}=") for row in chosen)
+    for round_index in {row["round"] for row in chosen}:  # each round labels its most uncertain first (Eq. 4, 5)
+        scores = [float(row["reason"].split("=")[1]) for row in chosen if row["round"] == round_index]
+        assert scores == sorted(scores, reverse=True) and all(0 <= score <= 1 for score in scores)
+
+
 def test_fine_tuning_leaves_the_frozen_layers_alone(pretrained, tmp_path):
     results, out = run_active(tmp_path, "frozen", ["--k", "10", "--m", "10"], pretrained)
     before = torch.load(pretrained, weights_only=True)["model"]
