@@ -158,13 +158,14 @@ def test_round_start_sets_where_each_round_fine_tunes_from(pretrained, tmp_path,
     real_fine_tune, starts = active.fine_tune, []
 
     def recording_fine_tune(model, *args, **kwargs):  # the trainable weights each round starts from
-        starts.append({k: v.clone() for k, v in model.state_dict().items() if "head" in k or "fusion" in k})
+        weights = model.state_dict()
+        starts.append({key: weights[key].clone() for key in weights if "head" in key or "fusion" in key})
         return real_fine_tune(model, *args, **kwargs)
 
     monkeypatch.setattr(active, "fine_tune", recording_fine_tune)
     run_active(tmp_path, round_start, ["--k", "8", "--m", "10", "--round-start", round_start], pretrained)
     assert len(starts) >= 3 and starts[0]
-    for later in starts[1:]:  # restart: every round from the first round's start; continue: from the last round's end
+    for later in starts[1:]:  # restart: every round from the first round's start; continue: from trained weights
         same = all(torch.equal(later[key], starts[0][key]) for key in starts[0])
         assert same == (round_start == "restart")
 
