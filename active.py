@@ -92,17 +92,25 @@ def select_most_uncertain(scores: torch.Tensor, count: int) -> torch.Tensor:
     return torch.sort(scores, descending=True, stable=True).indices[:count]
 
 
-def round_sizes(pool_size: int, limit: float, k: int | None = None, m: int | None = None, strategy: str = "entropy"):
+def round_sizes(
+    pool_size: int,
+    limit: float,
+    k: int | None = None,
+    m: int | None = None,
+    strategy: str = "entropy",
+    k_fraction: float = 0.15,
+):
     """How many images each round labels: [k, m, m, ..., last], summing to the budget exactly.
 
     Sec. 3.1: budget = limit x pool (20% of 50,758 = 10,152), k = 15% of the budget at random first
     (1500), then m = 10% per round (1000); the last round is smaller when m does not divide what is
-    left. The random strategy, and a budget of the whole pool, label everything at once.
+    left. k_fraction sets k as a share of the budget, k as a count (it wins). The random strategy, and a
+    budget of the whole pool, label everything at once.
     """
     budget = min(pool_size, max(1, round(limit * pool_size)))
     if strategy == "random" or budget == pool_size:
         return [budget]  # Sec. 3.3: at 100% there is nothing to choose, so no active learning process
-    k = min(budget, max(1, round(0.15 * budget)) if k is None else k)
+    k = min(budget, max(1, round(k_fraction * budget)) if k is None else k)
     m = max(1, round(0.10 * budget)) if m is None else m
     sizes, left = [k], budget - k
     while left > 0:
@@ -350,7 +358,7 @@ def run(args, state=None):
         pool, test = development_split(dataset, args.split, pool, fractions, args.seed)
         sides = ["dev pool", "dev test"]
     print(describe_split(dataset, args.split, [pool, test], sides, args.seed))
-    sizes = round_sizes(len(pool), args.limit, args.k, args.m, args.strategy)
+    sizes = round_sizes(len(pool), args.limit, args.k, args.m, args.strategy, args.k_fraction)
     cache = None
     if pretrained is not None and not args.no_cache:
         started = time.time()
@@ -425,6 +433,8 @@ def check_run_flags(args) -> None:
         raise DataError(f"--limit {args.limit}: expected a fraction in (0, 1]")
     if not 0 < args.test_fraction < 1:
         raise DataError(f"--test-fraction {args.test_fraction}: expected a fraction in (0, 1)")
+    if not 0 < args.k_fraction <= 1:
+        raise DataError(f"--k-fraction {args.k_fraction}: expected a fraction of the budget in (0, 1]")
     check_flags(args, ("k", "m", "max_epochs", "patience", "batch_size", "synthetic_cells"), ("lr",))
 
 
@@ -593,7 +603,9 @@ def build_parser():
         choices=[*UNCERTAINTY, "random"],
         help="what to label (default: entropy, Eq. 3)",
     )
-    add("--k", type=int, default=None, help="random seed-set size (default: 15%% of the budget, Sec. 3.1)")
+    share = "random seed-set size as a fraction of the budget (default: 0.15, Sec. 3.1)"
+    add("--k-fraction", type=float, default=0.15, help=share)
+    add("--k", type=int, default=None, help="random seed-set size as a count; overrides --k-fraction (default: none)")
     add("--m", type=int, default=None, help="images labeled per round (default: 10%% of the budget, Sec. 3.1)")
     rounds = "fine-tune from the previous round's weights, or from the first ones (default: continue)"
     add("--round-start", default="continue", choices=["continue", "restart"], help=rounds)
@@ -643,7 +655,7 @@ def main(argv=None):
 
 # Flags that define a run: a resume that gives another value is refused (--device and the rest may differ).
 RESUME_REFUSES = ("data", "specimens", "split", "development", "limit", "classes", "strategy", "scratch", "seed")
-RESUME_REFUSES += ("k", "m", "checkpoint", "round_start", "balanced", "tta", "augment")
+RESUME_REFUSES += ("k", "k_fraction", "m", "checkpoint", "round_start", "balanced", "tta", "augment")
 
 
 def resume(folder: str, device: str = "auto", given: dict | None = None):

@@ -41,6 +41,8 @@ def test_round_sizes_follow_the_paper():
     assert sum(sizes) == 10152 and sizes[0] == round(0.15 * 10152) and sizes[1] == round(0.10 * 10152)
     assert sizes[-1] <= sizes[1] and all(size > 0 for size in sizes)
     assert round_sizes(1000, 0.2, k=30, m=50) == [30, 50, 50, 50, 20]
+    assert round_sizes(1000, 0.2, k_fraction=0.5) == [100, 20, 20, 20, 20, 20]  # k = half the budget of 200
+    assert round_sizes(1000, 0.2, k=30, k_fraction=0.5)[0] == 30  # a count wins over the fraction
     assert round_sizes(1000, 0.2, strategy="random") == [200]
     assert sum(round_sizes(7, 1.0)) == 7
 
@@ -89,6 +91,16 @@ def test_four_cases_end_to_end(pretrained, tmp_path, extra, case):
     # evaluate.py on the run's model, by default on the run's own test split, gives the same numbers
     metrics = evaluate.main(["--checkpoint", str(out / "model.pt"), "--json", "--png", str(tmp_path / "e.png")])
     assert metrics["split"] == "test" and metrics["mca"] == pytest.approx(results["mca"])
+
+
+def test_k_fraction_sets_the_seed_set_as_a_share_of_the_budget(pretrained, tmp_path):
+    results, out = run_active(tmp_path, "half", ["--k-fraction", "0.5", "--m", "10"], pretrained)
+    rows = list(csv.DictReader((out / "labeled.csv").open()))
+    seed_set = [row for row in rows if row["reason"] == "random"]
+    assert len(seed_set) == results["rounds"][0]["labeled"] == round(0.5 * results["budget"])
+    assert [r["labeled"] for r in results["rounds"]] == list(
+        torch.tensor(round_sizes(results["pool"], 0.5, m=10, k_fraction=0.5)).cumsum(0).tolist()
+    )
 
 
 @pytest.mark.parametrize("strategy", ["least-confidence", "margin"])
@@ -212,6 +224,8 @@ def test_active_bad_flags(tmp_path, pretrained):
     for flags, message in [
         (["--limit", "0"], "--limit 0"),
         (["--limit", "1.5"], "--limit 1.5"),
+        (["--k-fraction", "0"], "--k-fraction 0"),
+        (["--k-fraction", "1.5"], "--k-fraction 1.5"),
         (["--checkpoint", str(tmp_path / "none.pt")], "no such file"),
         (["--resume"], "no state.pt"),
     ]:
