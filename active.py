@@ -46,6 +46,7 @@ from data import (
     describe_split,
     development_split,
     dihedral_views,
+    jitter_intensity,
     get_dataset,
     load_checkpoint,
     model_inputs,
@@ -211,6 +212,19 @@ def forward_fn(model: ParallelResNet, images: torch.Tensor, cache, device, augme
     return forward
 
 
+def jittered_forward_fn(model: ParallelResNet, images: torch.Tensor, device, generator: torch.Generator):
+    """--augment photometric: the full network on each cell with its own gamma, blur and noise (not in the paper).
+
+    The frozen layers' cache holds the cells as they are, so training runs them on every jittered batch
+    (the cost of --no-cache, on the labeled cells only); scoring and the test still use the cache.
+    """
+
+    def forward(index):
+        return model(*model_inputs(jitter_intensity(images[index], generator), device))
+
+    return forward
+
+
 PROGRESS_SECONDS = 30  # fine_tune prints an epoch line at most this often (a round line ends every round)
 
 
@@ -367,11 +381,13 @@ def run(args, state=None):
     forward = forward_fn(model, dataset.images, cache, device)
     uncertainty = None if args.strategy == "random" else UNCERTAINTY[args.strategy]
     generator = torch.Generator().manual_seed(args.seed)
-    # --augment dihedral: training sees a random view of each cell, drawn from the run's generator (so a
-    # resumed run draws the same); scoring and the test see the cells as they are.
+    # --augment dihedral or photometric: training sees a random view or jitter of each cell, drawn from the
+    # run's generator (so a resumed run draws the same); scoring and the test see the cells as they are.
     train_forward, views = forward, {}
     if args.augment == "dihedral":
         train_forward = forward_fn(model, dataset.images, cache, device, augment=generator, views=views)
+    elif args.augment == "photometric":
+        train_forward = jittered_forward_fn(model, dataset.images, device, generator)
     training = {key: getattr(args, key) for key in TRAINING_FLAGS}  # fine_tune's settings, the same every round
     setup_seconds = time.time() - run_started  # loading, model and cache; resumed runs add theirs
     # labeled: {"index", "round", "reason"} of each labeled cell in labeling order; rounds: round_record's
@@ -620,8 +636,11 @@ def build_parser():
     )
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm)
     add("--balanced", action="store_true", help="class-balanced cross-entropy (default: off, as in the paper)")
-    augment = "fine-tune on a random one of each cell's 8 rotations and mirrors (default: none, as the paper)"
-    add("--augment", default="none", choices=["none", "dihedral"], help=augment)
+    augment = (
+        "fine-tune on a random one of each cell's 8 rotations and mirrors, or on each cell with its own gamma, blur "
+        "and noise (default: none, as the paper)"
+    )
+    add("--augment", default="none", choices=["none", "dihedral", "photometric"], help=augment)
     add("--tta", action="store_true", help="final test over the 8 rotations and mirrors (default: off, as the paper)")
     development = "leave the test specimens out, split the pool again into a development pool and test (default: off)"
     add("--development", action="store_true", help=development)

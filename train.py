@@ -35,6 +35,7 @@ from data import (
     check_flags,
     describe_split,
     get_dataset,
+    jitter_intensity,
     load_checkpoint,
     model_inputs,
     parse_class_list,
@@ -53,12 +54,13 @@ from model import ParallelResNet, trainable_parameters
 RESUME_MAY_CHANGE = {"max_epochs", "patience", "device", "resume"}
 
 
-def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, generator=None):
+def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, generator=None, jitter=False):
     """One pass over every (image, rotation view) pair in a random order; returns (loss, accuracy, seen).
 
     With views=20 an epoch sees each training image at 0, 18, ..., 342 degrees
     (Sec. 3.1: augmentation "increases the original training set by a factor
-    of 20"), rotated on the fly so the 20x set is never stored.
+    of 20"), rotated on the fly so the 20x set is never stored. jitter (--augment photometric, not in the
+    paper): each view also gets its own gamma, blur and noise (data.jitter_intensity).
     """
     model.train()
     angles = rotation_angles(views)
@@ -67,7 +69,8 @@ def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, g
     for start in range(0, len(order), batch_size):
         pairs = order[start : start + batch_size]
         index, view = pairs // views, pairs % views
-        approximation, details = model_inputs(images[index], device, angles[view] if views > 1 else None)
+        cells = jitter_intensity(images[index], generator) if jitter else images[index]
+        approximation, details = model_inputs(cells, device, angles[view] if views > 1 else None)
         target = labels[index].to(device)
         logits = model(approximation, details)
         loss = F.cross_entropy(logits, target)  # Eq. 2 on the softmax of Eq. 1
@@ -133,6 +136,13 @@ def build_parser():
         choices=NORMALIZATIONS,
         help="per-cell intensity stretch before the network: its 1st-99th percentiles to 0-1, or to its maximum, "
         "or none as in the paper (default: percentile, chosen on unseen specimens: docs/results-i3a.md)",
+    )
+    parser.add_argument(
+        "--augment",
+        default="none",
+        choices=["none", "photometric"],
+        help="also jitter each view's gamma, blur and noise, what differs between specimens after the stretch "
+        "(default: none, as the paper)",
     )
     add_device_flag(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and order (default: 0)")
@@ -228,7 +238,15 @@ def run(args):
             break
         started = time.time()
         train_loss, train_acc, seen = train_epoch(
-            model, optimizer, train_set.images, train_set.labels, args.batch_size, device, args.rotations, generator
+            model,
+            optimizer,
+            train_set.images,
+            train_set.labels,
+            args.batch_size,
+            device,
+            args.rotations,
+            generator,
+            jitter=args.augment == "photometric",
         )
         val = summarize(val_set.labels, predict_probabilities(model, val_set.images, device), dataset.class_names)
         seconds = time.time() - started

@@ -115,8 +115,15 @@ def test_other_uncertainty_strategies_end_to_end(pretrained, tmp_path, strategy)
         assert scores == sorted(scores, reverse=True) and all(0 <= score <= 1 for score in scores)
 
 
-def test_fine_tuning_leaves_the_frozen_layers_alone(pretrained, tmp_path):
-    results, out = run_active(tmp_path, "frozen", ["--k", "10", "--m", "10"], pretrained)
+@pytest.mark.parametrize("augment", ["none", "photometric"])
+def test_fine_tuning_leaves_the_frozen_layers_alone(pretrained, tmp_path, augment, monkeypatch):
+    """Also with --augment photometric, whose training runs the frozen layers on every jittered batch."""
+    jittered, original = [], active.jitter_intensity
+    monkeypatch.setattr(
+        active, "jitter_intensity", lambda cells, generator: jittered.append(len(cells)) or original(cells, generator)
+    )
+    results, out = run_active(tmp_path, "frozen", ["--k", "10", "--m", "10", "--augment", augment], pretrained)
+    assert (sum(jittered) > 0) == (augment == "photometric")  # training batches only: the labeled cells
     before = torch.load(pretrained, weights_only=True)["model"]
     after = torch.load(out / "model.pt", weights_only=True)["model"]
     frozen = [key for key in before if ".early." in key]

@@ -169,6 +169,43 @@ def test_dihedral_views_are_exact_rotations_and_mirrors():
         assert sorted(view.flatten().tolist()) == sorted(image.flatten().tolist())  # pixels moved, not changed
 
 
+def jitter(images, seed=0, **strengths):
+    return data.jitter_intensity(images, torch.Generator().manual_seed(seed), **strengths)
+
+
+def test_photometric_jitter_keeps_shape_range_and_draws_per_cell():
+    cells = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
+    out = jitter(cells)
+    assert out.shape == cells.shape and out.dtype == torch.uint8
+    assert torch.equal(out, jitter(cells)) and not torch.equal(out, jitter(cells, seed=1))  # the generator decides
+    assert torch.equal(jitter(cells, gamma=1, blur=0, noise=0), cells)  # no strength: the cells unchanged
+    # gamma alone: a flat cell stays flat, at v ** gamma with gamma in [1/1.5, 1.5], a different gamma each cell
+    flat = torch.full((6, 1, 8, 8), 128, dtype=torch.uint8)
+    levels = jitter(flat, blur=0, noise=0).float()
+    assert torch.equal(levels, levels[:, :, :1, :1].expand_as(levels))
+    low, high = 255 * (128 / 255) ** 1.5, 255 * (128 / 255) ** (1 / 1.5)
+    assert low - 1 <= levels.min() and levels.max() <= high + 1 and len(levels.unique()) == 6
+
+
+def test_photometric_blur_spreads_a_point_and_keeps_flat_cells_flat():
+    point = torch.zeros((4, 1, 15, 15), dtype=torch.uint8)
+    point[:, :, 7, 7] = 255
+    blurred = jitter(point, gamma=1, noise=0, blur=1.5).float()
+    assert (blurred[:, 0, 7, 7] < 255).all() and (blurred[:, 0, 7, 8] > 0).any()  # light moved to the neighbours
+    assert (blurred[:, 0, 7, 7] >= blurred[:, 0, 7, 8]).all()  # the peak stays the peak
+    assert (blurred.sum(dim=(1, 2, 3)) - 255).abs().max() <= 49  # light kept, but for rounding of 49 pixels
+    assert (blurred[:, 0, :, :4] == 0).all() and (blurred[:, 0, :4, :] == 0).all()  # a 7-tap kernel: 3 pixels
+    flat = torch.full((4, 1, 12, 12), 90, dtype=torch.uint8)
+    assert torch.equal(jitter(flat, gamma=1, noise=0), flat)  # borders reflected: no dark rim
+
+
+def test_photometric_noise_is_zero_mean_and_bounded():
+    flat = torch.full((8, 1, 64, 64), 128, dtype=torch.uint8)
+    noisy = jitter(flat, gamma=1, blur=0, noise=0.04).float() - 128
+    assert noisy.abs().max() > 0 and abs(noisy.mean()) < 0.5
+    assert (noisy.flatten(1).std(dim=1) <= 0.04 * 255 * 1.1).all()  # each cell's spread at most the strength
+
+
 def test_percentile_normalisation_is_per_cell_and_undoes_exposure():
     rng = np.random.default_rng(4)
     cell = data.synthetic_cell("centromere", rng)

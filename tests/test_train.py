@@ -27,6 +27,23 @@ def test_train_resumes_and_stops_early(tmp_path, capsys):
     assert last < 50  # stopped by patience: the validation loss did not improve for 1 epoch
 
 
+def test_photometric_pretraining_jitters_every_training_view(tmp_path, monkeypatch, capsys):
+    """--augment photometric passes every training view through data.jitter_intensity, and nothing else."""
+    seen, original = [], train.jitter_intensity
+    monkeypatch.setattr(
+        train, "jitter_intensity", lambda cells, generator: seen.append(len(cells)) or original(cells, generator)
+    )
+    args = TINY + ["--synthetic-cells", "40", "--rotations", "2", "--max-epochs", "1"]
+    plain = train.main(args + ["--out", str(tmp_path / "plain.pt")])
+    assert seen == []
+    capsys.readouterr()
+    jittered = train.main(args + ["--augment", "photometric", "--out", str(tmp_path / "jitter.pt")])
+    training = int(capsys.readouterr().out.split("training on ")[1].split()[0])
+    assert sum(seen) == 2 * training  # each cell in each of its 2 rotation views, once an epoch
+    assert jittered["history"][0]["train_loss"] != plain["history"][0]["train_loss"]
+    assert torch.load(tmp_path / "jitter.pt", weights_only=True)["args"]["augment"] == "photometric"
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
