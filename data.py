@@ -916,6 +916,11 @@ def dihedral_views(images: torch.Tensor) -> list[torch.Tensor]:
     return [torch.rot90(view, turns, dims=(2, 3)) for view in (images, mirrored) for turns in range(4)]
 
 
+def rotation_angles(views: int) -> torch.Tensor:
+    """Sec. 3.1: rotations "with a step of 18 degrees in a quadrant of 360": 20 views (0, 18, ..., 342)."""
+    return torch.arange(views, dtype=torch.float32) * (360.0 / views)
+
+
 # How far --augment photometric moves a cell: what differs between specimens once the per-cell stretch has
 # removed exposure and brightness (an affine change of intensity, which the stretch undoes exactly).
 JITTER_GAMMA = 1.5  # intensity ** gamma, gamma log-uniform in [1/1.5, 1.5]: the fluorescence response's curve
@@ -947,11 +952,6 @@ def jitter_intensity(
     spread = noise * torch.rand(count, generator=generator)
     batch = batch + spread.view(-1, 1, 1, 1) * torch.randn(batch.shape, generator=generator)
     return (batch.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-
-
-def rotation_angles(views: int) -> torch.Tensor:
-    """Sec. 3.1: rotations "with a step of 18 degrees in a quadrant of 360": 20 views (0, 18, ..., 342)."""
-    return torch.arange(views, dtype=torch.float32) * (360.0 / views)
 
 
 def model_inputs(images: torch.Tensor, device: torch.device, degrees: torch.Tensor | None = None):
