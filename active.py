@@ -100,19 +100,20 @@ def round_sizes(
     m: int | None = None,
     strategy: str = "entropy",
     k_fraction: float = 0.15,
+    m_fraction: float = 0.10,
 ):
     """How many images each round labels: [k, m, m, ..., last], summing to the budget exactly.
 
     Sec. 3.1: budget = limit x pool (20% of 50,758 = 10,152), k = 15% of the budget at random first
     (1500), then m = 10% per round (1000); the last round is smaller when m does not divide what is
-    left. k_fraction sets k as a share of the budget, k as a count (it wins). The random strategy, and a
-    budget of the whole pool, label everything at once.
+    left. k_fraction and m_fraction set k and m as shares of the budget, k and m as counts (a count wins).
+    The random strategy, and a budget of the whole pool, label everything at once.
     """
     budget = min(pool_size, max(1, round(limit * pool_size)))
     if strategy == "random" or budget == pool_size:
         return [budget]  # Sec. 3.3: at 100% there is nothing to choose, so no active learning process
     k = min(budget, max(1, round(k_fraction * budget)) if k is None else k)
-    m = max(1, round(0.10 * budget)) if m is None else m
+    m = max(1, round(m_fraction * budget)) if m is None else m
     sizes, left = [k], budget - k
     while left > 0:
         sizes.append(min(m, left))
@@ -372,7 +373,7 @@ def run(args, state=None):
         pool, test = development_split(dataset, args.split, pool, fractions, args.seed)
         sides = ["dev pool", "dev test"]
     print(describe_split(dataset, args.split, [pool, test], sides, args.seed))
-    sizes = round_sizes(len(pool), args.limit, args.k, args.m, args.strategy, args.k_fraction)
+    sizes = round_sizes(len(pool), args.limit, args.k, args.m, args.strategy, args.k_fraction, args.m_fraction)
     cache = None
     if pretrained is not None and not args.no_cache:
         started = time.time()
@@ -449,8 +450,10 @@ def check_run_flags(args) -> None:
         raise DataError(f"--limit {args.limit}: expected a fraction in (0, 1]")
     if not 0 < args.test_fraction < 1:
         raise DataError(f"--test-fraction {args.test_fraction}: expected a fraction in (0, 1)")
-    if not 0 < args.k_fraction <= 1:
-        raise DataError(f"--k-fraction {args.k_fraction}: expected a fraction of the budget in (0, 1]")
+    for flag in ("k_fraction", "m_fraction"):
+        if not 0 < getattr(args, flag) <= 1:
+            name = flag.replace("_", "-")
+            raise DataError(f"--{name} {getattr(args, flag)}: expected a fraction of the budget in (0, 1]")
     check_flags(args, ("k", "m", "max_epochs", "patience", "batch_size", "synthetic_cells"), ("lr",))
 
 
@@ -622,7 +625,14 @@ def build_parser():
     share = "random seed-set size as a fraction of the budget (default: 0.15, Sec. 3.1)"
     add("--k-fraction", type=float, default=0.15, help=share)
     add("--k", type=int, default=None, help="random seed-set size as a count; overrides --k-fraction (default: none)")
-    add("--m", type=int, default=None, help="images labeled per round (default: 10%% of the budget, Sec. 3.1)")
+    per_round = "images labeled per round as a fraction of the budget (default: 0.10, Sec. 3.1)"
+    add("--m-fraction", type=float, default=0.10, help=per_round)
+    add(
+        "--m",
+        type=int,
+        default=None,
+        help="images labeled per round as a count; overrides --m-fraction (default: none)",
+    )
     rounds = "fine-tune from the previous round's weights, or from the first ones (default: continue)"
     add("--round-start", default="continue", choices=["continue", "restart"], help=rounds)
     add("--max-epochs", type=int, default=30, help="most epochs per fine-tuning (default: 30)")
@@ -674,7 +684,7 @@ def main(argv=None):
 
 # Flags that define a run: a resume that gives another value is refused (--device and the rest may differ).
 RESUME_REFUSES = ("data", "specimens", "split", "development", "limit", "classes", "strategy", "scratch", "seed")
-RESUME_REFUSES += ("k", "k_fraction", "m", "checkpoint", "round_start", "balanced", "tta", "augment")
+RESUME_REFUSES += ("k", "k_fraction", "m", "m_fraction", "checkpoint", "round_start", "balanced", "tta", "augment")
 
 
 def resume(folder: str, device: str = "auto", given: dict | None = None):

@@ -43,6 +43,8 @@ def test_round_sizes_follow_the_paper():
     assert round_sizes(1000, 0.2, k=30, m=50) == [30, 50, 50, 50, 20]
     assert round_sizes(1000, 0.2, k_fraction=0.5) == [100, 20, 20, 20, 20, 20]  # k = half the budget of 200
     assert round_sizes(1000, 0.2, k=30, k_fraction=0.5)[0] == 30  # a count wins over the fraction
+    assert round_sizes(1000, 0.2, m_fraction=0.05) == [30] + [10] * 17  # m = 5% of the budget of 200
+    assert round_sizes(1000, 0.2, m=25, m_fraction=0.05)[1] == 25
     assert round_sizes(1000, 0.2, strategy="random") == [200]
     assert sum(round_sizes(7, 1.0)) == 7
 
@@ -233,6 +235,7 @@ def test_active_bad_flags(tmp_path, pretrained):
         (["--limit", "1.5"], "--limit 1.5"),
         (["--k-fraction", "0"], "--k-fraction 0"),
         (["--k-fraction", "1.5"], "--k-fraction 1.5"),
+        (["--m-fraction", "0"], "--m-fraction 0"),
         (["--checkpoint", str(tmp_path / "none.pt")], "no such file"),
         (["--resume"], "no state.pt"),
     ]:
