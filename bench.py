@@ -242,12 +242,8 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def draw_round_times(run_dir: Path, path: Path) -> list[tuple[str, str]]:
-    """A run's seconds per round against its labeled cells (results.json, or state.pt of an unfinished run).
-
-    Also fits the two rates a round's time is made of: fine-tuning, epochs x labeled cells at one rate,
-    and scoring, the unlabeled pool at another, so that a user can predict a run of another size.
-    """
+def read_rounds(run_dir: Path) -> tuple[list[dict], int | None]:
+    """A run's rounds and pool size from results.json, or its rounds from state.pt while it is unfinished."""
     results = run_dir / "results.json"
     if results.exists():
         finished = read_json(results)
@@ -259,6 +255,12 @@ def draw_round_times(run_dir: Path, path: Path) -> list[tuple[str, str]]:
         raise DataError(f"--curve {run_dir}: expected a run folder with results.json or state.pt")
     if not rounds:
         raise DataError(f"--curve {run_dir}: the run has no finished round yet")
+    return rounds, pool
+
+
+def round_rates(rounds: list[dict], pool: int | None) -> list[tuple[str, str]]:
+    """The two rates a round's time is made of: fine-tuning, epochs x labeled cells at one rate, and scoring,
+    the unlabeled pool at another, so that a user can predict a run of another size."""
     seen = sum(r["epochs"] * r["labeled"] for r in rounds)
     train_rate = seen / sum(r["train_seconds"] for r in rounds)
     scored = any(r["score_seconds"] > 0 for r in rounds[1:])
@@ -274,13 +276,17 @@ def draw_round_times(run_dir: Path, path: Path) -> list[tuple[str, str]]:
         counts = [r.get("scored", pool - previous["labeled"] if pool else 0) for r, previous in zip(rounds[1:], rounds)]
         score_rate = sum(counts) / sum(r["score_seconds"] for r in rounds[1:])
         rows.append(("scoring rate (unlabeled pool / s)", f"{score_rate:.0f} img/s" if all(counts) else "unknown"))
+    return rows
 
+
+def draw_round_times(rounds: list[dict], title: str, path: Path) -> None:
+    """A run's seconds per round, and its fine-tuning seconds, against its labeled cells, as a PNG."""
     width, height, left, top = 640, 420, 70, 40
     plot_w, plot_h = width - left - 20, height - top - 60
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     font, small = font_of_size(14), font_of_size(11)
-    draw.text((10, 8), f"seconds per round against labeled cells: {run_dir.name}", fill="black", font=font)
+    draw.text((10, 8), f"seconds per round against labeled cells: {title}", fill="black", font=font)
     most_labeled = max(r["labeled"] for r in rounds)
     most_seconds = max(r["seconds"] for r in rounds) * 1.1
 
@@ -305,8 +311,6 @@ def draw_round_times(run_dir: Path, path: Path) -> list[tuple[str, str]]:
         draw.line((left + 10, top + 12 + 18 * index, left + 30, top + 12 + 18 * index), fill=color, width=3)
         draw.text((left + 36, top + 6 + 18 * index), name, fill="black", font=small)
     save_png(image, path)
-    rows.append(("plot", str(path)))
-    return rows
 
 
 def peak_child_memory_gib() -> float:
@@ -365,7 +369,10 @@ def run(args):
     seed_everything(0)
     if args.curve or args.levers:
         if args.curve:
-            rows = draw_round_times(Path(args.curve), Path(args.curve) / "round_times.png")
+            rounds, pool = read_rounds(Path(args.curve))
+            rows = round_rates(rounds, pool)
+            draw_round_times(rounds, Path(args.curve).name, Path(args.curve) / "round_times.png")
+            rows.append(("plot", str(Path(args.curve) / "round_times.png")))
         else:
             labeled, score_cells = (128, 256) if args.quick else (args.labeled, 4096)
             rows = [("device", describe_device(device))]
