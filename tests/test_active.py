@@ -95,13 +95,13 @@ def test_four_cases_end_to_end(pretrained, tmp_path, extra, case):
     assert metrics["split"] == "test" and metrics["mca"] == pytest.approx(results["mca"])
 
 
-def test_k_fraction_sets_the_seed_set_as_a_share_of_the_budget(pretrained, tmp_path):
-    results, out = run_active(tmp_path, "half", ["--k-fraction", "0.5", "--m", "10"], pretrained)
+def test_k_and_m_fractions_set_the_seed_set_and_rounds_as_shares_of_the_budget(pretrained, tmp_path):
+    results, out = run_active(tmp_path, "half", ["--k-fraction", "0.5", "--m-fraction", "0.25"], pretrained)
     rows = list(csv.DictReader((out / "labeled.csv").open()))
     seed_set = [row for row in rows if row["reason"] == "random"]
     assert len(seed_set) == results["rounds"][0]["labeled"] == round(0.5 * results["budget"])
     assert [r["labeled"] for r in results["rounds"]] == list(
-        torch.tensor(round_sizes(results["pool"], 0.5, m=10, k_fraction=0.5)).cumsum(0).tolist()
+        torch.tensor(round_sizes(results["pool"], 0.5, k_fraction=0.5, m_fraction=0.25)).cumsum(0).tolist()
     )
 
 
