@@ -373,7 +373,15 @@ def run(args, state=None):
         pool, test = development_split(dataset, args.split, pool, fractions, args.seed)
         sides = ["dev pool", "dev test"]
     print(describe_split(dataset, args.split, [pool, test], sides, args.seed))
-    sizes = round_sizes(len(pool), args.limit, args.k, args.m, args.strategy, args.k_fraction, args.m_fraction)
+    sizes = round_sizes(
+        len(pool),
+        args.limit,
+        k=args.k,
+        m=args.m,
+        strategy=args.strategy,
+        k_fraction=args.k_fraction,
+        m_fraction=args.m_fraction,
+    )
     cache = None
     if pretrained is not None and not args.no_cache:
         started = time.time()

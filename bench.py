@@ -369,10 +369,10 @@ def run(args):
     seed_everything(0)
     if args.curve or args.levers:
         if args.curve:
-            rounds, pool = read_rounds(Path(args.curve))
-            rows = round_rates(rounds, pool)
-            draw_round_times(rounds, Path(args.curve).name, Path(args.curve) / "round_times.png")
-            rows.append(("plot", str(Path(args.curve) / "round_times.png")))
+            run_dir = Path(args.curve)
+            rounds, pool = read_rounds(run_dir)
+            draw_round_times(rounds, run_dir.name, run_dir / "round_times.png")
+            rows = round_rates(rounds, pool) + [("plot", str(run_dir / "round_times.png"))]
         else:
             labeled, score_cells = (128, 256) if args.quick else (args.labeled, 4096)
             rows = [("device", describe_device(device))]
