@@ -6,8 +6,8 @@ The loop (Table 1):
  2. budget = limit x pool size; label k = 15% of it at random (the simulated oracle reveals
     the stored labels);
  3. fine-tune on everything labeled so far: the pretrained network (IN) with a fresh head for
-    the target classes and both branches frozen up to the second pooling layer, or with
-    --scratch the whole network from random initialisation;
+    the target classes and both branches frozen up to the second pooling layer (--freeze none:
+    every layer trains), or with --scratch the whole network from random initialisation;
  4. score every unlabeled pool image by its uncertainty, entropy by default (Eq. 3);
  5. label the m = 10% of the budget most uncertain ones; back to 3 until the budget is spent.
 
@@ -360,7 +360,7 @@ def run(args, state=None):
     num_classes = len(dataset.class_names)
     model = ParallelResNet(num_classes)  # built in every case: each seed's random stream stays as published
     if pretrained is not None:
-        model = model_from_checkpoint(pretrained, device, new_classes=num_classes, freeze=True)
+        model = model_from_checkpoint(pretrained, device, new_classes=num_classes, freeze=args.freeze == "early")
     model.to(device)
     initial_weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
 
@@ -383,7 +383,7 @@ def run(args, state=None):
         m_fraction=args.m_fraction,
     )
     cache = None
-    if pretrained is not None and not args.no_cache:
+    if pretrained is not None and args.freeze == "early" and not args.no_cache:  # only frozen layers' output stays
         started = time.time()
         cache = early_feature_cache(model, dataset.images, device)
         print(f"cached the frozen layers' output for {len(dataset)} cells in {time.time() - started:.1f}s")
@@ -641,6 +641,11 @@ def build_parser():
         default=None,
         help="images labeled per round as a count; overrides --m-fraction (default: none)",
     )
+    freeze = (
+        "with the pretrained network: fix both branches up to the second pooling layer, or train every layer "
+        "(default: early, Sec. 3.1)"
+    )
+    add("--freeze", default="early", choices=["early", "none"], help=freeze)
     rounds = "fine-tune from the previous round's weights, or from the first ones (default: continue)"
     add("--round-start", default="continue", choices=["continue", "restart"], help=rounds)
     add("--max-epochs", type=int, default=30, help="most epochs per fine-tuning (default: 30)")
@@ -692,7 +697,8 @@ def main(argv=None):
 
 # Flags that define a run: a resume that gives another value is refused (--device and the rest may differ).
 RESUME_REFUSES = ("data", "specimens", "split", "development", "limit", "classes", "strategy", "scratch", "seed")
-RESUME_REFUSES += ("k", "k_fraction", "m", "m_fraction", "checkpoint", "round_start", "balanced", "tta", "augment")
+RESUME_REFUSES += ("k", "k_fraction", "m", "m_fraction", "checkpoint", "freeze", "round_start", "balanced", "tta")
+RESUME_REFUSES += ("augment",)
 
 
 def resume(folder: str, device: str = "auto", given: dict | None = None):

@@ -133,6 +133,18 @@ def test_fine_tuning_leaves_the_frozen_layers_alone(pretrained, tmp_path, augmen
     assert not torch.equal(before["final_block.conv1.weight"], after["final_block.conv1.weight"])
 
 
+def test_freeze_none_fine_tunes_every_layer_from_the_pretrained_weights(pretrained, tmp_path, monkeypatch):
+    """--freeze none: no cache (the early layers' output changes), and the early layers move too."""
+    cached = []
+    monkeypatch.setattr(active, "early_feature_cache", lambda *a, **k: cached.append(1))
+    results, out = run_active(tmp_path, "unfrozen", ["--k", "10", "--m", "10", "--freeze", "none"], pretrained)
+    assert not cached and results["args"]["freeze"] == "none"
+    before = torch.load(pretrained, weights_only=True)["model"]
+    after = torch.load(out / "model.pt", weights_only=True)["model"]
+    for key in ("approximation_branch.early.0.weight", "details_branch.early.4.conv1.weight"):
+        assert not torch.equal(before[key], after[key])
+
+
 def test_batchnorm_recalibration_makes_eval_mode_match_the_batch_statistics():
     torch.manual_seed(0)
     model = ParallelResNet(6)
