@@ -383,7 +383,7 @@ def run(args, state=None):
         m_fraction=args.m_fraction,
     )
     cache = None
-    if pretrained is not None and args.freeze == "early" and not args.no_cache:  # only frozen layers' output stays
+    if model.early_frozen and not args.no_cache:  # only frozen layers' output stays the same every round
         started = time.time()
         cache = early_feature_cache(model, dataset.images, device)
         print(f"cached the frozen layers' output for {len(dataset)} cells in {time.time() - started:.1f}s")
@@ -697,8 +697,8 @@ def main(argv=None):
 
 # Flags that define a run: a resume that gives another value is refused (--device and the rest may differ).
 RESUME_REFUSES = ("data", "specimens", "split", "development", "limit", "classes", "strategy", "scratch", "seed")
-RESUME_REFUSES += ("k", "k_fraction", "m", "m_fraction", "checkpoint", "freeze", "round_start", "balanced", "tta")
-RESUME_REFUSES += ("augment",)
+RESUME_REFUSES += ("k", "k_fraction", "m", "m_fraction", "checkpoint", "freeze", "round_start", "balanced")
+RESUME_REFUSES += ("tta", "augment")
 
 
 def resume(folder: str, device: str = "auto", given: dict | None = None):
