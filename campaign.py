@@ -92,7 +92,9 @@ def build_parser():
     )
     query.add_argument("--holdout", type=float, default=0.2, help="share of labels kept for validation (default: 0.2)")
     query.add_argument("--seed", type=int, default=0, help="seed for the first random round and training (default: 0)")
-    query.add_argument("--max-epochs", type=int, default=10, help="most epochs per fine-tuning (default: 10, as active.py)")
+    query.add_argument(
+        "--max-epochs", type=int, default=10, help="most epochs per fine-tuning (default: 10, as active.py)"
+    )
     query.add_argument(
         "--specimens",
         default=None,
