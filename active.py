@@ -5,7 +5,8 @@ The loop (Table 1):
     the unlabeled pool, and the test set, used only to report MCA and ACA after each round;
  2. budget = limit x pool size; label k = 15% of it at random (the simulated oracle reveals
     the stored labels);
- 3. fine-tune on everything labeled so far: the pretrained network (IN) with a fresh head for
+ 3. fine-tune on everything labeled so far (Sec. 3.1: until the training loss stops falling; here
+    also at most 10 epochs, --max-epochs): the pretrained network (IN) with a fresh head for
     the target classes and both branches frozen up to the second pooling layer (--freeze none:
     every layer trains), or with --scratch the whole network from random initialisation;
  4. score every unlabeled pool image by its uncertainty, entropy by default (Eq. 3);
@@ -245,7 +246,10 @@ def fine_tune(
     batchnorm: str = "recalibrate",
     balanced: bool = False,
 ):
-    """Adam at lr until the training loss has not decreased for patience epochs (Sec. 3.1).
+    """Adam at lr until the training loss has not decreased for patience epochs (Sec. 3.1), or max_epochs.
+
+    The cap of 10 is not the paper's: it scored higher than 30 on a development split of the pool's own
+    specimens (docs/results-i3a.md, "The stopping rule"), and a cap that never binds is the paper's rule.
 
     labeled: the dataset indices to train on; forward maps a batch of them to logits.
     stop_weights "best" restores the lowest-training-loss epoch's weights at the end (a late spike of
