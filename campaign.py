@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from active import early_feature_cache, entropy, fine_tune, forward_fn, select_most_uncertain
+from active import MAX_EPOCHS, early_feature_cache, entropy, fine_tune, forward_fn, select_most_uncertain
 from data import (
     SHORT_NAMES,
     TARGET_CLASSES,
@@ -93,7 +93,10 @@ def build_parser():
     query.add_argument("--holdout", type=float, default=0.2, help="share of labels kept for validation (default: 0.2)")
     query.add_argument("--seed", type=int, default=0, help="seed for the first random round and training (default: 0)")
     query.add_argument(
-        "--max-epochs", type=int, default=10, help="most epochs per fine-tuning (default: 10, as active.py)"
+        "--max-epochs",
+        type=int,
+        default=MAX_EPOCHS,
+        help=f"most epochs per fine-tuning (default: {MAX_EPOCHS}, as active.py)",
     )
     query.add_argument(
         "--specimens",
