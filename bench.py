@@ -39,24 +39,21 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import active
-from data import (
-    DataError,
+from data import DataError, model_inputs, prepare_cell, read_cell
+from evaluate import font_of_size, predict_probabilities, save_png
+from layouts import get_dataset, load_dataset
+from model import ParallelResNet, freeze_early_layers, trainable_parameters, transfer
+from runs import (
     add_device_flag,
     check_flags,
-    get_dataset,
     load_checkpoint,
-    load_dataset,
-    model_inputs,
+    network_from_checkpoint,
     pick_device,
-    prepare_cell,
     preprocessing,
-    read_cell,
     read_json,
     seed_everything,
-    stratified_split,
 )
-from evaluate import font_of_size, model_from_checkpoint, predict_probabilities, save_png
-from model import ParallelResNet, freeze_early_layers, trainable_parameters
+from splits import stratified_split
 
 
 def straightforward_round(model, dataset, labeled, unlabeled, epochs, batch_size, device, from_files):
@@ -249,7 +246,7 @@ def read_rounds(run_dir: Path) -> tuple[list[dict], int | None]:
         finished = read_json(results)
         rounds, pool = finished["rounds"], finished["pool"]
     elif (run_dir / "state.pt").exists():
-        state = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=False)
+        state = load_checkpoint(run_dir / "state.pt", "--curve")  # data, never code
         rounds, pool = state["rounds"], None
     else:
         raise DataError(f"--curve {run_dir}: expected a run folder with results.json or state.pt")
@@ -410,13 +407,13 @@ def run(args):
     from_files = bool(args.data)
 
     torch.manual_seed(0)
-    model = model_from_checkpoint(checkpoint, device, new_classes=len(dataset.class_names), freeze=True)
+    model = transfer(network_from_checkpoint(checkpoint), len(dataset.class_names)).to(device)
     print(f"bench: straightforward round ({labeled_count} labeled x {epochs} epochs, score {len(unlabeled)})...")
     slow_train, slow_score = straightforward_round(
         model, dataset, labeled, unlabeled, epochs, args.batch_size, device, from_files
     )
     torch.manual_seed(0)
-    model = model_from_checkpoint(checkpoint, device, new_classes=len(dataset.class_names), freeze=True)
+    model = transfer(network_from_checkpoint(checkpoint), len(dataset.class_names)).to(device)
     started = time.time()
     cache = active.early_feature_cache(model, dataset.images, device)
     cache_seconds = time.time() - started

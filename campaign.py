@@ -30,28 +30,22 @@ import torch
 from PIL import Image, ImageDraw
 
 from active import MAX_EPOCHS, early_feature_cache, entropy, fine_tune, forward_fn, select_most_uncertain
-from data import (
-    SHORT_NAMES,
-    TARGET_CLASSES,
-    DataError,
+from data import SHORT_NAMES, TARGET_CLASSES, DataError, read_cell
+from evaluate import font_of_size, predict_probabilities, save_png, summarize
+from layouts import canonical_class, load_unlabeled, parse_class_list, read_csv_rows, specimens_in
+from model import ParallelResNet, freeze_early_layers, transfer
+from runs import (
     add_device_flag,
-    canonical_class,
     check_flags,
     load_checkpoint,
-    load_unlabeled,
-    parse_class_list,
+    network_from_checkpoint,
     pick_device,
     preprocessing,
-    read_cell,
-    read_csv_rows,
     read_json,
     save_atomic,
     seed_everything,
-    specimens_in,
     write_text_atomic,
 )
-from evaluate import font_of_size, model_from_checkpoint, predict_probabilities, save_png, summarize
-from model import ParallelResNet
 
 SKIP = "skip"
 
@@ -132,7 +126,7 @@ def main(argv=None) -> dict:
 
 def campaign_model(state: dict, folder: Path, device) -> ParallelResNet:
     checkpoint = load_checkpoint(folder / state["model"], "campaign model")
-    return model_from_checkpoint(checkpoint, device, f"campaign model {state['model']}", freeze=True)
+    return freeze_early_layers(network_from_checkpoint(checkpoint, f"campaign model {state['model']}")).to(device)
 
 
 def start_campaign(args) -> dict:
@@ -150,7 +144,7 @@ def start_campaign(args) -> dict:
     device = pick_device(args.device)
     seed_everything(args.seed)
     pretrained = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(pretrained, device, new_classes=len(classes), freeze=True)
+    model = transfer(network_from_checkpoint(pretrained), len(classes)).to(device)  # Sec. 3.1
     image_size, normalize = preprocessing(pretrained)
     images, files = load_unlabeled(pool, image_size, normalize, "--pool")
     names = [Path(file).name for file in files]
@@ -244,9 +238,7 @@ def save_campaign_model(model, state: dict, path: Path, validation) -> None:
             "args": {k: v for k, v in state.items() if k in ("pool", "checkpoint", "n", "seed", "holdout")},
             "round": state["round"],
             "metrics": {"validation": validation},
-            "image_size": state["image_size"],
-            "normalize": state["normalize"],
-            "data_kind": "campaign",
+            "derived": {"image_size": state["image_size"], "normalize": state["normalize"], "data_kind": "campaign"},
         },
         path,
     )

@@ -21,25 +21,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from data import (
-    DataError,
+from data import DataError, model_inputs
+from layouts import get_dataset, load_unlabeled, parse_class_list
+from runs import (
     add_device_flag,
     check_flags,
-    development_split,
-    dihedral_views,
-    get_dataset,
+    derived,
     load_checkpoint,
-    load_unlabeled,
-    model_inputs,
-    parse_class_list,
+    network_from_checkpoint,
     pick_device,
     preprocessing,
-    resolve_split,
-    split_dataset,
     write_bytes_atomic,
     write_text_atomic,
 )
-from model import ParallelResNet, freeze_early_layers, replace_head
+from splits import development_split, resolve_split, split_dataset
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
@@ -129,16 +124,12 @@ def summarize(
 
 
 @torch.inference_mode()
-def predict_probabilities(
-    model, images: torch.Tensor, device: torch.device, batch_size: int = 32, tta: bool = False, forward=None
-) -> torch.Tensor:
+def predict_probabilities(model, images: torch.Tensor, device: torch.device, batch_size: int = 32, forward=None):
     """Softmax probabilities (Eq. 1) in eval mode, batch by batch: the one inference function of the project.
 
     images are uint8 cells for the full network; with forward (a function from a
     batch of them to logits: active.py passes dataset indices and a function
-    through its cached frozen layers) anything forward accepts. With tta, the mean
-    of the probabilities of the 8 dihedral views of each cell (test-time
-    augmentation; not in the paper): 8 times the work, full network only.
+    through its cached frozen layers) anything forward accepts.
     """
     if forward is None:
 
@@ -149,29 +140,9 @@ def predict_probabilities(
     model.eval()
     outputs = []
     for start in range(0, len(images), batch_size):
-        views = dihedral_views(images[start : start + batch_size]) if tta else [images[start : start + batch_size]]
-        probabilities = [torch.softmax(forward(view).float(), dim=1) for view in views]
-        outputs.append(torch.stack(probabilities).mean(dim=0).cpu())
+        outputs.append(torch.softmax(forward(images[start : start + batch_size]).float(), dim=1).cpu())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.zeros(0, len(model.head.bias))
-
-
-def model_from_checkpoint(
-    checkpoint: dict, device, name: str = "--checkpoint", new_classes: int | None = None, freeze: bool = False
-) -> ParallelResNet:
-    """The network a checkpoint holds, in eval mode; for transfer (Sec. 3.1) with a fresh head for
-    new_classes target classes, and with freeze its early layers fixed (up to the second pooling)."""
-    model = ParallelResNet(len(checkpoint["class_names"]))
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:  # another network's weights, or another number of classes
-        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise DataError(f"{name}: its weights do not fit this project's network ({first})") from None
-    if new_classes is not None:
-        model = replace_head(model, new_classes)
-    if freeze:
-        model = freeze_early_layers(model)
-    return model.to(device).eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,10 +218,11 @@ def format_report(metrics: dict, class_names: list[str]) -> str:
 
 def checkpoint_split(checkpoint: dict) -> tuple[str, dict | None]:
     """(how the run split its data, {names, fractions, seed}) from a checkpoint; older ones split by cells."""
-    split = checkpoint.get("split")
+    made = derived(checkpoint)
+    split = made.get("split")
     if isinstance(split, dict):  # checkpoints written before specimen splits
         return "cells", split
-    return split or "cells", checkpoint.get("split_parts")
+    return split or "cells", made.get("split_parts")
 
 
 def split_of_checkpoint(checkpoint: dict, dataset, split: str):
@@ -283,7 +255,7 @@ def labeled_data_for(checkpoint: dict, data: str | None, split: str, classes=Non
             )
     dataset = get_dataset(
         run_args.get("data") if own_data else data,
-        checkpoint.get("data_kind", "source"),
+        derived(checkpoint).get("data_kind", "source"),
         parse_class_list(run_args.get("classes")) if own_data else classes,
         *preprocessing(checkpoint),
         run_args.get("seed", 0),
@@ -300,7 +272,7 @@ def labeled_data_for(checkpoint: dict, data: str | None, split: str, classes=Non
     dataset.labels = torch.tensor([class_names.index(dataset.class_names[label]) for label in dataset.labels.tolist()])
     dataset.class_names = list(class_names)
     if split == "auto":
-        split = "test" if own_data and checkpoint.get("split") else "all"
+        split = "test" if own_data and derived(checkpoint).get("split") else "all"
     if split != "all":
         dataset = split_of_checkpoint(checkpoint, dataset, split)
     if classes is not None and own_data:
@@ -347,11 +319,6 @@ def build_parser():
         "--png", default=None, help="confusion matrix PNG (default: confusion.png beside the checkpoint)"
     )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of text (default: off)")
-    parser.add_argument(
-        "--tta",
-        action="store_true",
-        help="average each cell's probabilities over its 8 rotations and mirrors (default: off, as in the paper)",
-    )
     parser.add_argument("--batch-size", type=int, default=32, help="inference batch size (default: 32)")
     add_device_flag(parser)
     return parser
@@ -365,7 +332,7 @@ def main(argv=None):
             raise DataError(f"--out {args.out}: is a folder; expected the path of the CSV to write")
         device = pick_device(args.device)
         checkpoint = load_checkpoint(args.checkpoint)
-        model = model_from_checkpoint(checkpoint, device, f"--checkpoint {args.checkpoint}")
+        model = network_from_checkpoint(checkpoint, f"--checkpoint {args.checkpoint}").to(device)
         class_names = checkpoint["class_names"]
         if args.predict:
             return predict_folder(model, checkpoint, args, device)
@@ -373,13 +340,13 @@ def main(argv=None):
         dataset, split = labeled_data_for(checkpoint, args.data, args.split, classes, args.specimens)
     except DataError as error:
         sys.exit(f"error: {error}")
-    probabilities = predict_probabilities(model, dataset.images, device, args.batch_size, args.tta)
+    probabilities = predict_probabilities(model, dataset.images, device, args.batch_size)
     metrics = summarize(dataset.labels, probabilities, class_names, known_specimens(dataset))
     png = args.png or str(Path(args.checkpoint).with_name("confusion.png"))
     draw_confusion(
         metrics["confusion"], class_names, png, f"{Path(args.checkpoint).name} on {dataset.source} ({split})"
     )
-    metrics.update(checkpoint=args.checkpoint, data=dataset.source, split=split, png=png, tta=args.tta)
+    metrics.update(checkpoint=args.checkpoint, data=dataset.source, split=split, png=png)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

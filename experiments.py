@@ -23,8 +23,9 @@ import torch
 from PIL import Image, ImageDraw
 
 import active
-from data import SHORT_NAMES, DataError, read_json, write_text_atomic
+from data import SHORT_NAMES, DataError
 from evaluate import draw_confusion, font_of_size, save_png
+from runs import read_json, write_text_atomic
 
 CASES = {
     "rs": ["--scratch", "--strategy", "random"],
@@ -65,7 +66,7 @@ def main(argv=None):
         if any(given == flag or given.startswith(flag + "=") for given in run_flags):
             use = f"use {instead[flag]}" if flag in instead else "rerun the grid command to resume its runs"
             sys.exit(f"error: {flag} is set by the grid itself; {use}")
-    base = active.build_parser().parse_args(run_flags)  # rejects unknown flags with argparse's message
+    active.build_parser().parse_args(run_flags)  # rejects unknown flags with argparse's message
     out = Path(grid_args.out)
     rows = []
     try:
@@ -84,13 +85,12 @@ def main(argv=None):
                     elif grid_args.summarize_only:
                         print(f"grid: {run_dir.name} not finished, left out")
                         continue
-                    elif (run_dir / "state.pt").exists():
-                        print(f"grid: resuming {run_dir.name}")
-                        results = active.resume(str(run_dir), base.device)
-                    else:
-                        print(f"grid: running {run_dir.name}")
+                    else:  # the same command resumes a run killed half-way (and refuses other flags than its own)
+                        resuming = (run_dir / "state.pt").exists()
+                        print(f"grid: {'resuming' if resuming else 'running'} {run_dir.name}")
                         flags = run_flags + CASES[run_case] + ["--limit", str(limit), "--seed", str(seed)]
-                        results = active.run(active.build_parser().parse_args(flags + ["--out", str(run_dir)]))
+                        flags += ["--out", str(run_dir)] + (["--resume"] if resuming else [])
+                        results = active.run(active.build_parser().parse_args(flags))
                     rows.append({"case": case, "limit": limit, "seed": seed, "results": results})
                     write_grid_results(rows, out)
     except DataError as error:

@@ -126,5 +126,15 @@ def freeze_early_layers(model: ParallelResNet) -> ParallelResNet:
     return model
 
 
+def transfer(model: ParallelResNet, num_classes: int) -> ParallelResNet:
+    """Sec. 3.1's transfer step, from the pretrained network to the target's first fine-tuning.
+
+    "The final layer was changed to have six neurons, according the six classes of the LSHEp-2 dataset"
+    (replace_head), and "we had fixed all the layers before the second residual block, which means from
+    the first convolutional layer to the second pooling layer" (freeze_early_layers, Fig. 6).
+    """
+    return freeze_early_layers(replace_head(model, num_classes))
+
+
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [parameter for parameter in model.parameters() if parameter.requires_grad]

@@ -1,7 +1,6 @@
 import csv
 import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -10,9 +9,15 @@ from conftest import TINY
 import active
 import data
 import evaluate
+import splits
+import synthetic
 from active import entropy, least_confidence, margin, round_sizes, select_most_uncertain
 from evaluate import predict_probabilities
-from model import ParallelResNet
+from model import ParallelResNet, transfer
+from runs import network_from_checkpoint
+
+# With 120 synthetic cells at --limit 0.5 the budget is 48: a seed set of 8, then rounds of 10.
+SMALL_ROUNDS = ["--k-fraction", "0.17", "--m-fraction", "0.21"]
 
 UNIFORM = torch.full((1, 4), 0.25)
 ONE_HOT = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
@@ -40,11 +45,9 @@ def test_round_sizes_follow_the_paper():
     sizes = round_sizes(50758, 0.2)  # Sec. 3.1: budget 10,152, k = 1500 (15%), m = 1000 (10%)
     assert sum(sizes) == 10152 and sizes[0] == round(0.15 * 10152) and sizes[1] == round(0.10 * 10152)
     assert sizes[-1] <= sizes[1] and all(size > 0 for size in sizes)
-    assert round_sizes(1000, 0.2, k=30, m=50) == [30, 50, 50, 50, 20]
+    assert round_sizes(1000, 0.2, k_fraction=0.15, m_fraction=0.25) == [30, 50, 50, 50, 20]
     assert round_sizes(1000, 0.2, k_fraction=0.5) == [100, 20, 20, 20, 20, 20]  # k = half the budget of 200
-    assert round_sizes(1000, 0.2, k=30, k_fraction=0.5)[0] == 30  # a count wins over the fraction
     assert round_sizes(1000, 0.2, m_fraction=0.05) == [30] + [10] * 17  # m = 5% of the budget of 200
-    assert round_sizes(1000, 0.2, m=25, m_fraction=0.05)[1] == 25
     assert round_sizes(1000, 0.2, strategy="random") == [200]
     assert sum(round_sizes(7, 1.0)) == 7
 
@@ -77,10 +80,8 @@ def test_four_cases_end_to_end(pretrained, tmp_path, extra, case):
     assert len(indices) == len(set(indices)) == budget  # the budget exactly, nobody twice
     assert (out / "model.pt").exists() and (out / "confusion.png").exists()
     # the test split is never labeled
-    import data
-
-    dataset = data.synthetic_dataset("target", 120, seed=0, image_size=32)
-    _, test = data.stratified_split(dataset.labels, [0.8, 0.2], 0)
+    dataset = synthetic.synthetic_dataset("target", 120, seed=0, image_size=32)
+    _, test = splits.stratified_split(dataset.labels, [0.8, 0.2], 0)
     assert not set(indices) & set(test.tolist())
     rounds = written["rounds"]
     if "random" in extra:
@@ -107,7 +108,7 @@ def test_k_and_m_fractions_set_the_seed_set_and_rounds_as_shares_of_the_budget(p
 
 @pytest.mark.parametrize("strategy", ["least-confidence", "margin"])
 def test_other_uncertainty_strategies_end_to_end(pretrained, tmp_path, strategy):
-    results, out = run_active(tmp_path, strategy, ["--k", "8", "--m", "10", "--strategy", strategy], pretrained)
+    results, out = run_active(tmp_path, strategy, SMALL_ROUNDS + ["--strategy", strategy], pretrained)
     assert results["case"] == f"in-{strategy}"
     rows = list(csv.DictReader((out / "labeled.csv").open()))
     chosen = [row for row in rows if row["round"] != "0"]
@@ -117,32 +118,13 @@ def test_other_uncertainty_strategies_end_to_end(pretrained, tmp_path, strategy)
         assert scores == sorted(scores, reverse=True) and all(0 <= score <= 1 for score in scores)
 
 
-@pytest.mark.parametrize("augment", ["none", "photometric"])
-def test_fine_tuning_leaves_the_frozen_layers_alone(pretrained, tmp_path, augment, monkeypatch):
-    """Also with --augment photometric, whose training runs the frozen layers on every jittered batch."""
-    jittered, original = [], active.jitter_intensity
-    monkeypatch.setattr(
-        active, "jitter_intensity", lambda cells, generator: jittered.append(len(cells)) or original(cells, generator)
-    )
-    results, out = run_active(tmp_path, "frozen", ["--k", "10", "--m", "10", "--augment", augment], pretrained)
-    assert (sum(jittered) > 0) == (augment == "photometric")  # training batches only: the labeled cells
+def test_fine_tuning_leaves_the_frozen_layers_alone(pretrained, tmp_path):
+    results, out = run_active(tmp_path, "frozen", SMALL_ROUNDS, pretrained)
     before = torch.load(pretrained, weights_only=True)["model"]
     after = torch.load(out / "model.pt", weights_only=True)["model"]
     frozen = [key for key in before if ".early." in key]
     assert frozen and all(torch.equal(before[key], after[key]) for key in frozen)  # running stats included
     assert not torch.equal(before["final_block.conv1.weight"], after["final_block.conv1.weight"])
-
-
-def test_freeze_none_fine_tunes_every_layer_from_the_pretrained_weights(pretrained, tmp_path, monkeypatch):
-    """--freeze none: no cache (the early layers' output changes), and the early layers move too."""
-    cached = []
-    monkeypatch.setattr(active, "early_feature_cache", lambda *a, **k: cached.append(1))
-    results, out = run_active(tmp_path, "unfrozen", ["--k", "10", "--m", "10", "--freeze", "none"], pretrained)
-    assert not cached and results["args"]["freeze"] == "none"
-    before = torch.load(pretrained, weights_only=True)["model"]
-    after = torch.load(out / "model.pt", weights_only=True)["model"]
-    for key in ("approximation_branch.early.0.weight", "details_branch.early.4.conv1.weight"):
-        assert not torch.equal(before[key], after[key])
 
 
 def test_batchnorm_recalibration_makes_eval_mode_match_the_batch_statistics():
@@ -186,26 +168,8 @@ def test_batchnorm_recalibration_averages_every_whole_batch():
     assert torch.allclose(first_bn.running_mean, torch.stack(seen).mean(dim=0), atol=1e-5)
 
 
-@pytest.mark.parametrize("round_start", ["continue", "restart"])
-def test_round_start_sets_where_each_round_fine_tunes_from(pretrained, tmp_path, monkeypatch, round_start):
-    real_fine_tune, starts = active.fine_tune, []
-
-    def recording_fine_tune(model, *args, **kwargs):  # the trainable weights each round starts from
-        weights = model.state_dict()
-        starts.append({key: weights[key].clone() for key in weights if "head" in key or "fusion" in key})
-        return real_fine_tune(model, *args, **kwargs)
-
-    monkeypatch.setattr(active, "fine_tune", recording_fine_tune)
-    run_active(tmp_path, round_start, ["--k", "8", "--m", "10", "--round-start", round_start], pretrained)
-    assert len(starts) >= 3 and starts[0]
-    for later in starts[1:]:  # restart: every round from the first round's start; continue: from trained weights
-        same = all(torch.equal(later[key], starts[0][key]) for key in starts[0])
-        assert same == (round_start == "restart")
-
-
 def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrained, tmp_path, monkeypatch, capsys):
-    extra = ["--k", "8", "--m", "10"]
-    whole, whole_dir = run_active(tmp_path, "whole", extra, pretrained)
+    whole, whole_dir = run_active(tmp_path, "whole", SMALL_ROUNDS, pretrained)
     real_fine_tune, calls = active.fine_tune, []
 
     def killed_in_round_3(*args, **kwargs):
@@ -216,29 +180,20 @@ def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrai
 
     monkeypatch.setattr(active, "fine_tune", killed_in_round_3)
     with pytest.raises(KeyboardInterrupt):
-        run_active(tmp_path, "killed", extra, pretrained)
+        run_active(tmp_path, "killed", SMALL_ROUNDS, pretrained)
     monkeypatch.setattr(active, "fine_tune", real_fine_tune)
     killed_dir = tmp_path / "killed"
     assert torch.load(killed_dir / "state.pt", weights_only=True)["round"] == 1
-    # A state.pt written before the labeled entries became one list (three parallel lists) resumes alike.
-    older_dir = tmp_path / "older"
-    shutil.copytree(killed_dir, older_dir)
-    state = torch.load(older_dir / "state.pt", weights_only=True)
-    entries = state.pop("labeled")
-    state.update(labeled=[e["index"] for e in entries], reasons=[e["reason"] for e in entries])
-    state["label_round"] = [e["round"] for e in entries]
-    torch.save(state, older_dir / "state.pt")
-    active.main(["--resume", "--out", str(older_dir), "--device", "cpu"])
-    assert (older_dir / "labeled.csv").read_text() == (whole_dir / "labeled.csv").read_text()
+    for other in (["--limit", "0.3"], ["--max-epochs", "3"], ["--lr", "0.01"], ["--batch-size", "8"]):
+        with pytest.raises(SystemExit) as exit_info:  # a resume that would run otherwise is refused, in one line
+            run_active(tmp_path, "killed", SMALL_ROUNDS + ["--resume"] + other, pretrained)
+        assert str(exit_info.value).startswith("error: --resume") and other[0] in str(exit_info.value)
     capsys.readouterr()
-    resumed = active.main(["--resume", "--out", str(killed_dir), "--device", "cpu"])
+    resumed, _ = run_active(tmp_path, "killed", SMALL_ROUNDS + ["--resume", "--device", "cpu"], pretrained)
     assert "after round 1 (" in capsys.readouterr().out  # the same numbering as the round lines
     assert (killed_dir / "labeled.csv").read_text() == (whole_dir / "labeled.csv").read_text()
     assert resumed["mca"] == whole["mca"] and resumed["aca"] == whole["aca"]
     assert [r["mca"] for r in resumed["rounds"]] == [r["mca"] for r in whole["rounds"]]
-    with pytest.raises(SystemExit) as exit_info:
-        active.main(["--resume", "--out", str(killed_dir), "--limit", "0.3"])
-    assert "--limit" in str(exit_info.value)
 
 
 def test_active_bad_flags(tmp_path, pretrained):
@@ -287,8 +242,8 @@ def test_cached_loop_matches_the_full_network_loop(pretrained, tmp_path):
     # loss, agrees closely (float16 features round the inputs of the trainable layers by about 1e-3).
     assert cached["rounds"][0]["train_loss"] == pytest.approx(full["rounds"][0]["train_loss"], rel=0.02)
     # Given the same model, the two paths score the pool alike: what every later round selects from.
-    model = evaluate.model_from_checkpoint(torch.load(tmp_path / "cached" / "model.pt", weights_only=True), "cpu")
-    dataset = data.synthetic_dataset("target", 300, seed=0, image_size=32)
+    model = network_from_checkpoint(torch.load(tmp_path / "cached" / "model.pt", weights_only=True))
+    dataset = synthetic.synthetic_dataset("target", 300, seed=0, image_size=32)
     everything = torch.arange(len(dataset))
     cache = active.early_feature_cache(model, dataset.images, "cpu")
     cached_forward = active.forward_fn(model, None, cache, "cpu")
@@ -304,48 +259,11 @@ def test_no_cli_prefix_matches_a_flag(tmp_path, capsys):
         assert "unrecognized arguments" in capsys.readouterr().err
 
 
-def test_balanced_loss_weighs_classes_by_their_labeled_share(pretrained):
-    """With as many labels of each class, --balanced changes nothing; with skewed labels it changes training."""
-    dataset = data.synthetic_dataset("target", 300, seed=0, image_size=32)
-    equal = torch.cat([torch.nonzero(dataset.labels == c).squeeze(1)[:8] for c in range(6)])
-    skewed = torch.cat([torch.nonzero(dataset.labels == c).squeeze(1)[: 2 + 10 * (c == 0)] for c in range(6)])
-
-    def trained(labeled, balanced):
-        torch.manual_seed(0)  # the same fresh head both times
-        checkpoint = torch.load(pretrained, weights_only=True)
-        model = evaluate.model_from_checkpoint(checkpoint, "cpu", new_classes=6, freeze=True)
-        forward = active.forward_fn(model, dataset.images, None, "cpu")
-        generator = torch.Generator().manual_seed(0)
-        active.fine_tune(model, forward, dataset.labels, labeled, generator, "cpu", max_epochs=2, balanced=balanced)
-        return model.head.weight.detach()
-
-    assert torch.allclose(trained(equal, False), trained(equal, True), atol=1e-6)
-    assert not torch.allclose(trained(skewed, False), trained(skewed, True), atol=1e-4)
-
-
-def test_tta_flag_scores_the_final_test_over_eight_views(pretrained, tmp_path):
-    results, out = run_active(tmp_path, "tta", ["--tta", "--k", "20", "--m", "20"], pretrained)
-    model = evaluate.model_from_checkpoint(torch.load(out / "model.pt", weights_only=True), "cpu")
-    normalize = results["args"]["normalize"]  # the run's cells, prepared as the pretrained checkpoint's
-    dataset = data.synthetic_dataset("target", 120, seed=0, image_size=32, normalize=normalize)
-    _, test = data.stratified_split(dataset.labels, [0.8, 0.2], 0)
-    expected = evaluate.summarize(
-        dataset.labels[test],
-        evaluate.predict_probabilities(model, dataset.images[test], "cpu", 64, tta=True),
-        dataset.class_names,
-    )
-    assert results["args"]["tta"] and results["confusion"] == expected["confusion"]
-    metrics = evaluate.main(
-        ["--checkpoint", str(out / "model.pt"), "--tta", "--device", "cpu", "--png", str(out / "c.png")]
-    )
-    assert metrics["confusion"] == expected["confusion"] and metrics["tta"]  # evaluate.py --tta scores alike
-
-
 @pytest.mark.parametrize("stop_weights", ["best", "last"])
 def test_fine_tune_reports_the_epoch_it_keeps(pretrained, stop_weights):
     """Stopped by patience, the kept epoch is the best one, exactly patience epochs before the last."""
-    dataset = data.synthetic_dataset("target", 120, seed=0, image_size=32)
-    model = evaluate.model_from_checkpoint(torch.load(pretrained, weights_only=True), "cpu", new_classes=6, freeze=True)
+    dataset = synthetic.synthetic_dataset("target", 120, seed=0, image_size=32)
+    model = transfer(network_from_checkpoint(torch.load(pretrained, weights_only=True)), 6)
     forward = active.forward_fn(model, dataset.images, None, "cpu")
     labeled, generator = list(range(0, 120, 4)), torch.Generator().manual_seed(0)
     epochs, kept, loss, seen = active.fine_tune(
@@ -373,70 +291,3 @@ def test_early_feature_cache_holds_every_cell_once_in_float16():
     )  # 32 -> Haar 16 -> pools 4
     assert torch.allclose(approximations.float(), expected[0], atol=1e-2, rtol=1e-3)
     assert torch.allclose(details.float(), expected[1], atol=1e-2, rtol=1e-3)
-
-
-def test_cache_of_dihedral_views_holds_each_view_of_each_cell():
-    """views=8: row view * N + i is the frozen layers' output for dihedral view `view` of cell i, view 0 the cell."""
-    torch.manual_seed(0)
-    model = ParallelResNet(6).eval()
-    images = torch.randint(0, 256, (5, 1, 32, 32), dtype=torch.uint8)
-    approximations, details = active.early_feature_cache(model, images, "cpu", batch_size=2, views=8)
-    assert approximations.shape == (40, 64, 4, 4) and details.shape == (40, 64, 4, 4)
-    plain, _ = active.early_feature_cache(model, images, "cpu", batch_size=2)  # same batches: bit-equal
-    assert torch.equal(approximations[:5], plain)
-    with torch.no_grad():
-        for view, cells in enumerate(data.dihedral_views(images)):
-            expected = model.early_features(*data.model_inputs(cells, "cpu"))
-            assert torch.allclose(approximations[view * 5 : view * 5 + 5].float(), expected[0], atol=1e-2, rtol=1e-3)
-            assert torch.allclose(details[view * 5 : view * 5 + 5].float(), expected[1], atol=1e-2, rtol=1e-3)
-    assert not torch.allclose(approximations[5:10], approximations[:5])  # a quarter turn is another input
-
-
-def test_augmented_forward_draws_views_alike_with_and_without_the_cache():
-    """The same generator picks the same views on both paths; the views vary; no generator, no augmentation."""
-    torch.manual_seed(0)
-    model = ParallelResNet(6).eval()
-    images = torch.randint(0, 256, (9, 1, 32, 32), dtype=torch.uint8)
-    cache, views = active.early_feature_cache(model, images, "cpu"), {}
-    active.add_dihedral_views(model, images, [4, 1], "cpu", views, capacity=6)
-    active.add_dihedral_views(model, images, [1, 4, 7, 0, 2, 3], "cpu", views, capacity=6)  # only 7, 0, 2, 3 added
-    assert views["count"] == 6 and views["row"][[4, 1, 7, 0, 2, 3]].tolist() == [0, 1, 2, 3, 4, 5]
-    assert views["row"][[5, 6, 8]].tolist() == [-1, -1, -1] and views["approximations"].shape == (6, 8, 64, 4, 4)
-    assert torch.equal(views["approximations"][views["row"][[0, 1, 2, 3]], 0], cache[0][[0, 1, 2, 3]])
-    index = torch.tensor([3, 0, 1, 2, 7, 4])
-    with torch.no_grad():
-        cached = active.forward_fn(model, images, cache, "cpu", torch.Generator().manual_seed(1), views)(index)
-        full = active.forward_fn(model, images, None, "cpu", torch.Generator().manual_seed(1))(index)
-        plain = active.forward_fn(model, images, cache, "cpu")(index)
-        unaugmented = model(*data.model_inputs(images[index], "cpu"))
-    assert torch.allclose(cached, full, atol=1e-2)
-    assert torch.allclose(plain, unaugmented, atol=1e-2)
-    assert not torch.allclose(full, unaugmented, atol=1e-3)  # 6 cells, 8 views: some cell is not seen as it is
-    with pytest.raises(ValueError, match="dihedral views cached"):
-        active.forward_fn(model, images, cache, "cpu", torch.Generator(), views)(torch.tensor([5]))
-
-
-def test_augment_flag_fine_tunes_on_random_views_and_resumes_alike(pretrained, tmp_path, monkeypatch):
-    extra = ["--augment", "dihedral", "--k", "8", "--m", "10"]
-    plain, _ = run_active(tmp_path, "plain", ["--k", "8", "--m", "10"], pretrained)
-    whole, whole_dir = run_active(tmp_path, "whole", extra, pretrained)
-    assert whole["args"]["augment"] == "dihedral"
-    assert [r["train_loss"] for r in whole["rounds"]] != [r["train_loss"] for r in plain["rounds"]]
-    real_fine_tune, calls = active.fine_tune, []
-
-    def killed_in_round_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_fine_tune(*args, **kwargs)
-
-    monkeypatch.setattr(active, "fine_tune", killed_in_round_2)
-    with pytest.raises(KeyboardInterrupt):
-        run_active(tmp_path, "killed", extra, pretrained)
-    monkeypatch.setattr(active, "fine_tune", real_fine_tune)
-    resumed = active.main(["--resume", "--out", str(tmp_path / "killed"), "--device", "cpu"])
-    assert (tmp_path / "killed" / "labeled.csv").read_text() == (whole_dir / "labeled.csv").read_text()
-    assert [r["mca"] for r in resumed["rounds"]] == [r["mca"] for r in whole["rounds"]]
-    with pytest.raises(SystemExit) as exit_info:
-        active.main(["--resume", "--out", str(tmp_path / "killed"), "--augment", "none"])
-    assert "--augment" in str(exit_info.value)

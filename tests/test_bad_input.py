@@ -11,6 +11,8 @@ from PIL import Image
 import active
 import campaign
 import data
+import layouts
+import runs
 import evaluate
 import experiments
 import train
@@ -94,10 +96,10 @@ def test_train_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
     fails(
         train.main,
         args + ["--max-epochs", "2", "--resume", "--seed", "3"],
-        "--seed 0, not 3",
+        "with --seed 0, not with --seed 3",
         "--max-epochs, --patience",
     )
-    fails(train.main, args + ["--resume", "--val-fraction", "0.3"], "--val-fraction 0.15, not 0.3")
+    fails(train.main, args + ["--resume", "--val-fraction", "0.3"], "--val-fraction 0.15, not with --val-fraction 0.3")
     train.main(args + ["--max-epochs", "2", "--resume", "--patience", "3"])  # what may change
     assert "a resume may change --max-epochs, --patience, --device" in capsys.readouterr().out
 
@@ -120,7 +122,7 @@ def test_partial_files_of_a_killed_save_are_removed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError):
-        data.save_atomic({"a": 1}, tmp_path / "state.pt")
+        runs.save_atomic({"a": 1}, tmp_path / "state.pt")
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
     monkeypatch.undo()
     run = tmp_path / "run"
@@ -140,7 +142,7 @@ def test_hidden_files_zip_leftovers_and_nested_folders(tmp_path):
         Image.fromarray(np.full((30, 30), 90, np.uint8)).save(root / name)
     for name in ["Golgi/._a.png", "Golgi/.x.png", "__MACOSX/Golgi/._a.png"]:
         (root / name).write_bytes(b"\x00\x05 resource fork, not an image")
-    dataset = data.load_dataset(root, cache=False)
+    dataset = layouts.load_dataset(root, cache=False)
     assert sorted(path.split("cells/")[1] for path in dataset.files) == [
         "Golgi/a.png",
         "Golgi/specimen-2/b.png",  # nested images are read
@@ -153,10 +155,10 @@ def test_csv_problems_are_named(tmp_path):
     Image.fromarray(np.full((30, 30), 255, np.uint8)).save(tmp_path / "07924_Mask.png")
     (tmp_path / "labels.csv").write_text("file,class\n")
     with pytest.raises(data.DataError, match=r"labels\.csv: no rows of image and class"):
-        data.load_dataset(tmp_path, cache=False)
+        layouts.load_dataset(tmp_path, cache=False)
     (tmp_path / "labels.csv").write_text("file,class\n./07924_Mask.png,golgi\n07924.png,centromere\n")
     with pytest.raises(data.DataError, match=r"labels\.csv:2: ./07924_Mask.png is a segmentation mask, not a cell"):
-        data.load_dataset(tmp_path, cache=False)
+        layouts.load_dataset(tmp_path, cache=False)
 
 
 def test_predict_lists_unreadable_images_and_classifies_the_rest(pretrained, tmp_path, capsys):

@@ -33,8 +33,9 @@ def test_bench_levers_time_every_lever_against_float32(capsys):
 
 def test_bench_curve_plots_a_run_and_gives_its_rates(pretrained, tmp_path):
     out = tmp_path / "run"
-    active.main(TINY + ["--checkpoint", str(pretrained), "--synthetic-cells", "120", "--limit", "0.5", "--k", "10",
-                        "--m", "15", "--max-epochs", "2", "--out", str(out)])  # fmt: skip
+    rounds = ["--k-fraction", "0.2", "--m-fraction", "0.3"]
+    active.main(TINY + ["--checkpoint", str(pretrained), "--synthetic-cells", "120", "--limit", "0.5", *rounds,
+                        "--max-epochs", "2", "--out", str(out)])  # fmt: skip
     rounds = json.loads((out / "results.json").read_text())["rounds"]
     rows = dict(bench.main(["--curve", str(out)])["rows"])
     seen = sum(r["epochs"] * r["labeled"] for r in rounds)

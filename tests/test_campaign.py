@@ -10,6 +10,8 @@ from PIL import Image
 
 import campaign
 import data
+import layouts
+import synthetic
 
 
 @pytest.fixture()
@@ -21,7 +23,7 @@ def pool(tmp_path):
     truth = {}
     for index in range(40):
         name = data.TARGET_CLASSES[index % 6]
-        cell = data.synthetic_cell(name, rng)
+        cell = synthetic.synthetic_cell(name, rng)
         Image.fromarray((cell * 255).astype(np.uint8)).save(folder / f"cell{index:03d}.png")
         truth[f"cell{index:03d}.png"] = name
     return folder, truth
@@ -117,7 +119,7 @@ def test_campaign_round_trip_with_a_kill_mid_ingest(pretrained, pool, tmp_path, 
     unfilled = [row["file"] for row in list(csv.DictReader((folder / "round-001.csv").open()))[:2]]
     assert set(unfilled) <= set(round_two)
     # export: a CSV that train.py --data reads, and a checkpoint evaluate.py reads
-    exported = data.load_dataset(folder / "export", cache=False)
+    exported = layouts.load_dataset(folder / "export", cache=False)
     assert len(exported) == len(labels)
     capsys.readouterr()
     campaign.main(["status", str(folder)])

@@ -6,7 +6,10 @@ import torch
 from PIL import Image
 
 import data
-from data import DataError, canonical_class, load_dataset, stratified_split
+import synthetic
+from data import DataError
+from layouts import canonical_class, load_dataset
+from splits import stratified_split
 from wavelets import haar_split
 
 
@@ -142,11 +145,11 @@ def test_rotation_views():
 
 
 def test_synthetic_sets_are_seeded_and_shaped_like_the_paper():
-    source = data.synthetic_dataset("source", 50, seed=0, image_size=32)
+    source = synthetic.synthetic_dataset("source", 50, seed=0, image_size=32)
     assert source.class_names == data.SOURCE_CLASSES and source.images.shape[1:] == (1, 32, 32)
-    again = data.synthetic_dataset("source", 50, seed=0, image_size=32)
+    again = synthetic.synthetic_dataset("source", 50, seed=0, image_size=32)
     assert torch.equal(source.images, again.images)
-    target = data.synthetic_dataset("target", 500, seed=0, image_size=32)
+    target = synthetic.synthetic_dataset("target", 500, seed=0, image_size=32)
     shares = torch.bincount(target.labels).float() / len(target)
     assert target.class_names == data.TARGET_CLASSES
     assert abs(shares[5] - 0.04) < 0.01 and abs(shares[4] - 0.08) < 0.01  # Golgi and NucMe rare, as in LSHEp-2
@@ -155,60 +158,9 @@ def test_synthetic_sets_are_seeded_and_shaped_like_the_paper():
     assert (peaks < 110).any() and (peaks > 170).any()
 
 
-def test_dihedral_views_are_exact_rotations_and_mirrors():
-    image = torch.arange(16.0).reshape(1, 1, 4, 4)
-    views = data.dihedral_views(image)
-    assert len(views) == 8 and torch.equal(views[0], image)
-    assert len({tuple(view.flatten().tolist()) for view in views}) == 8  # all different
-    assert torch.equal(views[1], torch.rot90(image, 1, dims=(2, 3)))
-    assert torch.equal(views[4], torch.flip(image, dims=(3,)))
-    assert torch.equal(views[6], torch.flip(image, dims=(2,)))  # mirror then half turn = the other mirror
-    for view in views:  # a group: any view turned or mirrored again is one of the eight
-        assert any(torch.equal(torch.rot90(view, 1, dims=(2, 3)), other) for other in views)
-        assert any(torch.equal(torch.flip(view, dims=(3,)), other) for other in views)
-        assert sorted(view.flatten().tolist()) == sorted(image.flatten().tolist())  # pixels moved, not changed
-
-
-def jitter(images, seed=0, **strengths):
-    return data.jitter_intensity(images, torch.Generator().manual_seed(seed), **strengths)
-
-
-def test_photometric_jitter_keeps_shape_range_and_draws_per_cell():
-    cells = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
-    out = jitter(cells)
-    assert out.shape == cells.shape and out.dtype == torch.uint8
-    assert torch.equal(out, jitter(cells)) and not torch.equal(out, jitter(cells, seed=1))  # the generator decides
-    assert torch.equal(jitter(cells, gamma=1, blur=0, noise=0), cells)  # no strength: the cells unchanged
-    # gamma alone: a flat cell stays flat, at v ** gamma with gamma in [1/1.5, 1.5], a different gamma each cell
-    flat = torch.full((6, 1, 8, 8), 128, dtype=torch.uint8)
-    levels = jitter(flat, blur=0, noise=0).float()
-    assert torch.equal(levels, levels[:, :, :1, :1].expand_as(levels))
-    low, high = 255 * (128 / 255) ** 1.5, 255 * (128 / 255) ** (1 / 1.5)
-    assert low - 1 <= levels.min() and levels.max() <= high + 1 and len(levels.unique()) == 6
-
-
-def test_photometric_blur_spreads_a_point_and_keeps_flat_cells_flat():
-    point = torch.zeros((4, 1, 15, 15), dtype=torch.uint8)
-    point[:, :, 7, 7] = 255
-    blurred = jitter(point, gamma=1, noise=0, blur=1.5).float()
-    assert (blurred[:, 0, 7, 7] < 255).all() and (blurred[:, 0, 7, 8] > 0).any()  # light moved to the neighbours
-    assert (blurred[:, 0, 7, 7] >= blurred[:, 0, 7, 8]).all()  # the peak stays the peak
-    assert (blurred.sum(dim=(1, 2, 3)) - 255).abs().max() <= 49  # light kept, but for rounding of 49 pixels
-    assert (blurred[:, 0, :, :4] == 0).all() and (blurred[:, 0, :4, :] == 0).all()  # a 7-tap kernel: 3 pixels
-    flat = torch.full((4, 1, 12, 12), 90, dtype=torch.uint8)
-    assert torch.equal(jitter(flat, gamma=1, noise=0), flat)  # borders reflected: no dark rim
-
-
-def test_photometric_noise_is_zero_mean_and_bounded():
-    flat = torch.full((8, 1, 64, 64), 128, dtype=torch.uint8)
-    noisy = jitter(flat, gamma=1, blur=0, noise=0.04).float() - 128
-    assert noisy.abs().max() > 0 and abs(noisy.mean()) < 0.5
-    assert (noisy.flatten(1).std(dim=1) <= 0.04 * 255 * 1.1).all()  # each cell's spread at most the strength
-
-
 def test_percentile_normalisation_is_per_cell_and_undoes_exposure():
     rng = np.random.default_rng(4)
-    cell = data.synthetic_cell("centromere", rng)
+    cell = synthetic.synthetic_cell("centromere", rng)
     cell = cell / cell.max()  # a bright (positive) cell
     dim = 0.3 * cell + 0.05  # the same cell under another specimen's exposure and background
     bright, dark = data.prepare_cell(cell, 64, "percentile"), data.prepare_cell(dim, 64, "percentile")
@@ -230,8 +182,8 @@ def test_normalisation_never_looks_at_other_cells(tmp_path):
 
 
 def test_synthetic_cells_follow_the_normalisation():
-    plain = data.synthetic_dataset("target", 60, seed=0, image_size=32)
-    stretched = data.synthetic_dataset("target", 60, seed=0, image_size=32, normalize="percentile")
+    plain = synthetic.synthetic_dataset("target", 60, seed=0, image_size=32)
+    stretched = synthetic.synthetic_dataset("target", 60, seed=0, image_size=32, normalize="percentile")
     assert not torch.equal(plain.images, stretched.images)
     assert stretched.images.flatten(1).max(dim=1).values.float().min() > 200  # dim cells stretched too
 

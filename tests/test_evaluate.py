@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import active
-import data
+import synthetic
 import evaluate
 from evaluate import confusion_matrix, mca_aca
 
@@ -73,19 +73,6 @@ def test_checkpoint_classes_must_cover_the_data(pretrained, tmp_path, capsys):
     assert "not a readable checkpoint" in str(exit_info.value)
 
 
-def test_test_time_augmentation_averages_the_eight_views(pretrained):
-    import data
-
-    model = evaluate.model_from_checkpoint(torch.load(pretrained, weights_only=True), "cpu")
-    images = data.synthetic_dataset("source", 10, seed=3, image_size=32).images
-    averaged = evaluate.predict_probabilities(model, images, "cpu", 4, tta=True)
-    by_hand = torch.stack([evaluate.predict_probabilities(model, v, "cpu") for v in data.dihedral_views(images)])
-    assert torch.allclose(averaged, by_hand.mean(dim=0), atol=1e-5)
-    turned = evaluate.predict_probabilities(model, torch.rot90(images, 1, dims=(2, 3)), "cpu", 4, tta=True)
-    assert torch.allclose(averaged, turned, atol=1e-5)  # the same eight views, so the same answer
-    assert not torch.allclose(evaluate.predict_probabilities(model, images, "cpu"), averaged, atol=1e-3)
-
-
 def test_evaluate_imports_nothing_from_active():
     """evaluate.py is the metrics and inference that active.py builds on: importing it must not import the loop."""
     code = "import sys, evaluate; sys.exit('active' in sys.modules)"
@@ -95,7 +82,7 @@ def test_evaluate_imports_nothing_from_active():
 def test_predictions_entropy_is_the_loops_entropy(pretrained, tmp_path):
     folder = tmp_path / "cells"
     folder.mkdir()
-    dataset = data.synthetic_dataset("source", 10, seed=3, image_size=32)
+    dataset = synthetic.synthetic_dataset("source", 10, seed=3, image_size=32)
     for index, image in enumerate(dataset.images):
         Image.fromarray(image.squeeze(0).numpy()).save(folder / f"cell{index}.png")
     rows = evaluate.main(["--checkpoint", str(pretrained), "--predict", str(folder), "--out", str(tmp_path / "p.csv")])

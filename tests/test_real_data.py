@@ -50,9 +50,9 @@ def test_train_evaluate_and_active_on_real_cells(few_real_cells, tmp_path, monke
             str(checkpoint),
         ]
     )
-    checkpoint_dict = torch.load(checkpoint, weights_only=True)
-    assert checkpoint_dict["split"] == "specimen" and checkpoint_dict["test_specimens"]
-    assert result["metrics"]["test"]["specimen_count"] == len(checkpoint_dict["test_specimens"])
+    made = torch.load(checkpoint, weights_only=True)["derived"]  # what the run derived from its data
+    assert made["split"] == "specimen" and made["test_specimens"]
+    assert result["metrics"]["test"]["specimen_count"] == len(made["test_specimens"])
     metrics = evaluate.main(
         [
             "--checkpoint",

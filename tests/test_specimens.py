@@ -11,9 +11,13 @@ from PIL import Image
 import active
 import campaign
 import data
+import splits
+import synthetic
 import evaluate
 import train
-from data import SPLIT_TOLERANCE, DataError, load_dataset, resolve_split, specimen_split
+from data import DataError
+from layouts import load_dataset
+from splits import SPLIT_TOLERANCE, resolve_split, specimen_split
 
 
 def sides_of(parts, specimens):
@@ -168,7 +172,7 @@ def test_specimens_file_named_by_flag_and_unlisted_files(specimen_folder, tmp_pa
 
 
 def test_split_specimen_without_specimens_is_an_error():
-    dataset = data.synthetic_dataset("target", 60, seed=0, image_size=32)
+    dataset = synthetic.synthetic_dataset("target", 60, seed=0, image_size=32)
     assert resolve_split(None, dataset) == "cells"
     with pytest.raises(DataError, match="--split specimen: no specimens are known"):
         resolve_split("specimen", dataset)
@@ -230,16 +234,17 @@ def test_train_split_by_specimen_records_it_and_evaluate_reproduces_it(specimen_
     printed = capsys.readouterr().out
     assert "split: by specimen" in printed and "test specimens: " in printed
     checkpoint = torch.load(out, weights_only=True)
-    assert checkpoint["split"] == "specimen" and len(checkpoint["test_specimens"]) == 3  # one per class
+    made = checkpoint["derived"]  # what the run derived, beside the args it was given
+    assert made["split"] == "specimen" and len(made["test_specimens"]) == 3  # one per class
     assert result["metrics"]["test"]["specimen_count"] == 3
     dataset = load_dataset(specimen_folder, cache=False)
-    parts = data.split_dataset(dataset, "specimen", [0.4, 0.3, 0.3], 0, ["train", "val", "test"])
-    assert data.specimens_of(dataset, parts[2]) == checkpoint["test_specimens"]
-    assert not set(data.specimens_of(dataset, parts[0])) & set(checkpoint["test_specimens"])
+    parts = splits.split_dataset(dataset, "specimen", [0.4, 0.3, 0.3], 0, ["train", "val", "test"])
+    assert splits.specimens_of(dataset, parts[2]) == made["test_specimens"]
+    assert not set(splits.specimens_of(dataset, parts[0])) & set(made["test_specimens"])
     metrics = evaluate.main(["--checkpoint", str(out), "--json", "--device", "cpu", "--png", str(tmp_path / "c.png")])
     assert metrics["split"] == "test" and metrics["count"] == result["metrics"]["test"]["count"]
     assert metrics["mca"] == pytest.approx(result["metrics"]["test"]["mca"])
-    assert {row["specimen"] for row in metrics["specimens"]} == set(checkpoint["test_specimens"])
+    assert {row["specimen"] for row in metrics["specimens"]} == set(made["test_specimens"])
     assert json.loads(capsys.readouterr().out)["specimen_accuracy"] == metrics["specimen_accuracy"]
 
 
@@ -263,10 +268,11 @@ def test_train_stops_when_a_class_has_too_few_specimens_and_test_fraction_zero_h
 def test_active_run_keeps_test_specimens_unseen(specimen_folder, pretrained, tmp_path, capsys):
     out = tmp_path / "run"
     flags = ["--data", str(specimen_folder), "--checkpoint", str(pretrained), "--device", "cpu", "--limit", "0.6"]
-    results = active.main(flags + ["--max-epochs", "1", "--k", "4", "--m", "3", "--out", str(out)])
+    flags += ["--k-fraction", "0.2", "--m-fraction", "0.15"]
+    results = active.main(flags + ["--max-epochs", "1", "--out", str(out)])
     assert "split: by specimen" in capsys.readouterr().out
     written = json.loads((out / "results.json").read_text())
-    assert written["split"] == "specimen" == written["args"]["split"] and written["test_specimens"]
+    assert written["split"] == "specimen" == written["derived"]["split"] and written["test_specimens"]
     assert written["specimen_accuracy"] is not None and len(written["specimen_results"]) == len(
         written["test_specimens"]
     )
@@ -275,9 +281,9 @@ def test_active_run_keeps_test_specimens_unseen(specimen_folder, pretrained, tmp
     assert not {row["specimen"] for row in rows} & set(
         written["test_specimens"]
     )  # nothing labeled from a test specimen
-    assert torch.load(out / "model.pt", weights_only=True)["test_specimens"] == written["test_specimens"]
-    with pytest.raises(SystemExit, match="was made with --split specimen, not cells"):
-        active.main(["--resume", "--out", str(out), "--split", "cells"])
+    assert torch.load(out / "model.pt", weights_only=True)["derived"]["test_specimens"] == written["test_specimens"]
+    with pytest.raises(SystemExit, match="was made without --split, not with --split cells"):
+        active.main(flags + ["--max-epochs", "1", "--out", str(out), "--resume", "--split", "cells"])
 
 
 def test_evaluate_classes_scores_a_five_class_checkpoint_on_six_class_data(pretrained, tmp_path):
@@ -332,8 +338,8 @@ def test_development_split_never_touches_the_test_specimens(pretrained, tmp_path
     results = active.main(flags + ["--max-epochs", "1", "--development", "--out", str(tmp_path / "dev")])
     assert "dev pool" in capsys.readouterr().out and results["development"]
     dataset = load_dataset(root, cache=False)
-    pool, test = data.split_dataset(dataset, "specimen", [0.8, 0.2], 0, ["pool", "test"])
-    real_test = set(data.specimens_of(dataset, test))
+    pool, test = splits.split_dataset(dataset, "specimen", [0.8, 0.2], 0, ["pool", "test"])
+    real_test = set(splits.specimens_of(dataset, test))
     assert not real_test & set(results["test_specimens"])  # the development test comes from the pool
     rows = list(csv.DictReader((tmp_path / "dev" / "labeled.csv").open()))
     assert not real_test & {row["specimen"] for row in rows}

@@ -1,0 +1,153 @@
+"""What an active learning run records, prints, saves for a resume and leaves behind.
+
+Not the paper (the workshop): active.py's loop calls these by name. After every
+round a run folder holds state.pt (what `--resume` needs to go on exactly); it
+ends with
+  * results.json: the final test metrics (MCA, ACA, per class, confusion, by
+    specimen), each round's record, the run's `args` (as given) and `derived`
+    (what it worked out: preprocessing, split, folder);
+  * labeled.csv: every labeled cell in labeling order, its round and why it was chosen;
+  * model.pt: the final network, a checkpoint evaluate.py reads;
+  * confusion.png: the final confusion matrix.
+"""
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import torch
+
+from data import SHORT_NAMES
+from evaluate import draw_confusion, predict_probabilities, summarize
+from runs import check_resume, check_same_data, load_state, remove_stale_temporaries, save_atomic, write_text_atomic
+from splits import specimens_of
+
+
+def plan_line(case: str, pool_size: int, test_size: int, sizes: list[int]) -> str:
+    plan = " + ".join(map(str, sizes)) if len(sizes) < 8 else f"{sizes[0]} + {len(sizes) - 1} rounds of <= {sizes[1]}"
+    return f"{case.upper()}: pool {pool_size}, test {test_size}, budget {sum(sizes)} = {plan}"
+
+
+def round_record(round_index, labeled, chosen, metrics, epochs, kept_epoch, train_loss, dataset) -> dict:
+    """What results.json keeps of a round (the times are added once the round ends)."""
+    queried = torch.bincount(dataset.labels[chosen], minlength=len(dataset.class_names)).tolist()
+    return {
+        "round": round_index,
+        "labeled": len(labeled),
+        "queried": dict(zip(dataset.class_names, queried)),
+        "mca": metrics["mca"],
+        "aca": metrics["aca"],
+        "per_class": metrics["per_class"],
+        "epochs": epochs,
+        "kept_epoch": kept_epoch,  # the weights the round keeps; the epochs after it only decided to stop
+        "train_loss": train_loss,
+    }
+
+
+def round_line(record: dict, budget: int, seen: int) -> str:
+    """The progress line of a round: what it labeled, the test metrics, the time and the throughput."""
+    histogram = " ".join(f"{SHORT_NAMES.get(name, name[:6])}:{count}" for name, count in record["queried"].items())
+    throughput = seen / max(record["train_seconds"], 1e-9)
+    return (
+        f"round {record['round']:2d} | labeled {record['labeled']:5d}/{budget} | queried {histogram} | "
+        f"MCA {100 * record['mca']:5.1f}% ACA {100 * record['aca']:5.1f}% | train {record['train_seconds']:5.1f}s "
+        f"({record['epochs']} ep, kept {record['kept_epoch']}, {throughput:5.0f} img/s) "
+        f"score {record['score_seconds']:4.1f}s | {record['seconds']:5.1f}s"
+    )
+
+
+def finish(args, made, dataset, pool, test, labeled, rounds, model, setup_seconds) -> dict:
+    """The final test with the full network, then results.json, labeled.csv, model.pt and confusion.png."""
+    out, device = Path(made["out"]), next(model.parameters()).device
+    # The final test metrics with the full network: they must equal the cached path's.
+    cell_specimens = [dataset.specimens[i] for i in test.tolist()] if made["split"] == "specimen" else None
+    probabilities = predict_probabilities(model, dataset.images[test], device, 64)
+    metrics = summarize(dataset.labels[test], probabilities, dataset.class_names, cell_specimens)
+    fractions = [1 - args.test_fraction, args.test_fraction]
+    # evaluate.py remakes the split from these; the development split from the same seed
+    parts = {"names": ["pool", "test"], "fractions": fractions, "seed": args.seed, "development": args.development}
+    saved = {key: value for key, value in made.items() if key != "fingerprint"}
+    saved.update(data_kind="target", split_parts=parts, test_specimens=specimens_of(dataset, test))
+    checkpoint = {"model": model.state_dict(), "class_names": dataset.class_names, "args": vars(args)}
+    checkpoint.update(derived=saved, round=len(rounds) - 1, metrics={"test": metrics})
+    save_atomic(checkpoint, out / "model.pt")
+    title = f"{made['case'].upper()} at limit {args.limit:g}, test split"
+    draw_confusion(metrics["confusion"], dataset.class_names, out / "confusion.png", title)
+    write_text_atomic(labeled_csv(dataset, labeled), out / "labeled.csv")
+    results = {"args": vars(args), "derived": saved, "case": made["case"], **final_metrics(metrics)}
+    results.update(split=made["split"], development=args.development, test_specimens=saved["test_specimens"])
+    results.update(specimen_accuracy=metrics.get("specimen_accuracy"), specimen_results=metrics.get("specimens"))
+    results.update(budget=len(labeled), labeled=len(labeled))  # the loop spends the budget exactly (round_sizes)
+    results.update(seconds=setup_seconds + sum(r["seconds"] for r in rounds), pool=len(pool), test=len(test))
+    results["rounds"] = rounds
+    write_text_atomic(json.dumps(results, indent=2), out / "results.json")
+    vote = metrics.get("specimen_accuracy")
+    by_specimen = f", specimens {100 * vote:.1f}% by majority vote" if vote is not None else ""
+    print(
+        f"final ({made['split']} split): MCA {100 * metrics['mca']:.2f}% ACA {100 * metrics['aca']:.2f}%{by_specimen} "
+        f"with {len(labeled)} labels ({len(labeled) / len(pool):.1%} of the pool); run written to {out}"
+    )
+    return results
+
+
+def final_metrics(metrics: dict) -> dict:
+    return {key: metrics[key] for key in ("mca", "aca", "per_class", "confusion")}
+
+
+def labeled_csv(dataset, labeled: list[dict]) -> str:
+    """labeled.csv: index, file, label, specimen, round and reason of every labeled cell, in labeling order."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["index", "file", "label", "specimen", "round", "reason"])
+    for entry in labeled:
+        index = entry["index"]
+        specimen = dataset.specimens[index] if dataset.specimens is not None else None
+        label = dataset.class_names[dataset.labels[index]]
+        writer.writerow([index, dataset.files[index], label, specimen or "", entry["round"], entry["reason"]])
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's state: what --resume reads (the one resume design: runs.py)
+
+
+def open_run(args, out: Path) -> dict | None:
+    """The killed run's state.pt when resuming (its flags must be this command's), else None."""
+    for name in ("state.pt", "model.pt", "results.json", "labeled.csv", "confusion.png"):
+        remove_stale_temporaries(out / name)  # what a save killed half-way left behind
+    if not args.resume:
+        return None
+    required = ("args", "derived", "fingerprint", "labeled", "rounds", "model", "generator", "torch_rng")
+    state = load_state(out / "state.pt", required, "an active.py run")
+    check_resume(state["args"], args, out / "state.pt", may_change=("device",))
+    return state
+
+
+def save_state(args, made, dataset, pool, rounds, model, generator, setup_seconds) -> None:
+    """state.pt after every round, written atomically: what `--resume` needs to go on exactly."""
+    state = {
+        "args": vars(args),
+        "derived": {key: value for key, value in made.items() if key != "fingerprint"},
+        "fingerprint": made["fingerprint"],
+        "round": len(rounds) - 1,
+        "labeled": pool.labeled,
+        "rounds": rounds,
+        "model": model.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "class_names": dataset.class_names,
+        "setup_seconds": setup_seconds,
+    }
+    save_atomic(state, Path(made["out"]) / "state.pt")
+
+
+def restore(state: dict, dataset, model, generator, pool, setup_seconds: float):
+    """Put a killed run's labels, weights and random states back; (its rounds, its setup time and this one's)."""
+    check_same_data(state["fingerprint"], dataset, Path(state["derived"]["out"]) / "state.pt")
+    model.load_state_dict(state["model"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    pool.labeled = state["labeled"]
+    print(f"resumed {state['derived']['out']} after round {state['round']} ({len(pool.labeled)} labeled)")
+    return state["rounds"], setup_seconds + state["setup_seconds"]

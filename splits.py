@@ -1,0 +1,202 @@
+"""Splits of a dataset into sides (train/validation/test, pool/test): whole specimens on one side, or cells.
+
+Not the paper (the workshop). The paper splits LSHEp-2's cells 80/20 at random
+(Sec. 3.1); cells of one specimen share exposure, intensity and staining, so a
+split that puts one specimen on both sides flatters every number. When the
+specimen of every cell is known, each specimen goes whole to one side, so the
+test cells come from specimens the model never saw (docs/paper-notes.md).
+`development_split` splits the pool side again by the same rule: settings are
+chosen there, never on the test specimens.
+"""
+
+import torch
+
+from data import CellDataset, DataError
+
+def stratified_split(labels: torch.Tensor, fractions: list[float], seed: int) -> list[torch.Tensor]:
+    """Split indices class by class into len(fractions) parts of those fractions (seeded).
+
+    Each class is shuffled and cut at the rounded cumulative fractions, so every
+    part gets its share of every class, and a class with few cells gives at
+    least one to each part when it has enough cells to do so.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    parts: list[list[int]] = [[] for _ in fractions]
+    total = sum(fractions)
+    for label in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == label).squeeze(1)
+        members = members[torch.randperm(len(members), generator=generator)].tolist()
+        cuts, running = [0], 0.0
+        for fraction in fractions[:-1]:
+            running += fraction / total
+            cuts.append(round(running * len(members)))
+        cuts.append(len(members))
+        for part, (start, stop) in enumerate(zip(cuts, cuts[1:])):
+            parts[part].extend(members[start:stop])
+    return [torch.tensor(sorted(part), dtype=torch.int64) for part in parts]
+
+
+# A side of a specimen split may miss its share of a class by this fraction of the class's cells; when no
+# order of whole specimens does better, the closest one found is kept.
+SPLIT_TOLERANCE = 0.05
+
+
+def _cut_specimens(sizes: list[int], shares: list[float]) -> list[int]:
+    """Cut specimens (in the given order) into sides at the cumulative shares; returns the side of each.
+
+    Each boundary goes where the running cell count comes closest to the running target,
+    leaving at least one specimen for every side with a share and none for a side without.
+    """
+    cumulative = [0]
+    for size in sizes:
+        cumulative.append(cumulative[-1] + size)
+    total, sides, boundary, target = cumulative[-1], [], 0, 0.0
+    for side, share in enumerate(shares[:-1]):
+        target += share * total
+        low = boundary + (1 if share > 0 else 0)
+        high = len(sizes) - sum(1 for later in shares[side + 1 :] if later > 0)
+        stop = boundary if share == 0 else min(range(low, high + 1), key=lambda b: abs(cumulative[b] - target))
+        sides += [side] * (stop - boundary)
+        boundary = stop
+    return sides + [len(shares) - 1] * (len(sizes) - boundary)
+
+
+def specimen_split(
+    labels: torch.Tensor,
+    specimens: list[str],
+    fractions: list[float],
+    seed: int,
+    class_names: list[str],
+    names: list[str],
+) -> list[torch.Tensor]:
+    """Split indices into len(fractions) sides, each specimen whole on one side, stratified by class (seeded).
+
+    A specimen counts for the class most of its cells have. Within each class the
+    specimens are dealt in a seeded random order and cut at the cumulative shares
+    (`_cut_specimens`), so every side with a share gets at least one specimen of
+    every class; of up to 64 orders the first whose sides all come within
+    SPLIT_TOLERANCE of their share of the class's cells is kept (else the
+    closest), so that another seed gives other test specimens.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    members: dict[str, list[int]] = {}
+    for index, specimen in enumerate(specimens):
+        members.setdefault(specimen, []).append(index)
+    label_list = labels.tolist()
+    by_class: dict[int, list[str]] = {}
+    for specimen, cells in members.items():
+        counts = torch.bincount(torch.tensor([label_list[i] for i in cells]))
+        by_class.setdefault(int(counts.argmax()), []).append(specimen)
+    total = sum(fractions)
+    shares = [fraction / total for fraction in fractions]
+    sides_needed = [name for name, share in zip(names, shares) if share > 0]
+    parts: list[list[int]] = [[] for _ in fractions]
+    for label in sorted(by_class):
+        group = sorted(by_class[label])
+        if len(group) < len(sides_needed):
+            raise DataError(
+                f"--split specimen: class '{class_names[label]}' has {len(group)} specimen(s), too few to put a whole "
+                f"one on each of the {len(sides_needed)} sides ({', '.join(sides_needed)}); add specimens of it, drop "
+                "it with --classes, use --test-fraction 0 when the data comes with its own test set, or pass "
+                "--split cells (which lets one specimen's cells sit on both sides and flatters every result)"
+            )
+        sizes = [len(members[specimen]) for specimen in group]
+        class_total, best = sum(sizes), None
+        for _ in range(64):
+            order = torch.randperm(len(group), generator=generator).tolist()
+            sides = _cut_specimens([sizes[i] for i in order], shares)
+            counts = [0] * len(shares)
+            for position, side in zip(order, sides):
+                counts[side] += sizes[position]
+            miss = max(abs(count - share * class_total) for count, share in zip(counts, shares)) / class_total
+            if best is None or miss < best[0]:
+                best = (miss, order, sides)
+            if miss <= SPLIT_TOLERANCE:
+                break
+        _, order, sides = best
+        for position, side in zip(order, sides):
+            parts[side].extend(members[group[position]])
+    return [torch.tensor(sorted(part), dtype=torch.int64) for part in parts]
+
+
+def add_split_flags(parser, sides: str) -> None:
+    """--specimens and --split, the same in every script that splits data."""
+    parser.add_argument(
+        "--specimens",
+        default=None,
+        help="CSV of file,specimen for --data (default: specimens.csv at the data root, or a specimen column)",
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        choices=["specimen", "cells"],
+        help=f"keep each specimen whole on one side of {sides}, or split cells (default: specimen when every "
+        "cell's specimen is known, else cells)",
+    )
+
+
+def resolve_split(requested: str | None, dataset: CellDataset) -> str:
+    """--split: 'specimen' or 'cells'; by default 'specimen' whenever every cell's specimen is known."""
+    specimens = dataset.specimens
+    unknown = (
+        [] if specimens is None else [file for file, specimen in zip(dataset.files, specimens) if specimen is None]
+    )
+    if requested == "cells":
+        return "cells"
+    if specimens is None:
+        if requested == "specimen":
+            raise DataError(
+                f"--split specimen: no specimens are known for {dataset.source}; put a specimens.csv (file,specimen) "
+                "at the data root, name one with --specimens, or add a specimen column to the labels CSV"
+            )
+        return "cells"
+    if unknown:
+        raise DataError(
+            f"--specimens: {len(unknown)} of {len(specimens)} cells have no specimen listed (e.g. {unknown[0]}); "
+            "list them, or pass --split cells"
+        )
+    return "specimen"
+
+
+def split_dataset(dataset: CellDataset, by: str, fractions: list[float], seed: int, names: list[str]):
+    """Indices of each side: whole specimens per side (by='specimen') or cells stratified by class ('cells')."""
+    if by == "specimen":
+        return specimen_split(dataset.labels, dataset.specimens, fractions, seed, dataset.class_names, names)
+    return stratified_split(dataset.labels, fractions, seed)
+
+
+def development_split(dataset: CellDataset, by: str, pool: torch.Tensor, fractions: list[float], seed: int):
+    """The pool split again by the same rule into a development pool and test (the real test side is left out).
+
+    Settings are chosen on these, never on the test specimens (docs/paper-notes.md)."""
+    inner = split_dataset(dataset.subset(pool), by, fractions, seed, ["dev pool", "dev test"])
+    return pool[inner[0]], pool[inner[1]]
+
+
+def specimens_of(dataset: CellDataset, indices: torch.Tensor) -> list[str]:
+    """The distinct specimens of these cells, sorted; [] where specimens are unknown."""
+    if dataset.specimens is None:
+        return []
+    return sorted({dataset.specimens[i] for i in indices.tolist() if dataset.specimens[i] is not None})
+
+
+def describe_split(dataset: CellDataset, by: str, parts: list[torch.Tensor], names: list[str], seed: int) -> str:
+    """What the start of every run prints: the split, and each class's cells and specimens on each side."""
+    sizes = ", ".join(f"{name} {len(part)}" for name, part in zip(names, parts))
+    if by == "cells":
+        why = "no specimens known" if dataset.specimens is None else "--split cells"
+        return f"split: by cells ({why}; cells of one specimen may sit on both sides), seed {seed}: {sizes}"
+    lines = [f"split: by specimen (each specimen whole on one side), seed {seed}: {sizes} cells"]
+    width = max(len(name) for name in dataset.class_names)
+    lines.append(f"  {'class':<{width}}  specimens  " + "  ".join(f"{name:>12}" for name in names))
+    for label, class_name in enumerate(dataset.class_names):
+        per_side = []
+        for part in parts:
+            cells = part[dataset.labels[part] == label]
+            per_side.append(f"{len(specimens_of(dataset, cells)):>3} ({len(cells):>5})")
+        total = len(specimens_of(dataset, torch.cat([part[dataset.labels[part] == label] for part in parts])))
+        lines.append(f"  {class_name:<{width}}  {total:>9}  " + "  ".join(f"{side:>12}" for side in per_side))
+    lines.append(
+        f"  (specimens (cells) per side; {names[-1]} specimens: {', '.join(specimens_of(dataset, parts[-1]))})"
+    )
+    return "\n".join(lines)
