@@ -27,7 +27,6 @@ limits x seeds is experiments.py; campaign.py puts a person in the oracle's plac
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -42,11 +41,13 @@ from records import finish, open_run, plan_line, restore, round_line, round_reco
 from runs import (
     add_device_flag,
     check_flags,
+    check_image_size,
     data_fingerprint,
     load_checkpoint,
     network_from_checkpoint,
     pick_device,
     preprocessing,
+    run_command,
     seed_everything,
 )
 from splits import add_split_flags, describe_split, development_split, resolve_split, split_dataset
@@ -330,6 +331,8 @@ def check_run_flags(args) -> None:
             name = flag.replace("_", "-")
             raise DataError(f"--{name} {getattr(args, flag)}: expected a fraction of the budget in (0, 1]")
     check_flags(args, ("max_epochs", "patience", "batch_size", "synthetic_cells"), ("lr",))
+    if args.scratch:  # else the cells are prepared as the checkpoint's were
+        check_image_size(args.image_size)
 
 
 def case_name(args) -> str:
@@ -432,12 +435,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
-    try:
-        return run(args)
-    except DataError as error:
-        sys.exit(f"error: {error}")
+    return run_command(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -43,14 +43,16 @@ from data import DataError, model_inputs, prepare_cell, read_cell
 from evaluate import font_of_size, predict_probabilities, save_png
 from layouts import get_dataset, load_dataset
 from model import ParallelResNet, freeze_early_layers, trainable_parameters, transfer
+from records import ROUND_FIELDS, STATE_FIELDS, read_results
 from runs import (
     add_device_flag,
+    check_fields,
     check_flags,
     load_checkpoint,
     network_from_checkpoint,
     pick_device,
     preprocessing,
-    read_json,
+    run_command,
     seed_everything,
 )
 from splits import stratified_split
@@ -243,11 +245,11 @@ def read_rounds(run_dir: Path) -> tuple[list[dict], int | None]:
     """A run's rounds and pool size from results.json, or its rounds from state.pt while it is unfinished."""
     results = run_dir / "results.json"
     if results.exists():
-        finished = read_json(results)
+        finished = read_results(results)
         rounds, pool = finished["rounds"], finished["pool"]
-    elif (run_dir / "state.pt").exists():
-        state = load_checkpoint(run_dir / "state.pt", "--curve")  # data, never code
-        rounds, pool = state["rounds"], None
+    elif (run_dir / "state.pt").exists():  # data, never code; checked as a resume checks it
+        state = check_fields(load_checkpoint(run_dir / "state.pt", "--curve"), STATE_FIELDS, run_dir, "a run")
+        rounds, pool = [check_fields(r, ROUND_FIELDS, run_dir / "state.pt", "a run") for r in state["rounds"]], None
     else:
         raise DataError(f"--curve {run_dir}: expected a run folder with results.json or state.pt")
     if not rounds:
@@ -352,12 +354,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
-    try:
-        return run(args)
-    except DataError as error:
-        sys.exit(f"error: {error}")
+    return run_command(run, build_parser().parse_args(argv))
 
 
 def run(args):

@@ -22,7 +22,6 @@ import csv
 import hashlib
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -35,13 +34,16 @@ from evaluate import font_of_size, predict_probabilities, save_png, summarize
 from layouts import canonical_class, load_unlabeled, parse_class_list, read_csv_rows, specimens_in
 from model import ParallelResNet, freeze_early_layers, transfer
 from runs import (
+    NUMBER,
     add_device_flag,
+    check_fields,
     check_flags,
     load_checkpoint,
     network_from_checkpoint,
     pick_device,
     preprocessing,
     read_json,
+    run_command,
     save_atomic,
     seed_everything,
     write_text_atomic,
@@ -62,11 +64,25 @@ def is_held_out(key: str, seed: int, holdout: float) -> bool:
     return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 2**32 < holdout
 
 
+# What campaign.json must hold, each of its type: the one reader of the file checks it before any step.
+CAMPAIGN_FIELDS = {"pool": str, "classes": list, "checkpoint": str, "n": int, "seed": int, "holdout": NUMBER}
+CAMPAIGN_FIELDS.update(image_size=int, normalize=str, max_epochs=int, round=int, model=str)
+CAMPAIGN_FIELDS.update(ledger=list, history=list, pending=list)
+ENTRY_FIELDS = {"ledger": {"file": str, "label": str, "round": int}, "pending": {"file": str, "sha256": str}}
+ENTRY_FIELDS["history"] = {"round": int, "new_labels": int, "labels": int, "trained_on": int, "epochs": int}
+ENTRY_FIELDS["history"].update(validation=(dict, type(None)))
+
+
 def load_campaign(folder: Path) -> dict:
     path = folder / "campaign.json"
     if not path.is_file():
         raise DataError(f"{folder}: not a campaign folder (no campaign.json); start one with `campaign.py query`")
-    return read_json(path)
+    state = check_fields(read_json(path), CAMPAIGN_FIELDS, path, "a campaign's state")
+    for key, fields in ENTRY_FIELDS.items():
+        for entry in state[key]:
+            check_fields(entry, fields, path, f"a campaign's state (an entry of '{key}')")
+    check_fields(state, {"specimens": dict} if "specimens" in state else {}, path, "a campaign's state")
+    return state
 
 
 def build_parser():
@@ -110,18 +126,18 @@ def build_parser():
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "query":
-            return start_campaign(args)
-        folder = Path(args.campaign)
-        if args.command == "ingest":
-            return ingest(folder, pick_device(args.device))
-        state = load_campaign(folder)
-        print_status(folder, state)
-        return state
-    except DataError as error:
-        sys.exit(f"error: {error}")
+    return run_command(run, build_parser().parse_args(argv))
+
+
+def run(args) -> dict:
+    if args.command == "query":
+        return start_campaign(args)
+    folder = Path(args.campaign)
+    if args.command == "ingest":
+        return ingest(folder, pick_device(args.device))
+    state = load_campaign(folder)
+    print_status(folder, state)
+    return state
 
 
 def campaign_model(state: dict, folder: Path, device) -> ParallelResNet:

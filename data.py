@@ -72,6 +72,8 @@ def read_cell(path: Path) -> np.ndarray:
                 array /= 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
             elif mode == "F":
                 array = np.asarray(image).astype(np.float32)
+                if not np.isfinite(array).all():  # would turn the whole cell black after the stretch
+                    raise DataError(f"{path}: holds NaN or infinite pixels; expected finite intensities")
                 peak = float(array.max())
                 array = array / peak if peak > 1 else array
             else:

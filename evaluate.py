@@ -14,7 +14,6 @@ import argparse
 import csv
 import io
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -26,11 +25,13 @@ from layouts import get_dataset, load_unlabeled, parse_class_list
 from runs import (
     add_device_flag,
     check_flags,
+    check_output_file,
     derived,
     load_checkpoint,
     network_from_checkpoint,
     pick_device,
     preprocessing,
+    run_command,
     write_bytes_atomic,
     write_text_atomic,
 )
@@ -325,24 +326,26 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        check_flags(args, ("batch_size",))
-        if args.predict and Path(args.out).is_dir():
-            raise DataError(f"--out {args.out}: is a folder; expected the path of the CSV to write")
-        device = pick_device(args.device)
-        checkpoint = load_checkpoint(args.checkpoint)
-        model = network_from_checkpoint(checkpoint, f"--checkpoint {args.checkpoint}").to(device)
-        class_names = checkpoint["class_names"]
-        if args.predict:
-            return predict_folder(model, checkpoint, args, device)
-        classes = parse_class_list(args.classes)
-        dataset, split = labeled_data_for(checkpoint, args.data, args.split, classes, args.specimens)
-    except DataError as error:
-        sys.exit(f"error: {error}")
+    return run_command(run, build_parser().parse_args(argv))
+
+
+def run(args):
+    """Sec. 3.2's report (MCA, ACA, per class, confusion) of a checkpoint on labeled cells, or --predict."""
+    check_flags(args, ("batch_size",))
+    if args.predict:
+        check_output_file(args.out, "--out")
+    png = args.png or str(Path(args.checkpoint).with_name("confusion.png"))
+    device = pick_device(args.device)
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = network_from_checkpoint(checkpoint, f"--checkpoint {args.checkpoint}").to(device)
+    class_names = checkpoint["class_names"]
+    if args.predict:
+        return predict_folder(model, checkpoint, args, device)
+    check_output_file(png, "--png")
+    classes = parse_class_list(args.classes)
+    dataset, split = labeled_data_for(checkpoint, args.data, args.split, classes, args.specimens)
     probabilities = predict_probabilities(model, dataset.images, device, args.batch_size)
     metrics = summarize(dataset.labels, probabilities, class_names, known_specimens(dataset))
-    png = args.png or str(Path(args.checkpoint).with_name("confusion.png"))
     draw_confusion(
         metrics["confusion"], class_names, png, f"{Path(args.checkpoint).name} on {dataset.source} ({split})"
     )

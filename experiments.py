@@ -25,7 +25,8 @@ from PIL import Image, ImageDraw
 import active
 from data import SHORT_NAMES, DataError
 from evaluate import draw_confusion, font_of_size, save_png
-from runs import read_json, write_text_atomic
+from records import read_results
+from runs import other_settings, run_command, write_text_atomic
 
 CASES = {
     "rs": ["--scratch", "--strategy", "random"],
@@ -60,43 +61,44 @@ def build_parser():
 
 def main(argv=None):
     grid_args, run_flags = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
-    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
     instead = {"--limit": "--limits", "--seed": "--seeds", "--scratch": "--cases", "--strategy": "--cases"}
     for flag in list(instead) + ["--resume"]:
         if any(given == flag or given.startswith(flag + "=") for given in run_flags):
             use = f"use {instead[flag]}" if flag in instead else "rerun the grid command to resume its runs"
             sys.exit(f"error: {flag} is set by the grid itself; {use}")
     active.build_parser().parse_args(run_flags)  # rejects unknown flags with argparse's message
-    out = Path(grid_args.out)
-    rows = []
-    try:
-        for case in grid_args.cases:
-            for limit in grid_args.limits:
-                for seed in grid_args.seeds:
-                    run_case = SAME_RUN_AT_FULL_BUDGET.get(case, case) if limit >= 1 else case
-                    run_dir = out / f"{run_case}-limit{limit:g}-seed{seed}"
-                    if run_case != case:
-                        print(
-                            f"grid: {case}-limit{limit:g}-seed{seed} is {run_dir.name} (Sec. 3.3: no selection at 100%)"
-                        )
-                    if (run_dir / "results.json").exists():
-                        results = read_json(run_dir / "results.json")
-                        print(f"grid: {run_dir.name} finished earlier")
-                    elif grid_args.summarize_only:
-                        print(f"grid: {run_dir.name} not finished, left out")
-                        continue
-                    else:  # the same command resumes a run killed half-way (and refuses other flags than its own)
-                        resuming = (run_dir / "state.pt").exists()
-                        print(f"grid: {'resuming' if resuming else 'running'} {run_dir.name}")
-                        flags = run_flags + CASES[run_case] + ["--limit", str(limit), "--seed", str(seed)]
-                        flags += ["--out", str(run_dir)] + (["--resume"] if resuming else [])
-                        results = active.run(active.build_parser().parse_args(flags))
-                    rows.append({"case": case, "limit": limit, "seed": seed, "results": results})
-                    write_grid_results(rows, out)
-    except DataError as error:
-        sys.exit(f"error: {error}")
+    return run_command(lambda grid: run_grid(grid, run_flags), grid_args)
+
+
+def run_grid(grid_args, run_flags: list[str]) -> list[dict]:
+    """Every (case, limit, seed) of the grid: a finished run is read back, a killed one resumed, the rest run."""
+    out, rows = Path(grid_args.out), []
+    for case in grid_args.cases:
+        for limit in grid_args.limits:
+            for seed in grid_args.seeds:
+                run_case = SAME_RUN_AT_FULL_BUDGET.get(case, case) if limit >= 1 else case
+                run_dir = out / f"{run_case}-limit{limit:g}-seed{seed}"
+                if run_case != case:
+                    print(f"grid: {case}-limit{limit:g}-seed{seed} is {run_dir.name} (Sec. 3.3: no selection at 100%)")
+                flags = CASES[run_case] + ["--limit", str(limit), "--seed", str(seed), "--out", str(run_dir)]
+                args = active.build_parser().parse_args(run_flags + flags)
+                if (run_dir / "results.json").exists():
+                    results = read_results(run_dir / "results.json")
+                    differs = other_settings(results["args"], args, may_change=("device",))
+                    if differs is not None:  # a grid folder holds the runs of one grid: never another's as its own
+                        raise DataError(f"--out {out}: {run_dir.name} was made {differs}; use another --out")
+                    print(f"grid: {run_dir.name} finished earlier")
+                elif grid_args.summarize_only:
+                    print(f"grid: {run_dir.name} not finished, left out")
+                    continue
+                else:  # the same command resumes a run killed half-way (and refuses other flags than its own)
+                    args.resume = (run_dir / "state.pt").exists()
+                    print(f"grid: {'resuming' if args.resume else 'running'} {run_dir.name}")
+                    results = active.run(args)
+                rows.append({"case": case, "limit": limit, "seed": seed, "results": results})
+                write_grid_results(rows, out)
     if not rows:
-        sys.exit(f"error: --out {out}: no finished run of this grid to summarize")
+        raise DataError(f"--out {out}: no finished run of this grid to summarize")
     write_grid_summary(rows, out)
     return rows
 

@@ -71,6 +71,8 @@ def parse_class_list(names: list[str] | None, flag: str = "--classes") -> list[s
         canonical = canonical_class(name)
         if canonical is None:
             raise DataError(f"{flag}: unknown class '{name}'; expected one of {', '.join(CLASS_ALIASES)}")
+        if canonical in parsed:  # 'golgi Golgi' would make two heads for one class
+            raise DataError(f"{flag}: '{name}' names {canonical} again; give each class once")
         parsed.append(canonical)
     return parsed
 
@@ -232,15 +234,26 @@ def read_specimens(specimens_csv: Path, root: Path, paths: list[Path]) -> list[s
         rows, _ = read_csv_rows(specimens_csv)
     except OSError as error:
         raise DataError(f"--specimens {specimens_csv}: cannot read ({error.strerror})") from None
-    if rows and [_squash(cell) for cell in rows[0][:2]] == ["file", "specimen"]:
-        rows = rows[1:]
+    header = bool(rows) and [_squash(cell) for cell in rows[0][:2]] == ["file", "specimen"]
     listed: dict[Path, str] = {}
-    for line_number, row in enumerate(rows, start=2):
+    first_line: dict[Path, int] = {}
+    for line_number, row in enumerate(rows[header:], start=1 + header):
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             raise DataError(f"{specimens_csv}:{line_number}: expected 'file,specimen', got {','.join(row)!r}")
-        file = Path(row[0].strip())
-        listed[(file if file.is_absolute() else root / file).resolve()] = row[1].strip()
-    return [listed.get(path.resolve()) for path in paths]
+        file = Path(row[0].strip().replace("\\", "/"))  # a list written on Windows: Golgi\12873.png
+        key = (file if file.is_absolute() else root / file).resolve()
+        if key in listed:  # two specimens for one cell: neither can be trusted
+            again = f"{row[0].strip()} is listed again (first on line {first_line[key]})"
+            raise DataError(f"{specimens_csv}:{line_number}: {again}")
+        listed[key], first_line[key] = row[1].strip(), line_number
+    specimens = [listed.get(path.resolve()) for path in paths]
+    if listed and paths and all(specimen is None for specimen in specimens):
+        example = next(iter(first_line))
+        raise DataError(
+            f"{specimens_csv}: none of its {len(listed)} files is one of the {len(paths)} cells (e.g. {example}); "
+            f"expected paths relative to {root}"
+        )
+    return specimens
 
 
 def specimens_in(folder: Path, paths: list[Path], specimens_csv: str | Path | None = None) -> list[str | None] | None:
@@ -347,8 +360,8 @@ def load_dataset(
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             save_atomic(images, cache_file)
-        except OSError:
-            pass  # a read-only home only costs the next load its speed
+        except (OSError, DataError):
+            pass  # a read-only cache folder only costs the next load its speed
     return CellDataset(images, labels, class_names, files, str(root), specimens)
 
 
@@ -384,6 +397,8 @@ def load_unlabeled(
 
 def get_dataset(data, kind, classes, image_size, normalize, seed, synthetic_cells=None, specimens=None):
     """--data DIR if given (with --specimens FILE if given), else the synthetic default of this kind."""
+    if data is not None and not str(data).strip():
+        raise DataError("--data '': expected a folder of class folders or a labels CSV")
     if data:
         return load_dataset(data, classes, image_size, normalize, specimens_csv=specimens)
     if specimens:

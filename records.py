@@ -18,9 +18,23 @@ from pathlib import Path
 
 import torch
 
-from data import SHORT_NAMES
+from data import SHORT_NAMES, DataError
 from evaluate import draw_confusion, predict_probabilities, summarize
-from runs import check_resume, check_same_data, load_state, remove_stale_temporaries, save_atomic, write_text_atomic
+from runs import (
+    NUMBER,
+    check_fields,
+    check_output_folder,
+    check_resume,
+    check_same_data,
+    load_state,
+    other_settings,
+    read_json,
+    release_lock,
+    remove_stale_temporaries,
+    save_atomic,
+    take_lock,
+    write_text_atomic,
+)
 from splits import specimens_of
 
 
@@ -82,6 +96,7 @@ def finish(args, made, dataset, pool, test, labeled, rounds, model, setup_second
     results.update(seconds=setup_seconds + sum(r["seconds"] for r in rounds), pool=len(pool), test=len(test))
     results["rounds"] = rounds
     write_text_atomic(json.dumps(results, indent=2), out / "results.json")
+    release_lock(out / "run.lock")
     vote = metrics.get("specimen_accuracy")
     by_specimen = f", specimens {100 * vote:.1f}% by majority vote" if vote is not None else ""
     print(
@@ -112,16 +127,41 @@ def labeled_csv(dataset, labeled: list[dict]) -> str:
 # The run's state: what --resume reads (the one resume design: runs.py)
 
 
+STATE_FIELDS = {"args": dict, "derived": dict, "fingerprint": dict, "labeled": list, "rounds": list, "model": dict}
+STATE_FIELDS.update(generator=torch.Tensor, torch_rng=torch.Tensor, round=int, setup_seconds=NUMBER)
+ROUND_FIELDS = {"round": int, "labeled": int, "mca": NUMBER, "aca": NUMBER, "per_class": dict, "epochs": int}
+ROUND_FIELDS.update(scored=int, train_seconds=NUMBER, score_seconds=NUMBER, seconds=NUMBER)
+RESULTS_FIELDS = {"args": dict, "case": str, "mca": NUMBER, "aca": NUMBER, "per_class": dict, "confusion": list}
+RESULTS_FIELDS.update(labeled=int, pool=int, test=int, rounds=list)
+
+
+def read_results(path) -> dict:
+    """A run's results.json, checked: every key the project reads back, of its type, else one line naming it."""
+    results = check_fields(read_json(path), RESULTS_FIELDS, path, "an active.py run's results.json")
+    for record in results["rounds"]:
+        check_fields(record, ROUND_FIELDS, path, "an active.py run's results.json (a round)")
+    return results
+
+
 def open_run(args, out: Path) -> dict | None:
-    """The killed run's state.pt when resuming (its flags must be this command's), else None."""
+    """Check --out and hold its lock before any work; the killed run's state.pt when resuming, else None.
+
+    A run folder belongs to one run: a new run is refused where one of other settings was made."""
+    check_output_folder(out)
+    take_lock(out / "run.lock", f"--out {out}")
     for name in ("state.pt", "model.pt", "results.json", "labeled.csv", "confusion.png"):
         remove_stale_temporaries(out / name)  # what a save killed half-way left behind
-    if not args.resume:
-        return None
-    required = ("args", "derived", "fingerprint", "labeled", "rounds", "model", "generator", "torch_rng")
-    state = load_state(out / "state.pt", required, "an active.py run")
-    check_resume(state["args"], args, out / "state.pt", may_change=("device",))
-    return state
+    if args.resume:
+        state = load_state(out / "state.pt", STATE_FIELDS, "an active.py run")
+        check_resume(state["args"], args, out / "state.pt", may_change=("device",))
+        return state
+    for made in (out / "results.json", out / "state.pt"):
+        if made.exists():
+            saved = read_results(made) if made.suffix == ".json" else load_state(made, STATE_FIELDS, "an active.py run")
+            differs = other_settings(saved["args"], args, may_change=("device",))
+            if differs is not None:
+                raise DataError(f"--out {out}: holds a run made {differs}; use another --out (or --resume it)")
+    return None
 
 
 def save_state(args, made, dataset, pool, rounds, model, generator, setup_seconds) -> None:

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,11 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def check_flags(args, positive_integers=(), positive_numbers=()) -> None:
-    """One line per bad flag: these must be positive integers, those positive finite numbers (None: not given)."""
+    """One line per bad flag: these must be positive integers, those positive finite numbers (None: not given);
+    a --seed, a seed numpy and torch both take (0 to 2**32 - 1)."""
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < 2**32:
+        raise DataError(f"--seed {seed}: expected a whole number from 0 to {2**32 - 1}")
     for name in positive_integers:
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -65,6 +70,12 @@ def check_flags(args, positive_integers=(), positive_numbers=()) -> None:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise DataError(f"--{name.replace('_', '-')} {value}: expected a positive number")
+
+
+def check_image_size(size: int) -> None:
+    """The network pools a Haar band (half the cell) twice: a side of at least 16 that 4 divides."""
+    if size < 16 or size % 4:
+        raise DataError(f"--image-size {size}: expected a multiple of 4, at least 16")
 
 
 def seed_everything(seed: int) -> None:
@@ -81,27 +92,30 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
-def save_atomic(obj, path: str | Path) -> None:
-    """torch.save to a temporary file beside path, then rename: a killed run never leaves half a file."""
+def _write_atomic(write, path: str | Path) -> None:
+    """write(temporary) beside path, then rename: a killed run never leaves half a file, a failed one no file.
+
+    A failure (a full disk, a folder made read-only meanwhile) is one line naming the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary(path)
     try:
-        torch.save(obj, temporary)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(temporary)
         os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:  # torch.save reports an unwritable file as a RuntimeError
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        raise DataError(f"{path}: cannot write ({reason})") from None
     finally:
-        temporary.unlink(missing_ok=True)  # a failed write leaves no partial file behind
+        temporary.unlink(missing_ok=True)
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """torch.save, atomically (_write_atomic)."""
+    _write_atomic(lambda temporary: torch.save(obj, temporary), path)
 
 
 def write_bytes_atomic(data: bytes, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(path)
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    _write_atomic(lambda temporary: temporary.write_bytes(data), path)
 
 
 def write_text_atomic(text: str, path: str | Path) -> None:
@@ -167,16 +181,27 @@ def network_from_checkpoint(checkpoint: dict, name: str = "--checkpoint") -> Par
 # Resume: one design for train.py and active.py
 
 
-def load_state(path: str | Path, required: tuple[str, ...], what: str) -> dict:
+NUMBER = (int, float)
+
+
+def check_fields(record, fields: dict, path, what: str) -> dict:
+    """A file the project reads back holds what it must: each key of `fields`, of its type; else one line."""
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: not {what} (expected a dict, found {type(record).__name__})")
+    for key, kind in fields.items():
+        if key not in record:
+            raise DataError(f"{path}: not {what} (no '{key}')")
+        if not isinstance(record[key], kind) or isinstance(record[key], bool) and kind is NUMBER:
+            raise DataError(f"{path}: not {what} ('{key}' is a {type(record[key]).__name__})")
+    return record
+
+
+def load_state(path: str | Path, fields: dict, what: str) -> dict:
     """The state file of a killed run, or a one-line error: a resume with nothing to resume is an error."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"--resume: no {path.name} at {path.parent} to resume (run the command without --resume)")
-    state = load_checkpoint(path, "--resume")
-    missing = [key for key in required if key not in state]
-    if missing:
-        raise DataError(f"--resume {path}: not the state of {what} (no {', '.join(repr(key) for key in missing)})")
-    return state
+    return check_fields(load_checkpoint(path, "--resume"), fields, path, f"the state of {what}")
 
 
 def _as_given(key: str, value) -> str:
@@ -189,17 +214,25 @@ def _as_given(key: str, value) -> str:
     return f"with {flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
 
 
-def check_resume(saved_args: dict, args, path, may_change: tuple[str, ...]) -> None:
-    """Refuse, in one line, a resume whose flags differ from the run's, except those in may_change."""
+def other_settings(saved_args: dict, args, may_change: tuple[str, ...]) -> str | None:
+    """How a run's saved flags differ from these ('with --seed 0, not with --seed 1'), or None if they do not."""
     for key, value in vars(args).items():
         if key in may_change or key in ("resume", "out") or key not in saved_args:
             continue
         if saved_args[key] != value:
-            flags = ", ".join(f"--{name.replace('_', '-')}" for name in may_change)
-            raise DataError(
-                f"--resume: {path} was made {_as_given(key, saved_args[key])}, not {_as_given(key, value)}; "
-                f"a resume may change only {flags} (start a new run with another --out instead)"
-            )
+            return f"{_as_given(key, saved_args[key])}, not {_as_given(key, value)}"
+    return None
+
+
+def check_resume(saved_args: dict, args, path, may_change: tuple[str, ...]) -> None:
+    """Refuse, in one line, a resume whose flags differ from the run's, except those in may_change."""
+    differs = other_settings(saved_args, args, may_change)
+    if differs is not None:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in may_change)
+        raise DataError(
+            f"--resume: {path} was made {differs}; a resume may change only {flags} "
+            "(start a new run with another --out instead)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,3 +265,98 @@ def check_same_data(saved: dict, dataset, path) -> None:
             raise DataError(f"{where}: {new} changed (its image, label or specimen)")
     if saved.get("cells") != now["cells"]:
         raise DataError(f"{where}: the cells' content changed")
+
+
+# ---------------------------------------------------------------------------------------------
+# Every command's main: one error line, never a traceback
+
+
+def run_command(run, args):
+    """Run a script's `run(args)`: bad input or a failed write ends in one `error:` line, Ctrl-C in how to resume."""
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
+    try:
+        return run(args)
+    except DataError as error:
+        sys.exit(f"error: {error}")
+    except OSError as error:  # a write or read the checks before the work could not foresee (disk full, ...)
+        where = f"{error.filename}: " if error.filename else ""
+        sys.exit(f"error: {where}{error.strerror or error}")
+    except KeyboardInterrupt:
+        resume = " with --resume" if hasattr(args, "resume") else ""
+        sys.exit(f"interrupted: what was saved is kept; run the same command{resume} to continue")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output paths, checked before any work, and the lock that gives a run folder to one run
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """A folder the run may write in: made if missing; refused in one line if it is a file or cannot be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{flag} {path}: is a file; expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-check{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise DataError(f"{flag} {path}: cannot write there ({error.strerror or error})") from None
+    return path
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """A file the run may write: refused in one line if it is a folder or its folder cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{flag} {path}: is a folder; expected the path of a file to write")
+    blocking = next((folder for folder in path.parents if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise DataError(f"{flag} {path}: {blocking} is a file, not a folder; cannot write there")
+    check_output_folder(path.parent, flag)
+    return path
+
+
+def _holder(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def take_lock(lock: Path, what: str) -> None:
+    """Hold `lock` for this process: a file made with O_EXCL that holds its process id.
+
+    A lock whose process is gone (a killed run) is stale and taken over; one held by a live process is
+    refused in one line, so that two runs never write one folder."""
+    for _ in range(3):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None and holder != os.getpid() and _alive(holder):
+                held = f"another run (process {holder}) is writing there; wait for it, or use another --out"
+                raise DataError(f"{what}: {held}")
+            lock.unlink(missing_ok=True)  # stale: its run was killed (or it is this process's own)
+            continue
+        except OSError as error:
+            raise DataError(f"{what}: cannot write there ({error.strerror or error})") from None
+        with os.fdopen(descriptor, "w") as file:
+            file.write(str(os.getpid()))
+        return
+    raise DataError(f"{what}: cannot take its lock {lock}")
+
+
+def release_lock(lock: Path) -> None:
+    if _holder(lock) == os.getpid():
+        lock.unlink(missing_ok=True)

@@ -162,7 +162,17 @@ def split_dataset(dataset: CellDataset, by: str, fractions: list[float], seed: i
     """Indices of each side: whole specimens per side (by='specimen') or cells stratified by class ('cells')."""
     if by == "specimen":
         return specimen_split(dataset.labels, dataset.specimens, fractions, seed, dataset.class_names, names)
-    return stratified_split(dataset.labels, fractions, seed)
+    parts = stratified_split(dataset.labels, fractions, seed)
+    for name, fraction, part in zip(names, fractions, parts):
+        missing = set(range(len(dataset.class_names))) - set(dataset.labels[part].tolist())
+        if fraction > 0 and missing:  # MCA would be averaged over the other classes without a word
+            label = min(missing)
+            count = int((dataset.labels == label).sum())
+            raise DataError(
+                f"--split cells: class '{dataset.class_names[label]}' has {count} cell(s), too few to put one on the "
+                f"{name} side too; add cells of it, or drop it with --classes"
+            )
+    return parts
 
 
 def development_split(dataset: CellDataset, by: str, pool: torch.Tensor, fractions: list[float], seed: int):

@@ -158,7 +158,8 @@ def synthetic_dataset(
         num_cells = num_cells or 1500
     else:
         raise ValueError(f"kind must be 'source' or 'target', got {kind}")
-    counts = [max(2, round(num_cells * share)) for share in proportions]
+    # At least 6 cells a class, so that even a tiny set puts one of each class on every side of a 70/15/15 split.
+    counts = [max(6, round(num_cells * share)) for share in proportions]
     # Filled in place, not stacked from a list of cells: one copy in memory, even at LSHEp-2's 63,445 cells.
     images = np.empty((sum(counts), image_size, image_size), dtype=np.uint8)
     labels = []

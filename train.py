@@ -21,7 +21,6 @@ epoch, runs/pretrained.pt.state so that a killed run resumes where it was.
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -33,21 +32,31 @@ from evaluate import draw_confusion, format_report, predict_probabilities, summa
 from layouts import get_dataset, parse_class_list
 from model import ParallelResNet, trainable_parameters
 from runs import (
+    NUMBER,
     add_device_flag,
     check_flags,
+    check_image_size,
+    check_output_file,
     check_resume,
     check_same_data,
     data_fingerprint,
+    derived,
     load_checkpoint,
     load_state,
     pick_device,
+    release_lock,
     remove_stale_temporaries,
+    run_command,
     save_atomic,
     seed_everything,
+    take_lock,
 )
 from splits import add_split_flags, describe_split, resolve_split, specimens_of, split_dataset
 
 RESUME_MAY_CHANGE = ("max_epochs", "patience", "device")
+# What OUT.state must hold, each of its type, before a resume trusts it.
+STATE_FIELDS = {"args": dict, "fingerprint": dict, "model": dict, "optimizer": dict, "history": list}
+STATE_FIELDS.update(generator=torch.Tensor, torch_rng=torch.Tensor, epoch=int, best_loss=NUMBER, bad_epochs=int)
 
 
 def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, generator=None):
@@ -80,14 +89,12 @@ def run(args):
     """Sec. 3.1's initial learning: train epoch by epoch, keep the lowest validation loss, stop after patience."""
     check_train_flags(args)
     device = pick_device(args.device)
+    state_path = claim_output(args)
     seed_everything(args.seed)
     dataset, made, (train_set, val_set, test_set) = source_and_split(args)
     model = ParallelResNet(len(dataset.class_names)).to(device)
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)
-    state_path = Path(args.out).with_name(Path(args.out).name + ".state")
-    for path in (args.out, state_path):  # what a save killed half-way left behind
-        remove_stale_temporaries(path)
     progress = {"epoch": 0, "best_loss": math.inf, "bad_epochs": 0, "history": []}
     if args.resume:
         progress = restore(args, state_path, dataset, model, optimizer, generator)
@@ -120,10 +127,25 @@ def run(args):
 
 def check_train_flags(args) -> None:
     check_flags(args, ("max_epochs", "batch_size", "rotations", "patience", "synthetic_cells"), ("lr",))
-    if args.image_size < 16 or args.image_size % 4:
-        raise DataError(f"--image-size {args.image_size}: expected a multiple of 4, at least 16")
+    check_image_size(args.image_size)
     if not (0 < args.val_fraction < 1 and 0 <= args.test_fraction < 1 and args.val_fraction + args.test_fraction < 1):
         raise DataError("--val-fraction/--test-fraction: expected fractions in (0, 1) that sum to less than 1")
+
+
+def claim_output(args) -> Path:
+    """Check --out before any work and hold its lock; returns the state file's path (OUT.state).
+
+    A checkpoint of another kind at --out (active.py's model.pt, a campaign's) is never overwritten."""
+    out = check_output_file(args.out, "--out")
+    state_path = out.with_name(out.name + ".state")
+    take_lock(out.with_name(out.name + ".lock"), f"--out {out}")
+    for path in (out, state_path):  # what a save killed half-way left behind
+        remove_stale_temporaries(path)
+    if out.exists() and not args.resume:
+        kind = derived(load_checkpoint(out, "--out")).get("data_kind", "source")
+        if kind != "source":
+            raise DataError(f"--out {out}: holds a {kind} checkpoint, not train.py's; choose another --out")
+    return state_path
 
 
 def source_and_split(args):
@@ -152,8 +174,7 @@ def source_and_split(args):
 
 def restore(args, state_path: Path, dataset, model, optimizer, generator) -> dict:
     """Put a killed run's weights, optimizer and random states back (the one resume design: runs.py)."""
-    required = ("args", "fingerprint", "model", "optimizer", "generator", "torch_rng", "epoch", "history")
-    state = load_state(state_path, required + ("best_loss", "bad_epochs"), "a train.py run")
+    state = load_state(state_path, STATE_FIELDS, "a train.py run")
     check_resume(state["args"], args, state_path, RESUME_MAY_CHANGE)
     check_same_data(state["fingerprint"], dataset, state_path)
     model.load_state_dict(state["model"])
@@ -201,6 +222,7 @@ def final_test(args, model, dataset, made, test_set, progress: dict, device) -> 
     print(f"best epoch {best['epoch']}: validation MCA {100 * val['mca']:.2f}% ACA {100 * val['aca']:.2f}%")
     if "test" in metrics:
         print(f"test split ({made['split']}): " + format_report(metrics["test"], dataset.class_names))
+    release_lock(Path(args.out).with_name(Path(args.out).name + ".lock"))
     print(f"checkpoint written to {args.out}")
     return {"checkpoint": args.out, "metrics": metrics, "history": history}
 
@@ -239,12 +261,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
-    try:
-        return run(args)
-    except DataError as error:
-        sys.exit(f"error: {error}")
+    return run_command(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,16 @@ I3A = ROOT.parent / "shared" / "data" / "i3a"
 TINY = ["--image-size", "32", "--device", os.environ.get("HEP2_TEST_DEVICE", "cpu")]
 
 
+def fails(main, argv, *words):
+    """main(argv) exits with one line that starts with 'error: ' and holds every word (no traceback)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    text = str(exit_info.value)
+    assert text.startswith("error: ") and "\n" not in text, text
+    assert all(word in text for word in words), text
+    return text
+
+
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory):
     """A tiny pretrained checkpoint made by train.py itself on the synthetic source."""
