@@ -44,8 +44,11 @@ from runs import (
     check_image_size,
     data_fingerprint,
     load_checkpoint,
+    in_precision,
     network_from_checkpoint,
     pick_device,
+    pick_precision,
+    precision_line,
     preprocessing,
     run_command,
     seed_everything,
@@ -137,19 +140,22 @@ def choose(model, forward, unlabeled, count, round_index, strategy, generator, d
 
 
 @torch.inference_mode()
-def early_feature_cache(model: ParallelResNet, images: torch.Tensor, device, batch_size: int = 16):
+def early_feature_cache(model: ParallelResNet, images: torch.Tensor, device, batch_size=16, precision="float32"):
     """The frozen layers' output for every image, once (float16 on the CPU: 50 KB a cell), so that every
     round trains and scores only the layers above them (--no-cache runs the full network every step).
 
     Valid because those layers are fixed and their BatchNorm is in eval mode, so their output for a given
     input never changes (Sec. 3.1). Not the paper: a speed device (docs/speed.md). Batches of 16: on a CPU
-    a batch whose activations (800 KB a cell) fit in the caches beats a large one.
+    a batch whose activations (800 KB a cell) fit in the caches beats a large one. precision "bfloat16": the
+    convolutions under bfloat16 autocast (runs.in_precision).
     """
     model.eval()
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
     approximations = details = None
     for start in range(0, len(images), batch_size):
-        batch = model_inputs(images[start : start + batch_size], device)
-        early_approximation, early_details = model.early_features(*batch)
+        with autocast:
+            batch = model_inputs(images[start : start + batch_size], device)
+            early_approximation, early_details = model.early_features(*batch)
         if approximations is None:  # filled in place: concatenating batches would hold the cache twice
             approximations = torch.empty((len(images), *early_approximation.shape[1:]), dtype=torch.float16)
             details = torch.empty((len(images), *early_details.shape[1:]), dtype=torch.float16)
@@ -159,21 +165,52 @@ def early_feature_cache(model: ParallelResNet, images: torch.Tensor, device, bat
     return approximations, details
 
 
-def forward_fn(model: ParallelResNet, images: torch.Tensor, cache, device):
-    """A function from dataset indices to logits: through the cached early features if any, else the full network."""
+def forward_fn(model: ParallelResNet, images: torch.Tensor, cache, device, mix: bool = False):
+    """A function from dataset indices to logits: through the cached early features if any, else the full network.
+
+    With mix, training batches (train mode, gradients on) mix the early features' styles (mix_styles)."""
     if cache is not None:
         early_approximation, early_details = cache
 
-        def forward(index):
-            inputs = early_approximation[index].to(device).float(), early_details[index].to(device).float()
-            return model.head(model.late_features(*inputs))
+        def early(index):
+            return early_approximation[index].to(device).float(), early_details[index].to(device).float()
 
     else:
 
-        def forward(index):
-            return model(*model_inputs(images[index], device))
+        def early(index):
+            return model.early_features(*model_inputs(images[index], device))
+
+    def forward(index):
+        features = early(index)
+        if mix and model.training and torch.is_grad_enabled():  # not when scoring, nor in recalibrate_batchnorm
+            features = mix_styles(*features)
+        return model.head(model.late_features(*features))
 
     return forward
+
+
+MIX_ALPHA = 0.1  # MixStyle's Beta(0.1, 0.1): most mixing weights near 0 or 1, a few in between (Zhou et al.)
+
+
+def mix_styles(approximation: torch.Tensor, details: torch.Tensor):
+    """MixStyle (Zhou et al., ICLR 2021; not in the paper, issue #33) on the frozen layers' output: in half the
+    batches each cell's channel means and deviations are blended with a random other labeled cell's, so that
+    the trainable layers cannot lean on a specimen's look (exposure, staining). The same partner and weight
+    in both branches. Draws from torch's global generator, which state.pt keeps: a resumed run mixes alike."""
+    if torch.rand(()) >= 0.5:
+        return approximation, details
+    count = len(approximation)
+    partner = torch.randperm(count)
+    weight = torch.distributions.Beta(MIX_ALPHA, MIX_ALPHA).sample((count, 1, 1, 1)).to(approximation.device)
+
+    def mixed(features):
+        mean = features.mean(dim=(2, 3), keepdim=True)
+        deviation = (features.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt()
+        style_mean = weight * mean + (1 - weight) * mean[partner]
+        style_deviation = weight * deviation + (1 - weight) * deviation[partner]
+        return (features - mean) / deviation * style_deviation + style_mean
+
+    return mixed(approximation), mixed(details)
 
 
 PROGRESS_SECONDS = 30  # fine_tune prints an epoch line at most this often (a round line ends every round)
@@ -203,14 +240,15 @@ def fine_tune(
     labeled: the dataset indices to train on; forward maps a batch of them to logits (Eq. 1, loss Eq. 2).
     stop_weights "best" restores the lowest-training-loss epoch's weights at the end (a late spike of
     the loss on a small labeled set would otherwise be what the round keeps), "last" keeps the final
-    epoch's; batchnorm "recalibrate" then recomputes the BatchNorm statistics (recalibrate_batchnorm).
-    Returns (epochs run, the kept epoch, its training loss, images seen).
+    epoch's, "average" the mean of the weights of the epochs from AVERAGE_FROM on; batchnorm "recalibrate"
+    then recomputes the BatchNorm statistics (recalibrate_batchnorm).
+    Returns (epochs run, the kept epoch (the last averaged one), its training loss, images seen).
     """
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=lr)
     labeled = torch.as_tensor(labeled)
     model.train()
     best, bad, epoch, seen, epoch_loss, best_weights, best_epoch = float("inf"), 0, 0, 0, float("nan"), None, 0
-    started = last_line = time.time()
+    started, last_line, averaged, first_averaged = time.time(), time.time(), None, min(AVERAGE_FROM, max_epochs)
     while epoch < max_epochs and bad < patience:
         epoch += 1
         order = labeled[torch.randperm(len(labeled), generator=generator)]
@@ -229,20 +267,46 @@ def fine_tune(
                 best_weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
         else:
             bad += 1  # Sec. 3.1: "training is stopped when the loss does not decrease five times in a row"
-        if time.time() - last_line >= PROGRESS_SECONDS:
-            last_line, elapsed = time.time(), time.time() - started
-            rate = seen / max(elapsed, 1e-9)  # a coarse clock can read 0 s
-            print(f"  epoch {epoch:3d}/{max_epochs} | loss {epoch_loss:.4f} | {rate:5.0f} img/s | {elapsed:6.1f}s")
+        if stop_weights == "average" and epoch >= first_averaged:
+            averaged = running_mean(averaged, model.state_dict(), epoch - first_averaged + 1)
+        if time.time() - last_line >= PROGRESS_SECONDS:  # a long round shows its epochs
+            last_line = epoch_line(epoch, max_epochs, epoch_loss, seen, started)
     kept = epoch
     if best_weights is not None and bad > 0:
         model.load_state_dict(best_weights)
         epoch_loss, kept = best, best_epoch
+    elif averaged is not None:
+        model.load_state_dict(averaged)
     if batchnorm == "recalibrate":
         recalibrate_batchnorm(model, forward, labeled, batch_size)
     return epoch, kept, epoch_loss, seen
 
 
-TRAINING_FLAGS = ("lr", "max_epochs", "patience", "batch_size", "stop_weights", "batchnorm")
+def epoch_line(epoch: int, max_epochs: int, loss: float, seen: int, started: float) -> float:
+    """Print an epoch's progress line: its loss, the throughput and the time so far; returns when it printed."""
+    elapsed = time.time() - started
+    rate = seen / max(elapsed, 1e-9)  # a coarse clock can read 0 s
+    print(f"  epoch {epoch:3d}/{max_epochs} | loss {loss:.4f} | {rate:5.0f} img/s | {elapsed:6.1f}s")
+    return time.time()
+
+
+TRAINING_FLAGS = ("max_epochs", "patience", "batch_size", "stop_weights", "batchnorm")  # lr: Sec. 3.1's 0.001
+# --stop-weights average (not in the paper; issue #33): the mean of the weights of epochs 3 to the last, as
+# stochastic weight averaging, whose flat minima generalise across domains (SWAD, Cha et al., NeurIPS 2021).
+AVERAGE_FROM = 3
+
+
+def running_mean(mean: dict | None, weights: dict, count: int) -> dict:
+    """The mean of `count` state dicts, given the mean of the first count - 1 and the count-th (integer
+    buffers, such as BatchNorm's batch counter, are the latest's)."""
+    if mean is None:
+        return {key: value.detach().clone() for key, value in weights.items()}
+    for key, value in weights.items():
+        if value.is_floating_point():
+            mean[key] += (value.detach() - mean[key]) / count
+        else:
+            mean[key] = value.detach().clone()
+    return mean
 
 
 @torch.no_grad()
@@ -282,15 +346,19 @@ def run(args):
     seed_everything(args.seed)
     made = {"case": case_name(args), "out": run_folder(args)}  # what the run works out; args stay as given
     state = open_run(args, Path(made["out"]))
+    made["precision"] = pick_precision(device, args.float32)  # bfloat16 where the device computes in it
+    print(precision_line(device, made["precision"]))
     dataset, model = target_and_network(args, made, device)
     pool_side, test = split_pool_and_test(dataset, made["split"], args)  # Step 1
     sizes = round_sizes(len(pool_side), args.limit, args.strategy, args.k_fraction, args.m_fraction)
-    forward = forward_fn(model, dataset.images, frozen_cache(model, dataset, device, args.no_cache), device)
+    cache = frozen_cache(model, dataset, device, args.no_cache, made["precision"])
+    forward = forward_fn(model, dataset.images, cache, device, mix=args.mixstyle)
+    forward = in_precision(forward, device, made["precision"])
     generator = torch.Generator().manual_seed(args.seed)
     training = {key: getattr(args, key) for key in TRAINING_FLAGS}  # fine_tune's settings, the same every round
     pool, rounds, setup_seconds = Pool(pool_side), [], time.time() - run_started
     if state is not None:
-        rounds, setup_seconds = restore(state, dataset, model, generator, pool, setup_seconds)
+        rounds, setup_seconds = restore(state, made, dataset, model, generator, pool, setup_seconds)
     print(plan_line(made["case"], len(pool_side), len(test), sizes))
 
     for round_index in range(len(rounds), len(sizes)):
@@ -330,7 +398,7 @@ def check_run_flags(args) -> None:
         if not 0 < getattr(args, flag) <= 1:
             name = flag.replace("_", "-")
             raise DataError(f"--{name} {getattr(args, flag)}: expected a fraction of the budget in (0, 1]")
-    check_flags(args, ("max_epochs", "patience", "batch_size", "synthetic_cells"), ("lr",))
+    check_flags(args, ("max_epochs", "patience", "batch_size", "synthetic_cells"))
     if args.scratch:  # else the cells are prepared as the checkpoint's were
         check_image_size(args.image_size)
 
@@ -377,12 +445,12 @@ def split_pool_and_test(dataset, split: str, args):
     return pool, test
 
 
-def frozen_cache(model, dataset, device, no_cache: bool):
+def frozen_cache(model, dataset, device, no_cache: bool, precision: str):
     """The frozen layers' output for every cell when the early layers are frozen, else None (full network)."""
     if not model.early_frozen or no_cache:  # only frozen layers' output stays the same every round
         return None
     started = time.time()
-    cache = early_feature_cache(model, dataset.images, device)
+    cache = early_feature_cache(model, dataset.images, device, precision=precision)
     print(f"cached the frozen layers' output for {len(dataset)} cells in {time.time() - started:.1f}s")
     return cache
 
@@ -413,20 +481,25 @@ def build_parser():
     add("--max-epochs", type=int, default=MAX_EPOCHS, help=cap)
     patience = "stop after this many epochs without a lower training loss (default: 5, Sec. 3.1)"
     add("--patience", type=int, default=5, help=patience)
-    stop = "keep the weights of the lowest-training-loss epoch, or the last epoch's as the paper (default: best)"
-    add("--stop-weights", default="best", choices=["best", "last"], help=stop)
+    stop = "keep the weights of the lowest-training-loss epoch, the last epoch's as the paper, or the mean of "
+    stop += f"epochs {AVERAGE_FROM} to the last (default: best)"
+    add("--stop-weights", default="best", choices=["best", "last", "average"], help=stop)
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning, or keep the running ones as the paper "
     batchnorm += "(default: recalibrate)"
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm)
+    mixstyle = "fine-tune with the early features' channel statistics mixed between labeled cells (default: off)"
+    add("--mixstyle", action="store_true", help=mixstyle)
     development = "leave the test specimens out, split the pool again into a development pool and test (default: off)"
     add("--development", action="store_true", help=development)
     add("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
-    add("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001, Sec. 3.1)")
     add("--test-fraction", type=float, default=0.2, help="held-out test share (default: 0.2, Sec. 3.1)")
     add("--image-size", type=int, default=112, help="with --scratch: cell size (default: 112; else the checkpoint's)")
     normalize = "with --scratch: per-cell intensity stretch (default: percentile; none is the paper's)"
     add("--normalize", default="percentile", choices=NORMALIZATIONS, help=normalize)
     add("--no-cache", action="store_true", help="run the frozen layers every step (default: cache their output)")
+    float32 = "compute in float32 everywhere, the exact path (default: bfloat16 autocast where the device computes "
+    float32 += "in it: CPUs with AVX512-BF16 or AMX, CUDA GPUs; docs/speed.md)"
+    add("--float32", action="store_true", help=float32)
     add("--out", default=None, help="run directory (default: runs/<case>-limit<limit>-seed<seed>)")
     add("--resume", action="store_true", help="continue the killed run in --out: the same command (default: off)")
     add_device_flag(parser)

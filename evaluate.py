@@ -26,6 +26,7 @@ from runs import (
     add_device_flag,
     check_flags,
     check_output_file,
+    in_precision,
     derived,
     load_checkpoint,
     network_from_checkpoint,
@@ -125,17 +126,19 @@ def summarize(
 
 
 @torch.inference_mode()
-def predict_probabilities(model, images: torch.Tensor, device: torch.device, batch_size: int = 32, forward=None):
+def predict_probabilities(model, images, device: torch.device, batch_size=32, forward=None, precision="float32"):
     """Softmax probabilities (Eq. 1) in eval mode, batch by batch: the one inference function of the project.
 
-    images are uint8 cells for the full network; with forward (a function from a
-    batch of them to logits: active.py passes dataset indices and a function
-    through its cached frozen layers) anything forward accepts.
+    images are uint8 cells for the full network (under bfloat16 autocast with precision "bfloat16");
+    with forward (a function from a batch of them to logits: active.py passes dataset indices and a
+    function through its cached frozen layers) anything forward accepts.
     """
     if forward is None:
 
-        def forward(batch):
+        def network(batch):
             return model(*model_inputs(batch, device))
+
+        forward = in_precision(network, device, precision)
 
     was_training = model.training
     model.eval()

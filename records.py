@@ -26,6 +26,7 @@ from runs import (
     check_output_folder,
     check_resume,
     check_same_data,
+    check_same_precision,
     load_state,
     other_settings,
     read_json,
@@ -76,7 +77,7 @@ def finish(args, made, dataset, pool, test, labeled, rounds, model, setup_second
     out, device = Path(made["out"]), next(model.parameters()).device
     # The final test metrics with the full network: they must equal the cached path's.
     cell_specimens = [dataset.specimens[i] for i in test.tolist()] if made["split"] == "specimen" else None
-    probabilities = predict_probabilities(model, dataset.images[test], device, 64)
+    probabilities = predict_probabilities(model, dataset.images[test], device, 64, precision=made["precision"])
     metrics = summarize(dataset.labels[test], probabilities, dataset.class_names, cell_specimens)
     fractions = [1 - args.test_fraction, args.test_fraction]
     # evaluate.py remakes the split from these; the development split from the same seed
@@ -182,9 +183,11 @@ def save_state(args, made, dataset, pool, rounds, model, generator, setup_second
     save_atomic(state, Path(made["out"]) / "state.pt")
 
 
-def restore(state: dict, dataset, model, generator, pool, setup_seconds: float):
+def restore(state: dict, made: dict, dataset, model, generator, pool, setup_seconds: float):
     """Put a killed run's labels, weights and random states back; (its rounds, its setup time and this one's)."""
-    check_same_data(state["fingerprint"], dataset, Path(state["derived"]["out"]) / "state.pt")
+    path = Path(state["derived"]["out"]) / "state.pt"
+    check_same_data(state["fingerprint"], dataset, path)
+    check_same_precision(state["derived"], made, path)
     model.load_state_dict(state["model"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])

@@ -15,7 +15,6 @@ Not the paper (the workshop). What a reader of the method can skip:
 
 import hashlib
 import json
-import math
 import os
 import random
 import sys
@@ -56,9 +55,9 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def check_flags(args, positive_integers=(), positive_numbers=()) -> None:
-    """One line per bad flag: these must be positive integers, those positive finite numbers (None: not given);
-    a --seed, a seed numpy and torch both take (0 to 2**32 - 1)."""
+def check_flags(args, positive_integers=()) -> None:
+    """One line per bad flag: these must be positive integers (None: not given); a --seed, one numpy and torch
+    both take (0 to 2**32 - 1)."""
     seed = getattr(args, "seed", None)
     if seed is not None and not 0 <= seed < 2**32:
         raise DataError(f"--seed {seed}: expected a whole number from 0 to {2**32 - 1}")
@@ -66,10 +65,6 @@ def check_flags(args, positive_integers=(), positive_numbers=()) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise DataError(f"--{name.replace('_', '-')} {value}: expected a positive integer")
-    for name in positive_numbers:
-        value = getattr(args, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise DataError(f"--{name.replace('_', '-')} {value}: expected a positive number")
 
 
 def check_image_size(size: int) -> None:
@@ -360,3 +355,52 @@ def take_lock(lock: Path, what: str) -> None:
 def release_lock(lock: Path) -> None:
     if _holder(lock) == os.getpid():
         lock.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision: bfloat16 where the device computes in it, float32 everywhere else (docs/speed.md)
+
+
+def computes_bfloat16(device: torch.device) -> bool:
+    """Whether the device computes in bfloat16 rather than emulating it: CUDA GPUs with bf16, CPUs with
+    AVX512-BF16 or AMX. Elsewhere emulated bfloat16 is slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def pick_precision(device: torch.device, float32: bool) -> str:
+    """'bfloat16' (autocast) where the device computes in it, unless --float32 asks for the exact path."""
+    return "bfloat16" if not float32 and computes_bfloat16(device) else "float32"
+
+
+def precision_line(device: torch.device, precision: str) -> str:
+    """The run's first lines say how it computes, and why."""
+    if precision == "bfloat16":
+        return f"precision: bfloat16 autocast ({device.type} computes in it; --float32 for the exact path)"
+    why = "--float32" if computes_bfloat16(device) else f"this {device.type} does not compute in bfloat16"
+    return f"precision: float32 ({why})"
+
+
+def in_precision(forward, device: torch.device, precision: str):
+    """forward under bfloat16 autocast when precision says so, its output back in float32: the convolutions and
+    the linear layers compute in bfloat16, while the loss, the softmax and the entropy, the BatchNorm statistics
+    and the optimizer's state stay float32. With float32, forward itself: the exact path."""
+    if precision == "float32":
+        return forward
+
+    def autocast_forward(*inputs):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            return forward(*inputs).float()
+
+    return autocast_forward
+
+
+def check_same_precision(saved: dict, made: dict, path) -> None:
+    """A run resumes in the precision it ran in, or not at all: another one would give other numbers."""
+    before, now = saved.get("precision", "float32"), made["precision"]
+    if before != now:
+        advice = "resume it on a device like the run's, with the run's --float32"
+        raise DataError(f"--resume {path}: the run computed in {before}, this command would in {now}; {advice}")

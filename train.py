@@ -39,11 +39,15 @@ from runs import (
     check_output_file,
     check_resume,
     check_same_data,
+    check_same_precision,
     data_fingerprint,
+    in_precision,
     derived,
     load_checkpoint,
     load_state,
     pick_device,
+    pick_precision,
+    precision_line,
     release_lock,
     remove_stale_temporaries,
     run_command,
@@ -59,7 +63,7 @@ STATE_FIELDS = {"args": dict, "fingerprint": dict, "model": dict, "optimizer": d
 STATE_FIELDS.update(generator=torch.Tensor, torch_rng=torch.Tensor, epoch=int, best_loss=NUMBER, bad_epochs=int)
 
 
-def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, generator=None):
+def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, generator=None, precision="float32"):
     """One pass over every (image, rotation view) pair in a random order; returns (loss, accuracy, seen).
 
     With views=20 an epoch sees each training image at 0, 18, ..., 342 degrees
@@ -67,6 +71,7 @@ def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, g
     of 20"), rotated on the fly so the 20x set is never stored.
     """
     model.train()
+    network = in_precision(model, device, precision)  # bfloat16 autocast where the device computes in it
     angles = rotation_angles(views)
     order = torch.randperm(len(images) * views, generator=generator)
     total_loss, correct = 0.0, 0
@@ -75,7 +80,7 @@ def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, g
         index, view = pairs // views, pairs % views
         approximation, details = model_inputs(images[index], device, angles[view] if views > 1 else None)
         target = labels[index].to(device)
-        logits = model(approximation, details)
+        logits = network(approximation, details)
         loss = F.cross_entropy(logits, target)  # Eq. 2 on the softmax of Eq. 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,22 +97,24 @@ def run(args):
     state_path = claim_output(args)
     seed_everything(args.seed)
     dataset, made, (train_set, val_set, test_set) = source_and_split(args)
+    made["precision"] = pick_precision(device, args.float32)  # bfloat16 where the device computes in it
+    print(precision_line(device, made["precision"]))
     model = ParallelResNet(len(dataset.class_names)).to(device)
-    optimizer = torch.optim.Adam(trainable_parameters(model), lr=args.lr)
+    optimizer = torch.optim.Adam(trainable_parameters(model), lr=1e-3)  # Sec. 3.1: "a learning rate of 0.001"
     generator = torch.Generator().manual_seed(args.seed)
     progress = {"epoch": 0, "best_loss": math.inf, "bad_epochs": 0, "history": []}
     if args.resume:
-        progress = restore(args, state_path, dataset, model, optimizer, generator)
+        progress = restore(args, made, state_path, dataset, model, optimizer, generator)
     record = {"class_names": dataset.class_names, "args": vars(args), "derived": made}
 
     for epoch in range(progress["epoch"] + 1, args.max_epochs + 1):
         if progress["bad_epochs"] >= args.patience:
             break  # Sec. 3.1: the validation loss has not improved for `patience` epochs in a row
         started = time.time()
-        train_loss, train_acc, seen = train_epoch(
-            model, optimizer, train_set.images, train_set.labels, args.batch_size, device, args.rotations, generator
-        )
-        val = summarize(val_set.labels, predict_probabilities(model, val_set.images, device), dataset.class_names)
+        train_loss, train_acc, seen = train_epoch(model, optimizer, train_set.images, train_set.labels,
+                                                  args.batch_size, device, args.rotations, generator, made["precision"])
+        probabilities = predict_probabilities(model, val_set.images, device, precision=made["precision"])
+        val = summarize(val_set.labels, probabilities, dataset.class_names)
         seconds = time.time() - started
         improved = val["loss"] < progress["best_loss"]
         if improved:  # the best checkpoint: what active.py fine-tunes
@@ -126,7 +133,7 @@ def run(args):
 
 
 def check_train_flags(args) -> None:
-    check_flags(args, ("max_epochs", "batch_size", "rotations", "patience", "synthetic_cells"), ("lr",))
+    check_flags(args, ("max_epochs", "batch_size", "rotations", "patience", "synthetic_cells"))
     check_image_size(args.image_size)
     if not (0 < args.val_fraction < 1 and 0 <= args.test_fraction < 1 and args.val_fraction + args.test_fraction < 1):
         raise DataError("--val-fraction/--test-fraction: expected fractions in (0, 1) that sum to less than 1")
@@ -172,11 +179,12 @@ def source_and_split(args):
     return dataset, made, [dataset.subset(part) for part in parts]
 
 
-def restore(args, state_path: Path, dataset, model, optimizer, generator) -> dict:
+def restore(args, made: dict, state_path: Path, dataset, model, optimizer, generator) -> dict:
     """Put a killed run's weights, optimizer and random states back (the one resume design: runs.py)."""
     state = load_state(state_path, STATE_FIELDS, "a train.py run")
     check_resume(state["args"], args, state_path, RESUME_MAY_CHANGE)
     check_same_data(state["fingerprint"], dataset, state_path)
+    check_same_precision(state.get("derived", {}), made, state_path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
@@ -212,7 +220,7 @@ def final_test(args, model, dataset, made, test_set, progress: dict, device) -> 
     metrics = dict(best["metrics"])
     if len(test_set):
         specimens = test_set.specimens if made["split"] == "specimen" else None
-        probabilities = predict_probabilities(model, test_set.images, device)
+        probabilities = predict_probabilities(model, test_set.images, device, precision=made["precision"])
         metrics["test"] = summarize(test_set.labels, probabilities, dataset.class_names, specimens)
         picture = Path(args.out).with_name(Path(args.out).stem + "-confusion.png")  # beside --out, named after it
         title = f"pretraining, test split of {dataset.source}"
@@ -243,7 +251,6 @@ def build_parser():
     patience = "stop after this many epochs without a lower validation loss (default: 5, Sec. 3.1)"
     add("--patience", type=int, default=5, help=patience)
     add("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
-    add("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001, Sec. 3.1)")
     rotations = "rotation views per training image, 360/N degrees apart (default: 20 = 18 degree steps, Sec. 3.1; "
     add("--rotations", type=int, default=20, help=rotations + "1 turns augmentation off)")
     add("--val-fraction", type=float, default=0.15, help="validation share, stratified (default: 0.15)")
@@ -253,6 +260,8 @@ def build_parser():
     normalize = "per-cell intensity stretch before the network: its 1st-99th percentiles to 0-1, or to its maximum, "
     normalize += "or none as in the paper (default: percentile, chosen on unseen specimens: docs/results-i3a.md)"
     add("--normalize", default="percentile", choices=NORMALIZATIONS, help=normalize)
+    float32 = "compute in float32 everywhere, the exact path (default: bfloat16 autocast where the device computes "
+    add("--float32", action="store_true", help=float32 + "in it: CPUs with AVX512-BF16 or AMX, CUDA GPUs)")
     add_device_flag(parser)
     add("--seed", type=int, default=0, help="seed for the split, initialisation and order (default: 0)")
     resume = "continue the killed run from OUT.state: the same command; --max-epochs, --patience may change "

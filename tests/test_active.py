@@ -7,6 +7,7 @@ import torch
 from conftest import TINY
 
 import active
+import runs
 import data
 import evaluate
 import splits
@@ -184,7 +185,7 @@ def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrai
     monkeypatch.setattr(active, "fine_tune", real_fine_tune)
     killed_dir = tmp_path / "killed"
     assert torch.load(killed_dir / "state.pt", weights_only=True)["round"] == 1
-    for other in (["--limit", "0.3"], ["--max-epochs", "3"], ["--lr", "0.01"], ["--batch-size", "8"]):
+    for other in (["--limit", "0.3"], ["--max-epochs", "3"], ["--batch-size", "8"], ["--patience", "2"]):
         with pytest.raises(SystemExit) as exit_info:  # a resume that would run otherwise is refused, in one line
             run_active(tmp_path, "killed", SMALL_ROUNDS + ["--resume"] + other, pretrained)
         assert str(exit_info.value).startswith("error: --resume") and other[0] in str(exit_info.value)
@@ -291,3 +292,75 @@ def test_early_feature_cache_holds_every_cell_once_in_float16():
     )  # 32 -> Haar 16 -> pools 4
     assert torch.allclose(approximations.float(), expected[0], atol=1e-2, rtol=1e-3)
     assert torch.allclose(details.float(), expected[1], atol=1e-2, rtol=1e-3)
+
+
+def test_precision_follows_what_the_device_computes_in():
+    cpu = torch.device("cpu")
+    computes = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert runs.computes_bfloat16(cpu) == computes
+    assert runs.pick_precision(cpu, float32=False) == ("bfloat16" if computes else "float32")
+    assert runs.pick_precision(cpu, float32=True) == "float32"
+
+    def forward(x):
+        return x @ x
+
+    assert runs.in_precision(forward, cpu, "float32") is forward  # the exact path is today's function itself
+    x = torch.randn(8, 8)
+    assert runs.in_precision(forward, cpu, "bfloat16")(x).dtype == torch.float32  # back in float32 for the loss
+    assert not torch.equal(runs.in_precision(forward, cpu, "bfloat16")(x), forward(x))  # computed in bfloat16
+
+
+def test_a_bfloat16_run_trains_learns_and_says_so(pretrained, tmp_path, monkeypatch, capsys):
+    """On any CPU (emulated where the hardware lacks it): the precision is printed, recorded, and the run learns."""
+    monkeypatch.setattr(runs, "computes_bfloat16", lambda device: True)
+    results, out = run_active(tmp_path, "bf16", SMALL_ROUNDS, pretrained)
+    assert "precision: bfloat16 autocast" in capsys.readouterr().out
+    assert results["derived"]["precision"] == "bfloat16" == torch.load(out / "model.pt")["derived"]["precision"]
+    exact, _ = run_active(tmp_path, "f32", SMALL_ROUNDS + ["--float32"], pretrained)
+    assert exact["derived"]["precision"] == "float32"
+    assert results["rounds"][0]["train_loss"] != exact["rounds"][0]["train_loss"]  # autocast was on
+    assert results["rounds"][-1]["train_loss"] < results["rounds"][0]["train_loss"] * 1.5  # and it trained
+    assert results["mca"] > 1 / 6 + 0.1  # better than chance on six classes
+    monkeypatch.setattr(runs, "computes_bfloat16", lambda device: False)
+    with pytest.raises(SystemExit, match="computed in bfloat16, this command would in float32"):
+        run_active(tmp_path, "bf16", SMALL_ROUNDS + ["--resume"], pretrained)
+
+
+def test_weight_averaging_keeps_the_mean_of_the_later_epochs():
+    weights = [{"w": torch.tensor([float(i), 2.0 * i]), "n": torch.tensor(i)} for i in range(1, 5)]
+    mean = None
+    for count, state in enumerate(weights, start=1):
+        mean = active.running_mean(mean, state, count)
+    assert torch.allclose(mean["w"], torch.tensor([2.5, 5.0])) and mean["n"] == 4  # counters: the latest
+    dataset = synthetic.synthetic_dataset("target", 120, seed=0, image_size=32)
+    torch.manual_seed(0)
+    model = ParallelResNet(6)
+    seen = []
+    forward = active.forward_fn(model, dataset.images, None, "cpu")
+    real = active.running_mean
+    active.running_mean = lambda mean, state, count: seen.append(count) or real(mean, state, count)
+    try:
+        labeled, generator = list(range(0, 120, 3)), torch.Generator().manual_seed(0)
+        epochs, kept, _, _ = active.fine_tune(
+            model, forward, dataset.labels, labeled, generator, "cpu", max_epochs=5, stop_weights="average"
+        )
+    finally:
+        active.running_mean = real
+    assert epochs == kept == 5 and seen == [1, 2, 3]  # epochs 3, 4 and 5 averaged
+
+
+def test_mix_styles_blends_each_cells_channel_statistics_with_a_partners():
+    torch.manual_seed(1)
+    approximation, details = torch.randn(6, 4, 5, 5) * 3 + 1, torch.randn(6, 4, 5, 5)
+    while True:  # a state whose coin says "mix"
+        state = torch.get_rng_state()
+        if torch.rand(()) < 0.5:
+            break
+    torch.set_rng_state(state)
+    mixed_approximation, mixed_details = active.mix_styles(approximation, details)
+    assert mixed_approximation.shape == approximation.shape and not torch.equal(mixed_approximation, approximation)
+    # the content (each channel standardised) is kept; only the mean and deviation move
+    standard = lambda x: (x - x.mean(dim=(2, 3), keepdim=True)) / x.std(dim=(2, 3), keepdim=True)  # noqa: E731
+    assert torch.allclose(standard(mixed_approximation), standard(approximation), atol=1e-3)
+    torch.set_rng_state(state)
+    assert torch.equal(active.mix_styles(approximation, details)[0], mixed_approximation)  # the generator decides

@@ -22,8 +22,7 @@ import train
     "flags, flag",
     [
         (["--patience", "0"], "--patience 0"),
-        (["--lr", "-1"], "--lr -1.0"),
-        (["--lr", "nan"], "--lr nan"),
+        (["--max-epochs", "0"], "--max-epochs 0"),
         (["--synthetic-cells", "0"], "--synthetic-cells 0"),
         (["--batch-size", "0"], "--batch-size 0"),
     ],
