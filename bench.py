@@ -46,6 +46,7 @@ from model import ParallelResNet, freeze_early_layers, trainable_parameters, tra
 from records import ROUND_FIELDS, STATE_FIELDS, read_results
 from runs import (
     add_device_flag,
+    computes_bfloat16,
     check_fields,
     check_flags,
     load_checkpoint,
@@ -108,12 +109,12 @@ def optimised_round(model, dataset, labeled, unlabeled, epochs, batch_size, devi
 
 
 def bfloat16_support(device) -> str | None:
-    """Why bfloat16 autocast would not pay here, or None when the hardware computes in it."""
-    if device.type == "cuda":
-        return None if torch.cuda.is_bf16_supported() else "this GPU has no bfloat16"
-    if device.type == "cpu" and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+    """Why bfloat16 autocast would not pay here, or None when the hardware computes in it (runs.computes_bfloat16)."""
+    if computes_bfloat16(device):
+        return None
+    if device.type == "cpu":
         return "this CPU has neither AVX512-BF16 nor AMX (emulated bfloat16 is slower than float32)"
-    return None if device.type == "cpu" else f"not measured on {device.type}"
+    return f"this {device.type} does not compute in bfloat16"
 
 
 def lever_throughput(device, lever: str, labeled: int, score_cells: int) -> tuple[float, float, float]:
@@ -177,7 +178,7 @@ def lever_throughput(device, lever: str, labeled: int, score_cells: int) -> tupl
 
 
 LEVERS = (
-    "float32 (today)",
+    "float32 (--float32)",
     "channels_last",
     "bfloat16 autocast",
     "torch.compile",
@@ -473,7 +474,24 @@ def run(args):
 def describe_device(device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device} ({os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__})"
+    cores = f"{os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{device} ({cpu_features()}; {cores})"
+
+
+def cpu_features() -> str:
+    """The CPU's model and the features that decide the speed here: AVX2, AVX-512, and bfloat16 (AVX512-BF16, AMX)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:  # not Linux: the model and features are not read
+        pass
+    shown = [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if name in flags]
+    return f"{model}, {' '.join(shown) or 'no AVX2'}"
 
 
 def print_rows(rows) -> None:

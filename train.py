@@ -220,7 +220,7 @@ def final_test(args, model, dataset, made, test_set, progress: dict, device) -> 
     metrics = dict(best["metrics"])
     if len(test_set):
         specimens = test_set.specimens if made["split"] == "specimen" else None
-        probabilities = predict_probabilities(model, test_set.images, device, precision=made["precision"])
+        probabilities = predict_probabilities(model, test_set.images, device)  # float32: exact, as evaluate.py
         metrics["test"] = summarize(test_set.labels, probabilities, dataset.class_names, specimens)
         picture = Path(args.out).with_name(Path(args.out).stem + "-confusion.png")  # beside --out, named after it
         title = f"pretraining, test split of {dataset.source}"

@@ -19,7 +19,7 @@ def test_bench_levers_time_every_lever_against_float32(capsys):
     result = bench.main(["--levers", "--quick", "--device", "cpu"])
     rows = dict(result["rows"])
     assert set(bench.LEVERS) <= set(rows)
-    assert "(1.00x)" in rows["float32 (today)"]  # every other row is a ratio to this one
+    assert "(1.00x)" in rows["float32 (--float32)"]  # every other row is a ratio to this one
     assert rows["torch.compile"].startswith("skipped")  # compiling takes a minute: not under --quick
     assert (
         float(rows["cache: channels_last (today)"].split()[0]) > 0
