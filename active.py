@@ -165,52 +165,21 @@ def early_feature_cache(model: ParallelResNet, images: torch.Tensor, device, bat
     return approximations, details
 
 
-def forward_fn(model: ParallelResNet, images: torch.Tensor, cache, device, mix: bool = False):
-    """A function from dataset indices to logits: through the cached early features if any, else the full network.
-
-    With mix, training batches (train mode, gradients on) mix the early features' styles (mix_styles)."""
+def forward_fn(model: ParallelResNet, images: torch.Tensor, cache, device):
+    """A function from dataset indices to logits: through the cached early features if any, else the full network."""
     if cache is not None:
         early_approximation, early_details = cache
 
-        def early(index):
-            return early_approximation[index].to(device).float(), early_details[index].to(device).float()
+        def forward(index):
+            inputs = early_approximation[index].to(device).float(), early_details[index].to(device).float()
+            return model.head(model.late_features(*inputs))
 
     else:
 
-        def early(index):
-            return model.early_features(*model_inputs(images[index], device))
-
-    def forward(index):
-        features = early(index)
-        if mix and model.training and torch.is_grad_enabled():  # not when scoring, nor in recalibrate_batchnorm
-            features = mix_styles(*features)
-        return model.head(model.late_features(*features))
+        def forward(index):
+            return model(*model_inputs(images[index], device))
 
     return forward
-
-
-MIX_ALPHA = 0.1  # MixStyle's Beta(0.1, 0.1): most mixing weights near 0 or 1, a few in between (Zhou et al.)
-
-
-def mix_styles(approximation: torch.Tensor, details: torch.Tensor):
-    """MixStyle (Zhou et al., ICLR 2021; not in the paper, issue #33) on the frozen layers' output: in half the
-    batches each cell's channel means and deviations are blended with a random other labeled cell's, so that
-    the trainable layers cannot lean on a specimen's look (exposure, staining). The same partner and weight
-    in both branches. Draws from torch's global generator, which state.pt keeps: a resumed run mixes alike."""
-    if torch.rand(()) >= 0.5:
-        return approximation, details
-    count = len(approximation)
-    partner = torch.randperm(count)
-    weight = torch.distributions.Beta(MIX_ALPHA, MIX_ALPHA).sample((count, 1, 1, 1)).to(approximation.device)
-
-    def mixed(features):
-        mean = features.mean(dim=(2, 3), keepdim=True)
-        deviation = (features.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt()
-        style_mean = weight * mean + (1 - weight) * mean[partner]
-        style_deviation = weight * deviation + (1 - weight) * deviation[partner]
-        return (features - mean) / deviation * style_deviation + style_mean
-
-    return mixed(approximation), mixed(details)
 
 
 PROGRESS_SECONDS = 30  # fine_tune prints an epoch line at most this often (a round line ends every round)
@@ -353,8 +322,7 @@ def run(args):
     pool_side, test = split_pool_and_test(dataset, made["split"], args)  # Step 1
     sizes = round_sizes(len(pool_side), args.limit, args.strategy, args.k_fraction, args.m_fraction)
     cache = frozen_cache(model, dataset, device, args.no_cache, made["precision"])
-    forward = forward_fn(model, dataset.images, cache, device, mix=args.mixstyle)
-    forward = in_precision(forward, device, made["precision"])
+    forward = in_precision(forward_fn(model, dataset.images, cache, device), device, made["precision"])
     generator = torch.Generator().manual_seed(args.seed)
     training = {key: getattr(args, key) for key in TRAINING_FLAGS}  # fine_tune's settings, the same every round
     pool, rounds, setup_seconds = Pool(pool_side), [], time.time() - run_started
@@ -488,8 +456,6 @@ def build_parser():
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning, or keep the running ones as the paper "
     batchnorm += "(default: recalibrate)"
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm)
-    mixstyle = "fine-tune with the early features' channel statistics mixed between labeled cells (default: off)"
-    add("--mixstyle", action="store_true", help=mixstyle)
     development = "leave the test specimens out, split the pool again into a development pool and test (default: off)"
     add("--development", action="store_true", help=development)
     add("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
