@@ -33,15 +33,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from data import NORMALIZATIONS, DataError, model_inputs
+import records
+from data import NORMALIZATIONS, model_inputs
 from evaluate import predict_probabilities, summarize
 from layouts import get_dataset, parse_class_list
 from model import ParallelResNet, trainable_parameters, transfer
-from records import finish, open_run, plan_line, restore, round_line, round_record, save_state
 from runs import (
     add_device_flag,
-    check_flags,
-    check_image_size,
     data_fingerprint,
     load_checkpoint,
     in_precision,
@@ -239,7 +237,7 @@ def fine_tune(
         if stop_weights == "average" and epoch >= first_averaged:
             averaged = running_mean(averaged, model.state_dict(), epoch - first_averaged + 1)
         if time.time() - last_line >= PROGRESS_SECONDS:  # a long round shows its epochs
-            last_line = epoch_line(epoch, max_epochs, epoch_loss, seen, started)
+            last_line = records.epoch_line(epoch, max_epochs, epoch_loss, seen, started)
     kept = epoch
     if best_weights is not None and bad > 0:
         model.load_state_dict(best_weights)
@@ -249,14 +247,6 @@ def fine_tune(
     if batchnorm == "recalibrate":
         recalibrate_batchnorm(model, forward, labeled, batch_size)
     return epoch, kept, epoch_loss, seen
-
-
-def epoch_line(epoch: int, max_epochs: int, loss: float, seen: int, started: float) -> float:
-    """Print an epoch's progress line: its loss, the throughput and the time so far; returns when it printed."""
-    elapsed = time.time() - started
-    rate = seen / max(elapsed, 1e-9)  # a coarse clock can read 0 s
-    print(f"  epoch {epoch:3d}/{max_epochs} | loss {loss:.4f} | {rate:5.0f} img/s | {elapsed:6.1f}s")
-    return time.time()
 
 
 TRAINING_FLAGS = ("max_epochs", "patience", "batch_size", "stop_weights", "batchnorm")  # lr: Sec. 3.1's 0.001
@@ -311,11 +301,11 @@ def recalibrate_batchnorm(model, forward, labeled, batch_size: int) -> None:
 def run(args):
     """One active learning run, Table 1's steps; with --resume the rest of a killed run."""
     run_started = time.time()
-    check_run_flags(args)
+    records.check_run_flags(args)
     device = pick_device(args.device)
     seed_everything(args.seed)
-    made = {"case": case_name(args), "out": run_folder(args)}  # what the run works out; args stay as given
-    state = open_run(args, Path(made["out"]))
+    made = {"case": records.case_name(args), "out": records.run_folder(args)}  # derived; args stay as given
+    state = records.open_run(args, Path(made["out"]))
     made["precision"] = pick_precision(device, args.float32)  # bfloat16 where the device computes in it
     print(precision_line(device, made["precision"]))
     dataset, model = target_and_network(args, made, device)
@@ -327,8 +317,8 @@ def run(args):
     training = {key: getattr(args, key) for key in TRAINING_FLAGS}  # fine_tune's settings, the same every round
     pool, rounds, setup_seconds = Pool(pool_side), [], time.time() - run_started
     if state is not None:
-        rounds, setup_seconds = restore(state, made, dataset, model, generator, pool, setup_seconds)
-    print(plan_line(made["case"], len(pool_side), len(test), sizes))
+        rounds, setup_seconds = records.restore(state, made, dataset, model, generator, pool, setup_seconds)
+    print(records.plan_line(made["case"], len(pool_side), len(test), sizes))
 
     for round_index in range(len(rounds), len(sizes)):
         started = time.time()
@@ -345,40 +335,17 @@ def run(args):
         # Report on the test split: never used for any decision.
         probabilities = predict_probabilities(model, test, device, 64, forward=forward)
         metrics = summarize(dataset.labels[test], probabilities, dataset.class_names)
-        record = round_record(round_index, pool.labeled, chosen, metrics, epochs, kept, train_loss, dataset)
+        record = records.round_record(round_index, pool.labeled, chosen, metrics, epochs, kept, train_loss, dataset)
         record.update(scored=scored, train_seconds=train_seconds, score_seconds=score_seconds)
         rounds.append({**record, "seconds": time.time() - started})
-        save_state(args, made, dataset, pool, rounds, model, generator, setup_seconds)
-        print(round_line(rounds[-1], sum(sizes), seen), flush=True)
+        records.save_state(args, made, dataset, pool, rounds, model, generator, setup_seconds)
+        print(records.round_line(rounds[-1], sum(sizes), seen), flush=True)
 
-    return finish(args, made, dataset, pool_side, test, pool.labeled, rounds, model, setup_seconds)
+    return records.finish(args, made, dataset, pool_side, test, pool.labeled, rounds, model, setup_seconds)
 
 
 # ---------------------------------------------------------------------------------------------
 # The loop's setup and state: what `run` calls by name
-
-
-def check_run_flags(args) -> None:
-    if not 0 < args.limit <= 1:
-        raise DataError(f"--limit {args.limit}: expected a fraction in (0, 1]")
-    if not 0 < args.test_fraction < 1:
-        raise DataError(f"--test-fraction {args.test_fraction}: expected a fraction in (0, 1)")
-    for flag in ("k_fraction", "m_fraction"):
-        if not 0 < getattr(args, flag) <= 1:
-            name = flag.replace("_", "-")
-            raise DataError(f"--{name} {getattr(args, flag)}: expected a fraction of the budget in (0, 1]")
-    check_flags(args, ("max_epochs", "patience", "batch_size", "synthetic_cells"))
-    if args.scratch:  # else the cells are prepared as the checkpoint's were
-        check_image_size(args.image_size)
-
-
-def case_name(args) -> str:
-    strategy = {"entropy": "al", "random": "rs"}.get(args.strategy, args.strategy)
-    return strategy if args.scratch else f"in-{strategy}"
-
-
-def run_folder(args) -> str:
-    return args.out or f"runs/{case_name(args)}-limit{args.limit:g}-seed{args.seed}"
 
 
 def target_and_network(args, made: dict, device):

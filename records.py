@@ -14,6 +14,7 @@ ends with
 import csv
 import io
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ from evaluate import draw_confusion, predict_probabilities, summarize
 from runs import (
     NUMBER,
     check_fields,
+    check_flags,
+    check_image_size,
     check_output_folder,
     check_resume,
     check_same_data,
@@ -37,6 +40,37 @@ from runs import (
     write_text_atomic,
 )
 from splits import specimens_of
+
+
+def check_run_flags(args) -> None:
+    if not 0 < args.limit <= 1:
+        raise DataError(f"--limit {args.limit}: expected a fraction in (0, 1]")
+    if not 0 < args.test_fraction < 1:
+        raise DataError(f"--test-fraction {args.test_fraction}: expected a fraction in (0, 1)")
+    for flag in ("k_fraction", "m_fraction"):
+        if not 0 < getattr(args, flag) <= 1:
+            name = flag.replace("_", "-")
+            raise DataError(f"--{name} {getattr(args, flag)}: expected a fraction of the budget in (0, 1]")
+    check_flags(args, ("max_epochs", "patience", "batch_size", "synthetic_cells"))
+    if args.scratch:  # else the cells are prepared as the checkpoint's were
+        check_image_size(args.image_size)
+
+
+def case_name(args) -> str:
+    strategy = {"entropy": "al", "random": "rs"}.get(args.strategy, args.strategy)
+    return strategy if args.scratch else f"in-{strategy}"
+
+
+def run_folder(args) -> str:
+    return args.out or f"runs/{case_name(args)}-limit{args.limit:g}-seed{args.seed}"
+
+
+def epoch_line(epoch: int, max_epochs: int, loss: float, seen: int, started: float) -> float:
+    """Print an epoch's progress line: its loss, the throughput and the time so far; returns when it printed."""
+    elapsed = time.time() - started
+    rate = seen / max(elapsed, 1e-9)  # a coarse clock can read 0 s
+    print(f"  epoch {epoch:3d}/{max_epochs} | loss {loss:.4f} | {rate:5.0f} img/s | {elapsed:6.1f}s")
+    return time.time()
 
 
 def plan_line(case: str, pool_size: int, test_size: int, sizes: list[int]) -> str:
