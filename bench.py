@@ -359,56 +359,69 @@ def main(argv=None):
 
 
 def run(args):
+    """--curve or --levers alone; else loading, one round both ways and, unless --quick, a whole IN-AL run."""
     check_flags(args, ("labeled", "epochs", "batch_size"))
     device = pick_device(args.device)
     seed_everything(0)
+    rows = [("device", describe_device(device))]
+    if args.curve:
+        run_dir = Path(args.curve)
+        rounds, pool = read_rounds(run_dir)
+        draw_round_times(rounds, run_dir.name, run_dir / "round_times.png")
+        rows = round_rates(rounds, pool) + [("plot", str(run_dir / "round_times.png"))]
+    elif args.levers:
+        labeled, score_cells = (128, 256) if args.quick else (args.labeled, 4096)
+        rows += lever_rows(device, labeled, score_cells, compile_too=not args.quick)
     if args.curve or args.levers:
-        if args.curve:
-            run_dir = Path(args.curve)
-            rounds, pool = read_rounds(run_dir)
-            draw_round_times(rounds, run_dir.name, run_dir / "round_times.png")
-            rows = round_rates(rounds, pool) + [("plot", str(run_dir / "round_times.png"))]
-        else:
-            labeled, score_cells = (128, 256) if args.quick else (args.labeled, 4096)
-            rows = [("device", describe_device(device))]
-            rows += lever_rows(device, labeled, score_cells, compile_too=not args.quick)
         print_rows(rows)
         return {"rows": rows}
     checkpoint = load_checkpoint(args.checkpoint)
+    dataset = timed_load(args, checkpoint, rows)
+    speedup = time_one_round(args, checkpoint, dataset, device, rows)
+    if not args.quick and args.end_to_end == "on":
+        rows += time_end_to_end(args)
+    print_rows(rows)
+    print(f"speedup: {speedup:.1f}x")
+    return {"rows": rows, "speedup": speedup}
+
+
+def timed_load(args, checkpoint: dict, rows: list):
+    """The target cells; with --data, loaded twice into a cold cache: decoding once, then the cache."""
     image_size, normalize = preprocessing(checkpoint)
-    rows = [("device", describe_device(device))]
-
-    if args.data:
-        with tempfile.TemporaryDirectory() as cold_cache:
-            previous = os.environ.get("HEP2_CACHE")
-            os.environ["HEP2_CACHE"] = cold_cache
-            started = time.time()
-            dataset = load_dataset(args.data, None, image_size, normalize)
-            rows.append(("load, first time (decode + resize + write cache)", f"{time.time() - started:.1f} s"))
-            print(f"bench: {rows[-1][0]}: {rows[-1][1]}")
-            started = time.time()
-            dataset = load_dataset(args.data, None, image_size, normalize)
-            rows.append(("load, cached", f"{time.time() - started:.2f} s"))
-            if previous is None:
-                del os.environ["HEP2_CACHE"]
-            else:
-                os.environ["HEP2_CACHE"] = previous
-    else:
+    if not args.data:
         dataset = get_dataset(None, "target", None, image_size, normalize, 0, 400 if args.quick else None)
+        rows.append(("cells", f"{len(dataset)} ({dataset.source})"))
+        return dataset
+    with tempfile.TemporaryDirectory() as cold_cache:
+        previous = os.environ.get("HEP2_CACHE")
+        os.environ["HEP2_CACHE"] = cold_cache
+        started = time.time()
+        dataset = load_dataset(args.data, None, image_size, normalize)
+        rows.append(("load, first time (decode + resize + write cache)", f"{time.time() - started:.1f} s"))
+        print(f"bench: {rows[-1][0]}: {rows[-1][1]}")
+        started = time.time()
+        dataset = load_dataset(args.data, None, image_size, normalize)
+        rows.append(("load, cached", f"{time.time() - started:.2f} s"))
+        if previous is None:
+            del os.environ["HEP2_CACHE"]
+        else:
+            os.environ["HEP2_CACHE"] = previous
     rows.append(("cells", f"{len(dataset)} ({dataset.source})"))
+    return dataset
 
+
+def time_one_round(args, checkpoint: dict, dataset, device, rows: list) -> float:
+    """One labeling round the straightforward way and active.py's way, on the same cells; returns the speedup."""
     pool, _ = stratified_split(dataset.labels, [0.8, 0.2], 0)
     labeled_count = min(args.labeled if not args.quick else 100, len(pool) // 2)
     epochs = args.epochs if not args.quick else 1
     shuffled = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))]
     labeled, unlabeled = shuffled[:labeled_count], shuffled[labeled_count:]
-    from_files = bool(args.data)
-
     torch.manual_seed(0)
     model = transfer(network_from_checkpoint(checkpoint), len(dataset.class_names)).to(device)
     print(f"bench: straightforward round ({labeled_count} labeled x {epochs} epochs, score {len(unlabeled)})...")
     slow_train, slow_score = straightforward_round(
-        model, dataset, labeled, unlabeled, epochs, args.batch_size, device, from_files
+        model, dataset, labeled, unlabeled, epochs, args.batch_size, device, bool(args.data)
     )
     torch.manual_seed(0)
     model = transfer(network_from_checkpoint(checkpoint), len(dataset.class_names)).to(device)
@@ -417,58 +430,40 @@ def run(args):
     cache_seconds = time.time() - started
     print(f"bench: straightforward round took {slow_train + slow_score:.1f} s; optimised round...")
     fast_train, fast_score = optimised_round(model, dataset, labeled, unlabeled, epochs, args.batch_size, device, cache)
-
-    seen = labeled_count * epochs
+    seen, scored = labeled_count * epochs, len(unlabeled)
     rows += [
-        ("timed round", f"{labeled_count} labeled x {epochs} epochs, score {len(unlabeled)} pool cells"),
+        ("timed round", f"{labeled_count} labeled x {epochs} epochs, score {scored} pool cells"),
         ("fine-tune img/s: straightforward / optimised", f"{seen / slow_train:.0f} / {seen / fast_train:.0f}"),
-        (
-            "score img/s: straightforward / optimised",
-            f"{len(unlabeled) / slow_score:.0f} / {len(unlabeled) / fast_score:.0f}",
-        ),
-        (
-            "round seconds: straightforward / optimised",
-            f"{slow_train + slow_score:.1f} / {fast_train + fast_score:.1f}",
-        ),
+        ("score img/s: straightforward / optimised", f"{scored / slow_score:.0f} / {scored / fast_score:.0f}"),
+        ("round seconds: straightforward / optimised", f"{slow_train + slow_score:.1f} / "
+         f"{fast_train + fast_score:.1f}"),
         ("one-time cache of the frozen layers (per run)", f"{cache_seconds:.1f} s for {len(dataset)} cells"),
     ]
-    speedup = (slow_train + slow_score) / (fast_train + fast_score)
+    return (slow_train + slow_score) / (fast_train + fast_score)
 
-    if not args.quick and args.end_to_end == "on":
-        with tempfile.TemporaryDirectory() as out:
-            command = [
-                sys.executable,
-                str(Path(__file__).with_name("active.py")),
-                "--limit",
-                str(args.limit),
-                "--checkpoint",
-                args.checkpoint,
-                "--out",
-                out,
-                "--device",
-                args.device,
-            ]
-            command += ["--data", args.data] if args.data else []
-            started = time.time()
-            print(f"bench: IN-AL end to end at --limit {args.limit:g} (its round lines follow)")
-            lines = []
-            with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
-                for line in process.stdout:  # stream active.py's progress lines as they come
-                    print(f"  {line}", end="")
-                    lines.append(line)
-            wall = time.time() - started
-            if process.returncode != 0:
-                sys.exit(f"error: active.py failed with exit code {process.returncode} (its message is above)")
-            final = lines[-1].strip()
-        rows += [
-            (f"IN-AL end to end, --limit {args.limit:g}", f"{wall:.0f} s ({wall / 60:.1f} min)"),
-            ("IN-AL peak memory (resident)", f"{peak_child_memory_gib():.2f} GiB"),
-            ("IN-AL result", final.split(" with ")[0].removeprefix("final: ")),
-        ]
 
-    print_rows(rows)
-    print(f"speedup: {speedup:.1f}x")
-    return {"rows": rows, "speedup": speedup}
+def time_end_to_end(args) -> list[tuple[str, str]]:
+    """A whole IN-AL run of active.py in a child process, its progress lines streamed: wall time, memory, result."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, str(Path(__file__).with_name("active.py")), "--limit", str(args.limit)]
+        command += ["--checkpoint", args.checkpoint, "--out", out, "--device", args.device]
+        command += ["--data", args.data] if args.data else []
+        started = time.time()
+        print(f"bench: IN-AL end to end at --limit {args.limit:g} (its round lines follow)")
+        lines = []
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+            for line in process.stdout:  # stream active.py's progress lines as they come
+                print(f"  {line}", end="")
+                lines.append(line)
+        wall = time.time() - started
+        if process.returncode != 0:
+            raise DataError(f"active.py failed with exit code {process.returncode} (its message is above)")
+        final = lines[-1].strip()
+    return [
+        (f"IN-AL end to end, --limit {args.limit:g}", f"{wall:.0f} s ({wall / 60:.1f} min)"),
+        ("IN-AL peak memory (resident)", f"{peak_child_memory_gib():.2f} GiB"),
+        ("IN-AL result", final.split(" with ")[0].removeprefix("final: ")),
+    ]
 
 
 def describe_device(device) -> str:

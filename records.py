@@ -221,7 +221,7 @@ def save_state(args, made, dataset, pool, rounds, model, generator, setup_second
 def restore(state: dict, made: dict, dataset, model, generator, pool, setup_seconds: float):
     """Put a killed run's labels, weights and random states back; (its rounds, its setup time and this one's)."""
     path = Path(state["derived"]["out"]) / "state.pt"
-    check_same_data(state["fingerprint"], dataset, path)
+    check_same_data(state["fingerprint"], made["fingerprint"], path)
     check_same_precision(state["derived"], made, path)
     model.load_state_dict(state["model"])
     generator.set_state(state["generator"])

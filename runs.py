@@ -245,9 +245,9 @@ def data_fingerprint(dataset) -> dict:
     return {**names, "cells": cells}
 
 
-def check_same_data(saved: dict, dataset, path) -> None:
-    """Refuse, in one line naming the first difference, a resume on data other than the run's."""
-    now = data_fingerprint(dataset)
+def check_same_data(saved: dict, now: dict, path) -> None:
+    """Refuse, in one line naming the first difference, a resume on data other than the run's (now: the
+    data_fingerprint of this command's data, computed once per run)."""
     where = f"--resume {path}: the data differs from the run's ({saved.get('source')})"
     if saved.get("class_names") != now["class_names"]:
         raise DataError(f"{where}: classes {saved.get('class_names')}, now {now['class_names']}")

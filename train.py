@@ -98,13 +98,14 @@ def run(args):
     seed_everything(args.seed)
     dataset, made, (train_set, val_set, test_set) = source_and_split(args)
     made["precision"] = pick_precision(device, args.float32)  # bfloat16 where the device computes in it
+    fingerprint = data_fingerprint(dataset)  # once: every epoch's state records it, so a resume reads the same data
     print(precision_line(device, made["precision"]))
     model = ParallelResNet(len(dataset.class_names)).to(device)
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=1e-3)  # Sec. 3.1: "a learning rate of 0.001"
     generator = torch.Generator().manual_seed(args.seed)
     progress = {"epoch": 0, "best_loss": math.inf, "bad_epochs": 0, "history": []}
     if args.resume:
-        progress = restore(args, made, state_path, dataset, model, optimizer, generator)
+        progress = restore(args, made, state_path, fingerprint, model, optimizer, generator)
     record = {"class_names": dataset.class_names, "args": vars(args), "derived": made}
 
     for epoch in range(progress["epoch"] + 1, args.max_epochs + 1):
@@ -126,7 +127,7 @@ def run(args):
         progress["history"].append(epoch_record(epoch, train_loss, train_acc, val, seconds))
         print(epoch_line(progress["history"][-1], seen) + (" | saved" if improved else ""), flush=True)
         state = {**record, **progress, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
-        state.update(fingerprint=data_fingerprint(dataset), generator=generator.get_state())
+        state.update(fingerprint=fingerprint, generator=generator.get_state())
         save_atomic({**state, "torch_rng": torch.get_rng_state()}, state_path)
 
     return final_test(args, model, dataset, made, test_set, progress, device)
@@ -179,11 +180,11 @@ def source_and_split(args):
     return dataset, made, [dataset.subset(part) for part in parts]
 
 
-def restore(args, made: dict, state_path: Path, dataset, model, optimizer, generator) -> dict:
+def restore(args, made: dict, state_path: Path, fingerprint: dict, model, optimizer, generator) -> dict:
     """Put a killed run's weights, optimizer and random states back (the one resume design: runs.py)."""
     state = load_state(state_path, STATE_FIELDS, "a train.py run")
     check_resume(state["args"], args, state_path, RESUME_MAY_CHANGE)
-    check_same_data(state["fingerprint"], dataset, state_path)
+    check_same_data(state["fingerprint"], fingerprint, state_path)
     check_same_precision(state.get("derived", {}), made, state_path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
