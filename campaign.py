@@ -332,9 +332,38 @@ def ingest(folder: Path, device) -> dict:
         raise DataError(f"{folder}: every cell of the pool is labeled; nothing is pending")
     entries, unfilled = read_filled_query(folder, state)
     ledger = state["ledger"] + entries
-    classes, round_index = state["classes"], state["round"]
     images, files = load_unlabeled(state["pool"], state["image_size"], state["normalize"], "campaign pool")
     names = [Path(file).name for file in files]
+    labels, labeled, training, held_out = ledger_labels(ledger, names, state)
+
+    model = campaign_model(state, folder, device)
+    forward = forward_fn(model, images, early_feature_cache(model, images, device), device)
+    record = train_and_check(model, forward, labels, training, held_out, state, device)
+    record = dict(round=state["round"], new_labels=len(entries), labels=len(labeled), **record)
+
+    # The next query: cells left unfilled are asked again first, then the most uncertain unlabeled ones.
+    done = {entry["file"] for entry in ledger} | set(unfilled)
+    unlabeled = torch.tensor([index for index, name in enumerate(names) if name not in done], dtype=torch.int64)
+    scores = entropy(predict_probabilities(model, unlabeled, device, 64, forward=forward))
+    fresh = unlabeled[select_most_uncertain(scores, max(0, state["n"] - len(unfilled)))].tolist()
+    position = {name: index for index, name in enumerate(names)}
+    asked = [position[name] for name in unfilled if name in position] + fresh
+
+    next_round = state["round"] + 1
+    state = dict(state, ledger=ledger, round=next_round, model=f"model-{next_round:03d}.pt")
+    state["history"] = state["history"] + [dict(record, seconds=time.time() - started)]
+    probabilities = predict_probabilities(model, torch.tensor(asked, dtype=torch.int64), device, 64, forward=forward)
+    state["pending"] = write_query(folder, state, next_round, [names[i] for i in asked], probabilities) if asked else []
+    save_campaign_model(model, state, folder / state["model"], record["validation"])
+    commit(folder, state)  # the step takes effect here, all at once
+    print_round(folder, state, record, len(unfilled), len(asked))
+    return state
+
+
+def ledger_labels(ledger: list[dict], names: list[str], state: dict):
+    """Every label of the ledger as a tensor over the pool (-1: none), and the labeled cells split into those to
+    train on and those held out to check the model (whole specimens, chosen by the campaign's seed)."""
+    classes = state["classes"]
     position = {name: index for index, name in enumerate(names)}
     labels = torch.full((len(names),), -1, dtype=torch.int64)
     for entry in ledger:
@@ -349,66 +378,54 @@ def ingest(folder: Path, device) -> dict:
     ]
     held_out_set = set(held_out)
     training = [index for index in labeled if index not in held_out_set]
+    return labels, labeled, training, held_out
 
-    model = campaign_model(state, folder, device)
-    cache = early_feature_cache(model, images, device)
-    forward = forward_fn(model, images, cache, device)
+
+def train_and_check(model, forward, labels, training: list[int], held_out: list[int], state: dict, device) -> dict:
+    """Fine-tune on the training labels (the simulated loop's settings, Sec. 3.1, with the campaign's cap on epochs),
+    then score the held-out labels. The kept epoch and its loss go in the history, so a lab sees whether a round's
+    training converged or hit the cap."""
     epochs, kept, training_loss = 0, 0, None
     if training:
-        generator = torch.Generator().manual_seed(state["seed"] * 100_003 + round_index + 1)
-        # the simulated loop's fine-tuning settings (Sec. 3.1), with the campaign's cap on epochs; the kept epoch
-        # and its loss go in the history, so a lab sees whether a round's training converged or hit the cap
+        generator = torch.Generator().manual_seed(state["seed"] * 100_003 + state["round"] + 1)
         epochs, kept, training_loss, _ = fine_tune(
             model, forward, labels, training, generator, device, max_epochs=state["max_epochs"]
         )
     validation = None
     if held_out:
         held = torch.tensor(held_out)
-        validation = summarize(labels[held], predict_probabilities(model, held, device, 64, forward=forward), classes)
+        probabilities = predict_probabilities(model, held, device, 64, forward=forward)
+        validation = summarize(labels[held], probabilities, state["classes"])
         validation.pop("confusion")
+    return {
+        "trained_on": len(training),
+        "held_out": len(held_out),
+        "epochs": epochs,
+        "kept_epoch": kept,
+        "training_loss": training_loss,
+        "validation": validation,
+    }
 
-    # The next query: cells left unfilled are asked again first, then the most uncertain unlabeled ones.
-    done = {entry["file"] for entry in ledger} | set(unfilled)
-    unlabeled = torch.tensor([index for index, name in enumerate(names) if name not in done], dtype=torch.int64)
-    scores = entropy(predict_probabilities(model, unlabeled, device, 64, forward=forward))
-    fresh = unlabeled[select_most_uncertain(scores, max(0, state["n"] - len(unfilled)))].tolist()
-    asked = [position[name] for name in unfilled if name in position] + fresh
-    next_round = round_index + 1
-    state = dict(state, ledger=ledger, round=next_round, model=f"model-{next_round:03d}.pt")
-    state["history"] = state["history"] + [
-        {
-            "round": round_index,
-            "new_labels": len(entries),
-            "labels": len(labeled),
-            "trained_on": len(training),
-            "held_out": len(held_out),
-            "epochs": epochs,
-            "kept_epoch": kept,
-            "training_loss": training_loss,
-            "validation": validation,
-            "seconds": time.time() - started,
-        }
-    ]
-    probabilities = predict_probabilities(model, torch.tensor(asked, dtype=torch.int64), device, 64, forward=forward)
-    state["pending"] = write_query(folder, state, next_round, [names[i] for i in asked], probabilities) if asked else []
-    save_campaign_model(model, state, folder / state["model"], validation)
-    commit(folder, state)  # the step takes effect here, all at once
-    counts = {name: sum(entry["label"] == name for entry in ledger) for name in classes}
-    print(
-        f"round {round_index}: +{len(entries)} labels ({len(unfilled)} unfilled, asked again), {len(labeled)} in all; "
-        f"trained on {len(training)} for {epochs} epochs{training_summary(kept, training_loss)}; "
-        + (
-            f"held-out MCA {100 * validation['mca']:.1f}% ACA {100 * validation['aca']:.1f}% ({len(held_out)} labels)"
-            if validation
-            else "no held-out labels yet"
-        )
+
+def print_round(folder: Path, state: dict, record: dict, unfilled: int, asked: int) -> None:
+    validation = record["validation"]
+    quality = (
+        f"held-out MCA {100 * validation['mca']:.1f}% ACA {100 * validation['aca']:.1f}% ({record['held_out']} labels)"
+        if validation
+        else "no held-out labels yet"
     )
+    print(
+        f"round {record['round']}: +{record['new_labels']} labels ({unfilled} unfilled, asked again), "
+        f"{record['labels']} in all; trained on {record['trained_on']} for {record['epochs']} epochs"
+        f"{training_summary(record['kept_epoch'], record['training_loss'])}; {quality}"
+    )
+    counts = {name: sum(entry["label"] == name for entry in state["ledger"]) for name in state["classes"]}
     print("labels per class: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     if asked:
-        print(f"next: label {folder / f'round-{next_round:03d}.csv'} ({len(asked)} cells), then ingest again")
+        query = folder / f"round-{state['round']:03d}.csv"
+        print(f"next: label {query} ({asked} cells), then ingest again")
     else:
         print("the whole pool is labeled: the campaign is complete")
-    return state
 
 
 def training_summary(kept, training_loss) -> str:

@@ -7,6 +7,8 @@ machine with nothing downloaded. It says only that the code runs and learns:
 every published number comes from real cells (docs/results-i3a.md).
 """
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -51,6 +53,129 @@ def _points_in_nucleus(rng, count, cy, cx, ry, rx, angle, max_radius=0.85):
     return np.stack([cy + y * cos + x * sin, cx - y * sin + x * cos], axis=1)
 
 
+class _Nucleus(NamedTuple):
+    """One cell's geometry: its pixel grid, the nucleus's centre, radii and angle, the elliptic radius `rho` of
+    every pixel (1 on the rim) and the nucleus's soft mask."""
+
+    side: int
+    grid_y: np.ndarray
+    grid_x: np.ndarray
+    cy: float
+    cx: float
+    radius: float
+    ry: float
+    rx: float
+    angle: float
+    rho: np.ndarray
+    mask: np.ndarray
+
+
+def _draw_nucleus(rng) -> _Nucleus:
+    """A nucleus of random size (a crop of 60 to 100 px), shape, orientation and offset."""
+    side = int(rng.integers(60, 101))
+    grid_y, grid_x = np.mgrid[0:side, 0:side].astype(np.float64)
+    cy, cx = side / 2 + rng.normal(0, side * 0.04, 2)
+    radius = side * rng.uniform(0.32, 0.44)
+    ry, rx = radius * rng.uniform(0.8, 1.05), radius * rng.uniform(0.8, 1.05)
+    angle = rng.uniform(0, np.pi)
+    cos, sin = np.cos(angle), np.sin(angle)
+    dy, dx = grid_y - cy, grid_x - cx
+    rho = np.sqrt(((dy * cos - dx * sin) / ry) ** 2 + ((dy * sin + dx * cos) / rx) ** 2)
+    mask = 1 / (1 + np.exp((rho - 1) / 0.06))
+    return _Nucleus(side, grid_y, grid_x, cy, cx, radius, ry, rx, angle, rho, mask)
+
+
+def _inside(cell: _Nucleus, rng, count: int, max_radius: float) -> np.ndarray:
+    return _points_in_nucleus(rng, count, cell.cy, cell.cx, cell.ry, cell.rx, cell.angle, max_radius)
+
+
+def _homogeneous(cell: _Nucleus, rng) -> np.ndarray:
+    """A smoothly filled nucleus, a little brighter towards the rim."""
+    rim = (cell.rho > 0.7) * (cell.rho < 1.05)
+    return cell.mask * (0.85 + 0.08 * _smooth_noise(rng, (cell.side, cell.side), 3) + 0.15 * rim)
+
+
+def _speckled(cell: _Nucleus, rng, name: str) -> np.ndarray:
+    """Grains all over the nucleus (fine or coarse for SNPHEp-2), with a few dark nucleoli."""
+    # All three grains are drawn whatever the class, so every class uses the generator alike.
+    grain = {
+        "speckled": rng.uniform(0.8, 1.6),
+        "fine_speckled": rng.uniform(0.7, 1.2),
+        "coarse_speckled": rng.uniform(1.6, 2.6),
+    }[name]
+    texture = np.clip(0.55 + 0.3 * _smooth_noise(rng, (cell.side, cell.side), grain), 0, None)
+    centers = _inside(cell, rng, int(rng.integers(0, 4)), 0.5)
+    holes = _blobs(cell.grid_y, cell.grid_x, centers, [cell.radius * 0.12] * 4, [0.6] * 4)
+    return cell.mask * np.clip(texture - holes, 0, None)
+
+
+def _nucleolar(cell: _Nucleus, rng) -> np.ndarray:
+    """A few large bright blobs on a dim nucleus."""
+    count = int(rng.integers(2, 7))
+    centers = _inside(cell, rng, count, 0.6)
+    sigmas, amplitudes = rng.uniform(0.07, 0.14, count) * cell.radius, rng.uniform(0.7, 1.0, count)
+    spots = _blobs(cell.grid_y, cell.grid_x, centers, sigmas, amplitudes)
+    return cell.mask * (0.3 + 0.05 * _smooth_noise(rng, (cell.side, cell.side), 1.5)) + cell.mask * spots
+
+
+def _centromere(cell: _Nucleus, rng) -> np.ndarray:
+    """Tens of discrete bright dots."""
+    count = int(rng.integers(25, 60))
+    centers = _inside(cell, rng, count, 0.9)
+    dots = _blobs(cell.grid_y, cell.grid_x, centers, rng.uniform(0.9, 1.6, count), rng.uniform(0.5, 1.0, count))
+    return cell.mask * 0.2 + dots
+
+
+def _nuclear_membrane(cell: _Nucleus, rng) -> np.ndarray:
+    """A bright rim."""
+    width = rng.uniform(0.06, 0.12)
+    rim = np.exp(-((cell.rho - 0.93) ** 2) / (2 * width**2))
+    return cell.mask * 0.35 + 0.8 * rim * (1 + 0.25 * _smooth_noise(rng, (cell.side, cell.side), 2))
+
+
+def _golgi(cell: _Nucleus, rng) -> np.ndarray:
+    """Irregular bright fragments clustered on one side, beside a dim nucleus."""
+    count = int(rng.integers(3, 9))
+    side_angle = rng.uniform(0, 2 * np.pi)
+    distance = rng.uniform(0.75, 1.05, count)
+    spread = side_angle + rng.normal(0, 0.5, count)
+    centers = np.stack(
+        [cell.cy + distance * cell.ry * np.sin(spread), cell.cx + distance * cell.rx * np.cos(spread)], axis=1
+    )
+    sigmas, amplitudes = rng.uniform(0.06, 0.13, count) * cell.radius, rng.uniform(0.6, 1.0, count)
+    return cell.mask * 0.22 + _blobs(cell.grid_y, cell.grid_x, centers, sigmas, amplitudes)
+
+
+def _pattern(name: str, cell: _Nucleus, rng) -> np.ndarray:
+    if name in ("speckled", "fine_speckled", "coarse_speckled"):
+        return _speckled(cell, rng, name)
+    patterns = {
+        "homogeneous": _homogeneous,
+        "nucleolar": _nucleolar,
+        "centromere": _centromere,
+        "nuclear_membrane": _nuclear_membrane,
+        "golgi": _golgi,
+    }
+    if name not in patterns:
+        raise ValueError(f"no synthetic pattern for class {name}")
+    return patterns[name](cell, rng)
+
+
+def _photograph(image: np.ndarray, cell: _Nucleus, rng) -> np.ndarray:
+    """What the microscope adds: a neighbour cut by the crop, the fluorescence level, background, blur, noise."""
+    if rng.random() < 0.4:  # a neighbouring cell cut by the crop, as in real crops
+        ny, nx = rng.choice([-1, 1], 2) * cell.side * rng.uniform(0.85, 1.0)
+        dy, dx = (cell.grid_y - cell.cy - ny) / cell.ry, (cell.grid_x - cell.cx - nx) / cell.rx
+        neighbour = np.sqrt(dy**2 + dx**2)
+        image = image + 0.5 / (1 + np.exp((neighbour - 1) / 0.06))
+    # Positive or intermediate fluorescence (Sec. 2, Fig. 1), background, blur, noise.
+    gain = rng.uniform(0.55, 1.0) if rng.random() < 0.5 else rng.uniform(0.12, 0.3)
+    image = gain * image / max(image.max(), 1e-6) + rng.uniform(0.03, 0.1)
+    image = image + 0.01 * _smooth_noise(rng, (cell.side, cell.side), 0.7)
+    image = image + rng.normal(0, rng.uniform(0.01, 0.03), image.shape)
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
 def synthetic_cell(class_name: str, rng: np.random.Generator) -> np.ndarray:
     """One HEp-2-like cell crop (float in [0, 1], a random side of 60 to 100 px).
 
@@ -63,82 +188,16 @@ def synthetic_cell(class_name: str, rng: np.random.Generator) -> np.ndarray:
     and orientation, and each one borrows a little of another pattern, so
     that classes overlap as they do in real data.
     """
-    side = int(rng.integers(60, 101))
-    grid_y, grid_x = np.mgrid[0:side, 0:side].astype(np.float64)
-    cy, cx = side / 2 + rng.normal(0, side * 0.04, 2)
-    radius = side * rng.uniform(0.32, 0.44)
-    ry, rx = radius * rng.uniform(0.8, 1.05), radius * rng.uniform(0.8, 1.05)
-    angle = rng.uniform(0, np.pi)
-    cos, sin = np.cos(angle), np.sin(angle)
-    dy, dx = grid_y - cy, grid_x - cx
-    rho = np.sqrt(((dy * cos - dx * sin) / ry) ** 2 + ((dy * sin + dx * cos) / rx) ** 2)  # 1 on the rim
-    nucleus = 1 / (1 + np.exp((rho - 1) / 0.06))
-
-    def pattern(name: str) -> np.ndarray:
-        if name == "homogeneous":
-            return nucleus * (0.85 + 0.08 * _smooth_noise(rng, (side, side), 3) + 0.15 * (rho > 0.7) * (rho < 1.05))
-        if name in ("speckled", "fine_speckled", "coarse_speckled"):
-            grain = {
-                "speckled": rng.uniform(0.8, 1.6),
-                "fine_speckled": rng.uniform(0.7, 1.2),
-                "coarse_speckled": rng.uniform(1.6, 2.6),
-            }[name]
-            texture = np.clip(0.55 + 0.3 * _smooth_noise(rng, (side, side), grain), 0, None)
-            holes = _blobs(
-                grid_y,
-                grid_x,
-                _points_in_nucleus(rng, int(rng.integers(0, 4)), cy, cx, ry, rx, angle, 0.5),
-                [radius * 0.12] * 4,
-                [0.6] * 4,
-            )
-            return nucleus * np.clip(texture - holes, 0, None)
-        if name == "nucleolar":
-            count = int(rng.integers(2, 7))
-            centers = _points_in_nucleus(rng, count, cy, cx, ry, rx, angle, 0.6)
-            spots = _blobs(
-                grid_y, grid_x, centers, rng.uniform(0.07, 0.14, count) * radius, rng.uniform(0.7, 1.0, count)
-            )
-            return nucleus * (0.3 + 0.05 * _smooth_noise(rng, (side, side), 1.5)) + nucleus * spots
-        if name == "centromere":
-            count = int(rng.integers(25, 60))
-            centers = _points_in_nucleus(rng, count, cy, cx, ry, rx, angle, 0.9)
-            dots = _blobs(grid_y, grid_x, centers, rng.uniform(0.9, 1.6, count), rng.uniform(0.5, 1.0, count))
-            return nucleus * 0.2 + dots
-        if name == "nuclear_membrane":
-            width = rng.uniform(0.06, 0.12)
-            rim = np.exp(-((rho - 0.93) ** 2) / (2 * width**2))
-            return nucleus * 0.35 + 0.8 * rim * (1 + 0.25 * _smooth_noise(rng, (side, side), 2))
-        if name == "golgi":
-            count = int(rng.integers(3, 9))
-            side_angle = rng.uniform(0, 2 * np.pi)
-            distance = rng.uniform(0.75, 1.05, count)
-            spread = side_angle + rng.normal(0, 0.5, count)
-            centers = np.stack([cy + distance * ry * np.sin(spread), cx + distance * rx * np.cos(spread)], axis=1)
-            fragments = _blobs(
-                grid_y, grid_x, centers, rng.uniform(0.06, 0.13, count) * radius, rng.uniform(0.6, 1.0, count)
-            )
-            return nucleus * 0.22 + fragments
-        raise ValueError(f"no synthetic pattern for class {name}")
-
-    image = pattern(class_name)
+    cell = _draw_nucleus(rng)
+    image = _pattern(class_name, cell, rng)
     # Borrow a little of a random other pattern: real classes overlap (Sec. 2: interclass similarities).
     others = [
         name
         for name in ("homogeneous", "speckled", "nucleolar", "centromere", "nuclear_membrane")
         if name != class_name
     ]
-    image = image + rng.uniform(0.0, 0.35) * pattern(others[int(rng.integers(len(others)))])
-    # A neighbouring cell cut by the crop, as in real crops.
-    if rng.random() < 0.4:
-        ny, nx = rng.choice([-1, 1], 2) * side * rng.uniform(0.85, 1.0)
-        neighbour = np.sqrt(((grid_y - cy - ny) / ry) ** 2 + ((grid_x - cx - nx) / rx) ** 2)
-        image = image + 0.5 / (1 + np.exp((neighbour - 1) / 0.06))
-    # Positive or intermediate fluorescence (Sec. 2, Fig. 1), background, blur, noise.
-    gain = rng.uniform(0.55, 1.0) if rng.random() < 0.5 else rng.uniform(0.12, 0.3)
-    image = gain * image / max(image.max(), 1e-6) + rng.uniform(0.03, 0.1)
-    image = image + 0.01 * _smooth_noise(rng, (side, side), 0.7)
-    image = image + rng.normal(0, rng.uniform(0.01, 0.03), image.shape)
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    image = image + rng.uniform(0.0, 0.35) * _pattern(others[int(rng.integers(len(others)))], cell, rng)
+    return _photograph(image, cell, rng)
 
 
 def synthetic_dataset(
