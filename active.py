@@ -316,7 +316,6 @@ def run(args):
     generator = torch.Generator().manual_seed(args.seed)
     training = {key: getattr(args, key) for key in TRAINING_FLAGS}  # fine_tune's settings, the same every round
     pool, rounds, setup_seconds = Pool(pool_side), [], time.time() - run_started
-    last_rounds, first_averaged = None, max(0, len(sizes) - args.average_rounds)  # --average-rounds (#33)
     if state is not None:
         rounds, setup_seconds = records.restore(state, made, dataset, model, generator, pool, setup_seconds)
     print(records.plan_line(made["case"], len(pool_side), len(test), sizes))
@@ -333,8 +332,6 @@ def run(args):
             model, forward, dataset.labels, pool.labeled_indices(), generator, device, **training
         )
         train_seconds = time.time() - train_started
-        if args.average_rounds > 1 and round_index >= first_averaged:  # the last rounds, averaged at the end
-            last_rounds = running_mean(last_rounds, model.state_dict(), round_index - first_averaged + 1)
         # Report on the test split: never used for any decision.
         probabilities = predict_probabilities(model, test, device, 64, forward=forward)
         metrics = summarize(dataset.labels[test], probabilities, dataset.class_names)
@@ -344,9 +341,6 @@ def run(args):
         records.save_state(args, made, dataset, pool, rounds, model, generator, setup_seconds)
         print(records.round_line(rounds[-1], sum(sizes), seen), flush=True)
 
-    if args.average_rounds > 1:  # one network: the mean of the last rounds' weights, its BatchNorm recomputed
-        model.load_state_dict(last_rounds)
-        recalibrate_batchnorm(model, forward, pool.labeled_indices(), args.batch_size)
     return records.finish(args, made, dataset, pool_side, test, pool.labeled, rounds, model, setup_seconds)
 
 
@@ -426,8 +420,6 @@ def build_parser():
     stop = f"keep the mean of the weights of epochs {AVERAGE_FROM} to the last, those of the lowest-training-loss "
     stop += "epoch, or the last epoch's as the paper (default: average, chosen on the development split)"
     add("--stop-weights", default="average", choices=["average", "best", "last"], help=stop)
-    average = "end with the mean of the weights of the last N rounds' models (default: 1, the last round's)"
-    add("--average-rounds", type=int, default=1, help=average)
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning, or keep the running ones as the paper "
     batchnorm += "(default: recalibrate)"
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm)

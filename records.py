@@ -51,9 +51,7 @@ def check_run_flags(args) -> None:
         if not 0 < getattr(args, flag) <= 1:
             name = flag.replace("_", "-")
             raise DataError(f"--{name} {getattr(args, flag)}: expected a fraction of the budget in (0, 1]")
-    check_flags(args, ("max_epochs", "patience", "batch_size", "synthetic_cells", "average_rounds"))
-    if args.average_rounds > 1 and args.resume:  # the last rounds' weights are not in state.pt (a measured lever)
-        raise DataError("--average-rounds: cannot be resumed yet; start the run again without --resume")
+    check_flags(args, ("max_epochs", "patience", "batch_size", "synthetic_cells"))
     if args.scratch:  # else the cells are prepared as the checkpoint's were
         check_image_size(args.image_size)
 

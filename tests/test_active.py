@@ -347,31 +347,3 @@ def test_weight_averaging_keeps_the_mean_of_the_later_epochs():
     finally:
         active.running_mean = real
     assert epochs == kept == 5 and seen == [1, 2, 3]  # epochs 3, 4 and 5 averaged
-
-
-def test_averaging_the_last_rounds_keeps_the_mean_of_their_weights(pretrained, tmp_path, monkeypatch):
-    """--average-rounds 2: the run ends with the mean of the last two rounds' trained weights (BatchNorm recomputed
-    after), each round's own test report untouched; the default ends with the last round's weights."""
-    after_rounds = []
-    real = active.fine_tune
-
-    def fine_tune_and_keep(model, *rest, **settings):
-        result = real(model, *rest, **settings)
-        after_rounds.append({name: value.detach().clone() for name, value in model.named_parameters()})
-        return result
-
-    monkeypatch.setattr(active, "fine_tune", fine_tune_and_keep)
-    results, out = run_active(tmp_path, "avg2", SMALL_ROUNDS + ["--average-rounds", "2"], pretrained)
-    assert len(after_rounds) == len(results["rounds"]) >= 3
-    final = torch.load(out / "model.pt")["model"]
-    for name, value in after_rounds[-1].items():
-        mean = (after_rounds[-2][name] + after_rounds[-1][name]) / 2
-        assert torch.allclose(final[name], mean, atol=1e-6), name
-    assert any(not torch.equal(after_rounds[-2][name], value) for name, value in after_rounds[-1].items())
-    after_rounds.clear()
-    last, out = run_active(tmp_path, "avg1", SMALL_ROUNDS, pretrained)
-    final = torch.load(out / "model.pt")["model"]
-    assert all(torch.equal(final[name], value) for name, value in after_rounds[-1].items())
-    assert [r["mca"] for r in last["rounds"]] == [r["mca"] for r in results["rounds"]]  # rounds alike either way
-    with pytest.raises(SystemExit, match="--average-rounds: cannot be resumed"):
-        run_active(tmp_path, "avg2", SMALL_ROUNDS + ["--average-rounds", "2", "--resume"], pretrained)
