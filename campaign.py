@@ -334,7 +334,8 @@ def ingest(folder: Path, device) -> dict:
     ledger = state["ledger"] + entries
     images, files = load_unlabeled(state["pool"], state["image_size"], state["normalize"], "campaign pool")
     names = [Path(file).name for file in files]
-    labels, labeled, training, held_out = ledger_labels(ledger, names, state)
+    position = {name: index for index, name in enumerate(names)}
+    labels, labeled, training, held_out = ledger_labels(ledger, names, position, state)
 
     model = campaign_model(state, folder, device)
     forward = forward_fn(model, images, early_feature_cache(model, images, device), device)
@@ -346,7 +347,6 @@ def ingest(folder: Path, device) -> dict:
     unlabeled = torch.tensor([index for index, name in enumerate(names) if name not in done], dtype=torch.int64)
     scores = entropy(predict_probabilities(model, unlabeled, device, 64, forward=forward))
     fresh = unlabeled[select_most_uncertain(scores, max(0, state["n"] - len(unfilled)))].tolist()
-    position = {name: index for index, name in enumerate(names)}
     asked = [position[name] for name in unfilled if name in position] + fresh
 
     next_round = state["round"] + 1
@@ -360,11 +360,11 @@ def ingest(folder: Path, device) -> dict:
     return state
 
 
-def ledger_labels(ledger: list[dict], names: list[str], state: dict):
+def ledger_labels(ledger: list[dict], names: list[str], position: dict[str, int], state: dict):
     """Every label of the ledger as a tensor over the pool (-1: none), and the labeled cells split into those to
-    train on and those held out to check the model (whole specimens, chosen by the campaign's seed)."""
+    train on and those held out to check the model (whole specimens, chosen by the campaign's seed); position maps
+    a file name to its index in names."""
     classes = state["classes"]
-    position = {name: index for index, name in enumerate(names)}
     labels = torch.full((len(names),), -1, dtype=torch.int64)
     for entry in ledger:
         if entry["label"] != SKIP and entry["file"] in position:

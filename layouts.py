@@ -358,9 +358,8 @@ def load_dataset(
         images[index, 0] = torch.from_numpy(prepare_cell(read_cell(path), image_size, normalize))
     if cache_file is not None:
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            save_atomic(images, cache_file)
-        except (OSError, DataError):
+            save_atomic(images, cache_file)  # makes the cache folder; any failure is one DataError
+        except DataError:
             pass  # a read-only cache folder only costs the next load its speed
     return CellDataset(images, labels, class_names, files, str(root), specimens)
 

@@ -13,6 +13,7 @@ Not the paper (the workshop). What a reader of the method can skip:
     resume whose flags would change the run is refused in one line.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -101,7 +102,8 @@ def _write_atomic(write, path: str | Path) -> None:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
         raise DataError(f"{path}: cannot write ({reason})") from None
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # under a file, not a folder, there is no temporary to remove
+            temporary.unlink(missing_ok=True)
 
 
 def save_atomic(obj, path: str | Path) -> None:

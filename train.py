@@ -41,8 +41,8 @@ from runs import (
     check_same_data,
     check_same_precision,
     data_fingerprint,
-    in_precision,
     derived,
+    in_precision,
     load_checkpoint,
     load_state,
     pick_device,
@@ -112,8 +112,10 @@ def run(args):
         if progress["bad_epochs"] >= args.patience:
             break  # Sec. 3.1: the validation loss has not improved for `patience` epochs in a row
         started = time.time()
-        train_loss, train_acc, seen = train_epoch(model, optimizer, train_set.images, train_set.labels,
-                                                  args.batch_size, device, args.rotations, generator, made["precision"])
+        train_loss, train_acc, seen = train_epoch(
+            model, optimizer, train_set.images, train_set.labels, args.batch_size, device, args.rotations, generator,
+            made["precision"],
+        )
         probabilities = predict_probabilities(model, val_set.images, device, precision=made["precision"])
         val = summarize(val_set.labels, probabilities, dataset.class_names)
         seconds = time.time() - started
