@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import records
-from data import NORMALIZATIONS, model_inputs
+from data import NORMALIZATIONS, DataError, model_inputs
 from evaluate import predict_probabilities, summarize
 from layouts import get_dataset, parse_class_list
 from model import ParallelResNet, trainable_parameters, transfer
@@ -51,7 +51,7 @@ from runs import (
     run_command,
     seed_everything,
 )
-from splits import add_split_flags, describe_split, development_split, resolve_split, split_dataset
+from splits import FOLDS, add_split_flags, describe_split, pool_and_test, resolve_split
 
 # ---------------------------------------------------------------------------------------------
 # Uncertainty measures (Sec. 2.2). Each maps (N, C) class probabilities to N scores, higher = more uncertain.
@@ -80,6 +80,32 @@ UNCERTAINTY = {"entropy": entropy, "least-confidence": least_confidence, "margin
 def select_most_uncertain(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Positions of the `count` highest scores, highest first (ties: lower position first)."""
     return torch.sort(scores, descending=True, stable=True).indices[:count]
+
+
+# Levers on Step 5 (not the paper; issue #38), each measured on the development split (docs/results-i3a.md).
+
+
+def power_keys(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Stochastic power acquisition (Kirsch et al., TMLR 2023): keys whose top `count` are a draw without
+    replacement with probability proportional to the score (Gumbel-top-k on log score), so a round's batch
+    is not the m near-duplicates of one region that the top m can be. A zero score is never drawn first."""
+    uniform = torch.rand(len(scores), generator=generator, dtype=torch.float64).clamp_min(1e-300)
+    return torch.log(scores.double()) - torch.log(-torch.log(uniform))
+
+
+def spread_over_specimens(keys: torch.Tensor, specimens: list[str], count: int) -> torch.Tensor:
+    """Positions of `count` cells taken round robin over the specimens, each specimen's highest keys first:
+    every specimen's best cell, then every specimen's second, and so on (within a turn, highest key first).
+    No specimen gets more than its fair share while another still has candidates."""
+    order = torch.sort(keys, descending=True, stable=True).indices.tolist()
+    taken: dict[str, int] = {}
+    turn = torch.empty(len(order), dtype=torch.int64)
+    for position in order:  # a cell's turn: how many cells of its specimen rank above it
+        turn[position] = taken.get(specimens[position], 0)
+        taken[specimens[position]] = turn[position].item() + 1
+    rank = torch.empty(len(order), dtype=torch.int64)
+    rank[torch.tensor(order, dtype=torch.int64)] = torch.arange(len(order))
+    return torch.sort(turn * len(order) + rank, stable=True).indices[:count]
 
 
 def round_sizes(pool_size: int, limit: float, strategy="entropy", k_fraction=0.15, m_fraction=0.10) -> list[int]:
@@ -121,14 +147,22 @@ class Pool:
         self.labeled += [{"index": i, "round": round_index, "reason": r} for i, r in zip(chosen.tolist(), reasons)]
 
 
-def choose(model, forward, unlabeled, count, round_index, strategy, generator, device):
-    """Steps 2, 4 and 5: (chosen dataset indices, why each, how many cells were scored)."""
+def choose(model, forward, unlabeled, count, round_index, strategy, generator, device, query=None, specimens=None):
+    """Steps 2, 4 and 5: (chosen dataset indices, why each, how many cells were scored).
+
+    query: {"acquisition": "top" (the paper) or "power"}, {"spread": "none" (the paper) or "specimen"};
+    specimens: each dataset cell's specimen, for the spread."""
     if round_index == 0 or strategy == "random":  # Step 2: the seed set, k at random (random strategy: all)
         chosen = unlabeled[torch.randperm(len(unlabeled), generator=generator)[:count]]
         return chosen, ["random"] * len(chosen), 0
     # Steps 4 and 5: score every unlabeled pool image (Eq. 3 by default), label the `count` most uncertain.
     scores = UNCERTAINTY[strategy](predict_probabilities(model, unlabeled, device, 64, forward=forward))
-    positions = select_most_uncertain(scores, count)
+    query = query or {"acquisition": "top", "spread": "none"}
+    keys = power_keys(scores, generator) if query["acquisition"] == "power" else scores
+    if query["spread"] == "specimen":
+        positions = spread_over_specimens(keys, [specimens[i] for i in unlabeled.tolist()], count)
+    else:
+        positions = select_most_uncertain(keys, count)
     reasons = [f"{strategy}={value:.6f}" for value in scores[positions].tolist()]
     return unlabeled[positions], reasons, len(unlabeled)
 
@@ -309,12 +343,16 @@ def run(args):
     made["precision"] = pick_precision(device, args.float32)  # bfloat16 where the device computes in it
     print(precision_line(device, made["precision"]))
     dataset, model = target_and_network(args, made, device)
-    pool_side, test = split_pool_and_test(dataset, made["split"], args)  # Step 1
+    if args.spread == "specimen" and made["split"] != "specimen":
+        raise DataError(f"--spread specimen: needs every cell's specimen, and {dataset.source} has none listed")
+    made["split_parts"] = split_parts(args)  # what evaluate.py remakes the split from
+    pool_side, test = split_pool_and_test(dataset, made["split"], made["split_parts"], args)  # Step 1
     sizes = round_sizes(len(pool_side), args.limit, args.strategy, args.k_fraction, args.m_fraction)
     cache = frozen_cache(model, dataset, device, args.no_cache, made["precision"])
     forward = in_precision(forward_fn(model, dataset.images, cache, device), device, made["precision"])
     generator = torch.Generator().manual_seed(args.seed)
     training = {key: getattr(args, key) for key in TRAINING_FLAGS}  # fine_tune's settings, the same every round
+    query = {"acquisition": args.acquisition, "spread": args.spread}  # how Step 5 picks among the scored cells
     pool, rounds, setup_seconds = Pool(pool_side), [], time.time() - run_started
     if state is not None:
         rounds, setup_seconds = records.restore(state, made, dataset, model, generator, pool, setup_seconds)
@@ -323,7 +361,8 @@ def run(args):
     for round_index in range(len(rounds), len(sizes)):
         started = time.time()
         chosen, reasons, scored = choose(  # Steps 2, 4, 5: the seed set at random, then the most uncertain
-            model, forward, pool.unlabeled(), sizes[round_index], round_index, args.strategy, generator, device
+            model, forward, pool.unlabeled(), sizes[round_index], round_index, args.strategy, generator, device,
+            query, dataset.specimens,
         )
         score_seconds = time.time() - started if scored else 0.0
         pool.label(chosen, round_index, reasons)
@@ -368,17 +407,22 @@ def target_and_network(args, made: dict, device):
     return dataset, model.to(device)
 
 
-def split_pool_and_test(dataset, split: str, args):
+def split_pool_and_test(dataset, split: str, parts: dict, args):
     """Step 1: the pool and the test side (whole specimens on each); --development splits the pool again.
 
     The test part is only ever evaluated, never trained on or scored for selection."""
-    fractions, sides = [1 - args.test_fraction, args.test_fraction], ["pool", "test"]
-    pool, test = split_dataset(dataset, split, fractions, args.seed, sides)
-    if args.development:  # the test specimens are set aside unseen; the pool's own are split again
-        pool, test = development_split(dataset, split, pool, fractions, args.seed)
-        sides = ["dev pool", "dev test"]
-    print(describe_split(dataset, split, [pool, test], sides, args.seed))
+    pool, test = pool_and_test(dataset, split, parts)
+    sides = ["dev pool", "dev test"] if args.development else ["pool", "test"]
+    print(describe_split(dataset, split, [pool, test], sides, args.seed, args.fold, args.folds))
     return pool, test
+
+
+def split_parts(args) -> dict:
+    """How Step 1 splits: 80/20 by --seed, or fold --fold of --folds (fixed by the data; splits.pool_and_test).
+    --development: the pool side split again, the test side set aside unseen."""
+    fractions = [1 - args.test_fraction, args.test_fraction]
+    parts = {"names": ["pool", "test"], "fractions": fractions, "seed": args.seed, "development": args.development}
+    return {**parts, "fold": args.fold, "folds": args.folds}
 
 
 def frozen_cache(model, dataset, device, no_cache: bool, precision: str):
@@ -423,10 +467,20 @@ def build_parser():
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning, or keep the running ones as the paper "
     batchnorm += "(default: recalibrate)"
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm)
+    acquisition = "Step 5: the top m by uncertainty as the paper, or a draw of m with probability proportional to "
+    acquisition += "it (power, Kirsch et al. 2023) (default: top)"
+    add("--acquisition", default="top", choices=["top", "power"], help=acquisition)
+    spread = "Step 5: take the cells round robin over the pool's specimens, most uncertain first, or not as the "
+    spread += "paper (default: none)"
+    add("--spread", default="none", choices=["none", "specimen"], help=spread)
     development = "leave the test specimens out, split the pool again into a development pool and test (default: off)"
     add("--development", action="store_true", help=development)
     add("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
     add("--test-fraction", type=float, default=0.2, help="held-out test share (default: 0.2, Sec. 3.1)")
+    fold = f"test on this fold of --folds (cross-validation by specimen: each specimen tested in one fold; the "
+    fold += "folds fixed by the data, whatever --seed) instead of the seeded --test-fraction split (default: off)"
+    add("--fold", type=int, default=None, help=fold)
+    add("--folds", type=int, default=FOLDS, help=f"how many folds --fold counts (default: {FOLDS})")
     add("--image-size", type=int, default=112, help="with --scratch: cell size (default: 112; else the checkpoint's)")
     normalize = "with --scratch: per-cell intensity stretch (default: percentile; none is the paper's)"
     add("--normalize", default="percentile", choices=NORMALIZATIONS, help=normalize)

@@ -36,7 +36,7 @@ from runs import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from splits import development_split, resolve_split, split_dataset
+from splits import pool_and_test, resolve_split, split_dataset
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
@@ -61,7 +61,12 @@ def mca_aca(y_true, y_pred, num_classes: int) -> tuple[float, float]:
     from y_true has no accuracy to average, and counting it as 0 or 1 would
     move MCA by an amount that says nothing about the model.
     """
-    confusion = confusion_matrix(y_true, y_pred, num_classes)
+    return mca_aca_of(confusion_matrix(y_true, y_pred, num_classes))
+
+
+def mca_aca_of(confusion: torch.Tensor) -> tuple[float, float]:
+    """(MCA, ACA) of a confusion matrix. Summed over the k test sides of a cross-validation, every cell
+    predicted once, it gives the pooled MCA and ACA: those of the k folds' predictions put together."""
     present = [accuracy for accuracy in per_class_accuracy(confusion) if accuracy is not None]
     total = int(confusion.sum())
     mca = sum(present) / len(present) if present else 0.0
@@ -237,9 +242,10 @@ def split_of_checkpoint(checkpoint: dict, dataset, split: str):
     if split not in info["names"]:
         raise DataError(f"--split {split}: this checkpoint's run made the splits {', '.join(info['names'])}")
     by = resolve_split(by, dataset)
-    parts = split_dataset(dataset, by, info["fractions"], info["seed"], info["names"])
-    if info.get("development"):  # active.py --development: the pool split again, the test side left out
-        parts = list(development_split(dataset, by, parts[0], info["fractions"], info["seed"]))
+    if info["names"] == ["pool", "test"]:  # active.py's Step 1: 80/20 or a fold, --development's split
+        parts = pool_and_test(dataset, by, info)
+    else:
+        parts = split_dataset(dataset, by, info["fractions"], info["seed"], info["names"])
     return dataset.subset(parts[info["names"].index(split)])
 
 

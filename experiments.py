@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 import active
 from data import SHORT_NAMES, DataError
-from evaluate import draw_confusion, font_of_size, save_png
+from evaluate import draw_confusion, font_of_size, mca_aca_of, per_class_accuracy, save_png
 from records import read_results
 from runs import other_settings, run_command, write_text_atomic
 
@@ -50,6 +50,11 @@ def build_parser():
         "--limits", nargs="+", type=float, default=[0.1, 0.2, 0.4, 1.0], help="(default: 0.1 0.2 0.4 1)"
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="(default: 0 1 2)")
+    cv = "cross-validation by specimen: run every fold of K (active.py --fold F --folds K) and report the pooled "
+    cv += "MCA and ACA over all K test sides (default: off, the seeded 80/20 split of each --seed)"
+    parser.add_argument("--cv", type=int, default=None, metavar="K", help=cv)
+    only = "with --cv: run only these folds (default: all K; the pooled metrics need all K)"
+    parser.add_argument("--only-folds", nargs="+", type=int, default=None, metavar="F", help=only)
     parser.add_argument("--out", default="runs/grid", help="grid directory (default: runs/grid)")
     parser.add_argument(
         "--summarize-only",
@@ -62,6 +67,7 @@ def build_parser():
 def main(argv=None):
     grid_args, run_flags = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
     instead = {"--limit": "--limits", "--seed": "--seeds", "--scratch": "--cases", "--strategy": "--cases"}
+    instead.update({"--fold": "--cv K (--only-folds)", "--folds": "--cv K"})
     for flag in list(instead) + ["--resume"]:
         if any(given == flag or given.startswith(flag + "=") for given in run_flags):
             use = f"use {instead[flag]}" if flag in instead else "rerun the grid command to resume its runs"
@@ -70,48 +76,98 @@ def main(argv=None):
     return run_command(lambda grid: run_grid(grid, run_flags), grid_args)
 
 
+def check_grid_flags(grid_args) -> list:
+    """Each list flag names each value once (a seed twice would count one run as two); the folds to run."""
+    for flag in ("cases", "limits", "seeds", "only_folds"):
+        values = getattr(grid_args, flag) or []
+        twice = sorted({value for value in values if values.count(value) > 1})
+        if twice:
+            raise DataError(f"--{flag.replace('_', '-')}: {twice[0]} given twice; name each once")
+    if grid_args.cv is None:
+        if grid_args.only_folds is not None:
+            raise DataError("--only-folds: applies only with --cv K")
+        return [None]
+    if grid_args.cv < 2:
+        raise DataError(f"--cv {grid_args.cv}: expected at least 2 folds")
+    folds = grid_args.only_folds if grid_args.only_folds is not None else list(range(grid_args.cv))
+    outside = [fold for fold in folds if not 0 <= fold < grid_args.cv]
+    if outside:
+        expected = f"expected a fold from 0 to {grid_args.cv - 1} (--cv {grid_args.cv})"
+        raise DataError(f"--only-folds {outside[0]}: {expected}")
+    return folds
+
+
 def run_grid(grid_args, run_flags: list[str]) -> list[dict]:
-    """Every (case, limit, seed) of the grid: a finished run is read back, a killed one resumed, the rest run."""
+    """Every (case, limit, seed, fold) of the grid: a finished run is read back, a killed one resumed, the rest run."""
     out, rows = Path(grid_args.out), []
-    for case in grid_args.cases:
-        for limit in grid_args.limits:
-            for seed in grid_args.seeds:
-                run_case = SAME_RUN_AT_FULL_BUDGET.get(case, case) if limit >= 1 else case
-                run_dir = out / f"{run_case}-limit{limit:g}-seed{seed}"
-                if run_case != case:
-                    print(f"grid: {case}-limit{limit:g}-seed{seed} is {run_dir.name} (Sec. 3.3: no selection at 100%)")
-                flags = CASES[run_case] + ["--limit", str(limit), "--seed", str(seed), "--out", str(run_dir)]
-                args = active.build_parser().parse_args(run_flags + flags)
-                if (run_dir / "results.json").exists():
-                    results = read_results(run_dir / "results.json")
-                    differs = other_settings(results["args"], args, may_change=("device",))
-                    if differs is not None:  # a grid folder holds the runs of one grid: never another's as its own
-                        raise DataError(f"--out {out}: {run_dir.name} was made {differs}; use another --out")
-                    print(f"grid: {run_dir.name} finished earlier")
-                elif grid_args.summarize_only:
-                    print(f"grid: {run_dir.name} not finished, left out")
-                    continue
-                else:  # the same command resumes a run killed half-way (and refuses other flags than its own)
-                    args.resume = (run_dir / "state.pt").exists()
-                    print(f"grid: {'resuming' if args.resume else 'running'} {run_dir.name}")
-                    results = active.run(args)
-                rows.append({"case": case, "limit": limit, "seed": seed, "results": results})
-                write_grid_results(rows, out)
+    runs = [
+        (case, limit, seed, fold)
+        for case in grid_args.cases
+        for limit in grid_args.limits
+        for seed in grid_args.seeds
+        for fold in check_grid_flags(grid_args)
+    ]
+    for case, limit, seed, fold in runs:
+        run_case = SAME_RUN_AT_FULL_BUDGET.get(case, case) if limit >= 1 else case
+        in_fold = "" if fold is None else f"-fold{fold}"
+        run_dir = out / f"{run_case}-limit{limit:g}-seed{seed}{in_fold}"
+        if run_case != case:
+            name = f"{case}-limit{limit:g}-seed{seed}{in_fold}"
+            print(f"grid: {name} is {run_dir.name} (Sec. 3.3: no selection at 100%)")
+        flags = CASES[run_case] + ["--limit", str(limit), "--seed", str(seed), "--out", str(run_dir)]
+        if fold is not None:
+            flags += ["--fold", str(fold), "--folds", str(grid_args.cv)]
+        args = active.build_parser().parse_args(run_flags + flags)
+        if (run_dir / "results.json").exists():
+            results = read_results(run_dir / "results.json")
+            differs = other_settings(results["args"], args, may_change=("device",))
+            if differs is not None:  # a grid folder holds the runs of one grid: never another's as its own
+                raise DataError(f"--out {out}: {run_dir.name} was made {differs}; use another --out")
+            print(f"grid: {run_dir.name} finished earlier")
+        elif grid_args.summarize_only:
+            print(f"grid: {run_dir.name} not finished, left out")
+            continue
+        else:  # the same command resumes a run killed half-way (and refuses other flags than its own)
+            args.resume = (run_dir / "state.pt").exists()
+            print(f"grid: {'resuming' if args.resume else 'running'} {run_dir.name}")
+            results = active.run(args)
+        rows.append({"case": case, "limit": limit, "seed": seed, "fold": fold, "results": results})
+        write_grid_results(rows, out, grid_args.cv)
     if not rows:
         raise DataError(f"--out {out}: no finished run of this grid to summarize")
-    write_grid_summary(rows, out)
+    write_grid_summary(rows, out, grid_args.cv)
     return rows
 
 
-def write_grid_results(rows, out: Path) -> None:
-    """results.csv: one row per finished run, rewritten (atomically) after every run."""
+def pooled_runs(rows, folds: int | None) -> list[dict]:
+    """One pooled row per (case, limit, seed) whose k folds have all finished: the k test sides' confusion
+    matrices summed, so every cell is predicted once, and its MCA, ACA and per-class accuracies."""
+    if folds is None:
+        return []
+    pooled = []
+    for key in dict.fromkeys((row["case"], row["limit"], row["seed"]) for row in rows):
+        group = [row["results"] for row in rows if (row["case"], row["limit"], row["seed"]) == key]
+        if sorted(result.get("fold") for result in group) != list(range(folds)):
+            continue
+        confusion = torch.tensor([result["confusion"] for result in group]).sum(dim=0)
+        mca, aca = mca_aca_of(confusion)
+        class_names = list(group[0]["per_class"])
+        results = {"mca": mca, "aca": aca, "per_class": dict(zip(class_names, per_class_accuracy(confusion)))}
+        results.update(confusion=confusion.tolist(), split=group[0].get("split", "cells"), fold="pooled")
+        results.update(labeled=sum(r["labeled"] for r in group), seconds=sum(r.get("seconds", 0) for r in group))
+        pooled.append({"case": key[0], "limit": key[1], "seed": key[2], "fold": "pooled", "results": results})
+    return pooled
+
+
+def write_grid_results(rows, out: Path, folds: int | None = None) -> None:
+    """results.csv: one row per finished run, then (with --cv) one pooled row per finished cross-validation,
+    rewritten (atomically) after every run."""
     class_names = list(rows[0]["results"]["per_class"])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(
-        ["case", "limit", "seed", "split", "labeled", "mca", "aca", "specimen_accuracy", *class_names, "seconds"]
-    )
-    for row in rows:
+    header = ["case", "limit", "seed", "fold", "split", "labeled", "mca", "aca", "specimen_accuracy"]
+    writer.writerow(header + [*class_names, "seconds"])
+    for row in rows + pooled_runs(rows, folds):
         results = row["results"]
         per_class = [
             ("" if results["per_class"][name] is None else f"{results['per_class'][name]:.4f}") for name in class_names
@@ -121,6 +177,7 @@ def write_grid_results(rows, out: Path) -> None:
                 row["case"],
                 row["limit"],
                 row["seed"],
+                "" if row["fold"] is None else row["fold"],
                 results.get("split", "cells"),  # runs from before specimen splits split cells
                 results["labeled"],
                 f"{results['mca']:.4f}",
@@ -142,13 +199,14 @@ def _percent(mean, std, seeds) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}" if seeds > 1 else f"{100 * mean:.2f} (one seed)"
 
 
-def write_grid_summary(rows, out: Path) -> None:
-    """summary.md (mean and std over seeds), mca_aca.png, hardest_classes.png, and summed confusion matrices."""
+def write_grid_summary(rows, out: Path, folds: int | None = None) -> None:
+    """summary.md (with --cv first the pooled table, then mean and std over runs), mca_aca.png,
+    hardest_classes.png, and summed confusion matrices."""
     cases = list(dict.fromkeys(row["case"] for row in rows))
     limits = sorted({row["limit"] for row in rows})
     class_names = list(rows[0]["results"]["per_class"])
     lines = [
-        "| case | limit | split | seeds | labeled | MCA % (mean ± std) | ACA % (mean ± std) | specimens % (vote) |",
+        "| case | limit | split | runs | labeled | MCA % (mean ± std) | ACA % (mean ± std) | specimens % (vote) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     curves = {"MCA": {}, "ACA": {}}
@@ -178,6 +236,7 @@ def write_grid_summary(rows, out: Path) -> None:
                 out / f"confusion-{case}-limit{limit:g}.png",
                 f"{case.upper()} at limit {limit:g}, {len(group)} seed(s) summed",
             )
+    lines = cross_validation_table(rows, folds, class_names) + lines
     write_text_atomic("\n".join(lines) + "\n", out / "summary.md")
     draw_line_chart(
         out / "mca_aca.png",
@@ -202,6 +261,33 @@ def write_grid_summary(rows, out: Path) -> None:
     )
     print("\n".join(lines))
     print(f"grid written to {out}: results.csv, summary.md, mca_aca.png, hardest_classes.png, confusion-*.png")
+
+
+def cross_validation_table(rows, folds: int | None, class_names: list[str]) -> list[str]:
+    """With --cv: per case and limit, the pooled MCA and ACA (mean ± std over seeds when there are several),
+    the per-fold MCA's mean ± std, and each class's pooled accuracy; [] without --cv."""
+    pooled = pooled_runs(rows, folds)
+    if not pooled:
+        return []
+    short = [SHORT_NAMES.get(name, name) for name in class_names]
+    unit = "specimen" if pooled[0]["results"]["split"] == "specimen" else "cells"
+    lines = [
+        f"{folds}-fold cross-validation by {unit}: pooled over the {folds} test sides (every cell predicted once)",
+        "",
+        "| case | limit | seeds | pooled MCA % | pooled ACA % | MCA % per fold (mean ± std) | " + " | ".join(short) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(short),
+    ]
+    for key in dict.fromkeys((row["case"], row["limit"]) for row in pooled):
+        group = [row["results"] for row in pooled if (row["case"], row["limit"]) == key]
+        runs = [row["results"] for row in rows if (row["case"], row["limit"]) == key and row["fold"] is not None]
+        mca, aca = _mean_std([r["mca"] for r in group]), _mean_std([r["aca"] for r in group])
+        per_fold = _mean_std([r["mca"] for r in runs])
+        per_class = [_mean_std([r["per_class"][name] for r in group])[0] for name in class_names]
+        lines.append(
+            f"| {key[0].upper()} | {key[1]:g} | {len(group)} | {_percent(*mca, len(group))} | {_percent(*aca, len(group))} "
+            f"| {_percent(*per_fold, len(runs))} | " + " | ".join(f"{100 * value:.1f}" for value in per_class) + " |"
+        )
+    return lines + ["", "Every run (mean ± std over its seeds and folds):", ""]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,12 @@ from splits import specimens_of
 def check_run_flags(args) -> None:
     if not 0 < args.limit <= 1:
         raise DataError(f"--limit {args.limit}: expected a fraction in (0, 1]")
+    if args.folds < 2:
+        raise DataError(f"--folds {args.folds}: expected at least 2")
+    if args.fold is not None and not 0 <= args.fold < args.folds:
+        raise DataError(f"--fold {args.fold}: expected a fold from 0 to {args.folds - 1} (--folds {args.folds})")
+    if args.fold is not None and args.test_fraction != 0.2:
+        raise DataError(f"--test-fraction {args.test_fraction}: --fold {args.fold} tests one fold of --folds instead")
     if not 0 < args.test_fraction < 1:
         raise DataError(f"--test-fraction {args.test_fraction}: expected a fraction in (0, 1)")
     for flag in ("k_fraction", "m_fraction"):
@@ -114,11 +120,9 @@ def finish(args, made, dataset, pool, test, labeled, rounds, model, setup_second
     cell_specimens = [dataset.specimens[i] for i in test.tolist()] if made["split"] == "specimen" else None
     probabilities = predict_probabilities(model, dataset.images[test], device, 64)
     metrics = summarize(dataset.labels[test], probabilities, dataset.class_names, cell_specimens)
-    fractions = [1 - args.test_fraction, args.test_fraction]
-    # evaluate.py remakes the split from these; the development split from the same seed
-    parts = {"names": ["pool", "test"], "fractions": fractions, "seed": args.seed, "development": args.development}
     saved = {key: value for key, value in made.items() if key != "fingerprint"}
-    saved.update(data_kind="target", split_parts=parts, test_specimens=specimens_of(dataset, test))
+    # evaluate.py remakes the split from split_parts (splits.pool_and_test)
+    saved.update(data_kind="target", split_parts=made["split_parts"], test_specimens=specimens_of(dataset, test))
     checkpoint = {"model": model.state_dict(), "class_names": dataset.class_names, "args": vars(args)}
     checkpoint.update(derived=saved, round=len(rounds) - 1, metrics={"test": metrics})
     save_atomic(checkpoint, out / "model.pt")
@@ -127,6 +131,7 @@ def finish(args, made, dataset, pool, test, labeled, rounds, model, setup_second
     write_text_atomic(labeled_csv(dataset, labeled), out / "labeled.csv")
     results = {"args": vars(args), "derived": saved, "case": made["case"], **final_metrics(metrics)}
     results.update(split=made["split"], development=args.development, test_specimens=saved["test_specimens"])
+    results.update(fold=args.fold, folds=args.folds if args.fold is not None else None)
     results.update(specimen_accuracy=metrics.get("specimen_accuracy"), specimen_results=metrics.get("specimens"))
     results.update(budget=len(labeled), labeled=len(labeled))  # the loop spends the budget exactly (round_sizes)
     results.update(seconds=setup_seconds + sum(r["seconds"] for r in rounds), pool=len(pool), test=len(test))

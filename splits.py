@@ -61,6 +61,20 @@ def _cut_specimens(sizes: list[int], shares: list[float]) -> list[int]:
     return sides + [len(shares) - 1] * (len(sizes) - boundary)
 
 
+def specimens_by_class(labels: torch.Tensor, specimens: list[str]) -> tuple[dict, dict]:
+    """({specimen: its cells' indices}, {class: its specimens}): a specimen counts for the class most of its
+    cells have."""
+    members: dict[str, list[int]] = {}
+    for index, specimen in enumerate(specimens):
+        members.setdefault(specimen, []).append(index)
+    label_list = labels.tolist()
+    by_class: dict[int, list[str]] = {}
+    for specimen, cells in members.items():
+        counts = torch.bincount(torch.tensor([label_list[i] for i in cells]))
+        by_class.setdefault(int(counts.argmax()), []).append(specimen)
+    return members, by_class
+
+
 def specimen_split(
     labels: torch.Tensor,
     specimens: list[str],
@@ -79,14 +93,7 @@ def specimen_split(
     closest), so that another seed gives other test specimens.
     """
     generator = torch.Generator().manual_seed(seed)
-    members: dict[str, list[int]] = {}
-    for index, specimen in enumerate(specimens):
-        members.setdefault(specimen, []).append(index)
-    label_list = labels.tolist()
-    by_class: dict[int, list[str]] = {}
-    for specimen, cells in members.items():
-        counts = torch.bincount(torch.tensor([label_list[i] for i in cells]))
-        by_class.setdefault(int(counts.argmax()), []).append(specimen)
+    members, by_class = specimens_by_class(labels, specimens)
     total = sum(fractions)
     shares = [fraction / total for fraction in fractions]
     sides_needed = [name for name, share in zip(names, shares) if share > 0]
@@ -183,6 +190,77 @@ def development_split(dataset: CellDataset, by: str, pool: torch.Tensor, fractio
     return pool[inner[0]], pool[inner[1]]
 
 
+# ---------------------------------------------------------------------------------------------
+# Cross-validation by specimen (issue #38): k folds, every specimen on the test side of exactly one
+
+
+FOLDS = 5  # --folds: Golgi, the rarest class, has 5 pseudo-specimens in I3A, so each fold tests one
+
+
+def specimen_folds(labels: torch.Tensor, specimens: list[str], folds: int, class_names: list[str]) -> list[torch.Tensor]:
+    """The test side of each of `folds` folds: every specimen in exactly one, every class in every one.
+
+    Fixed by the data alone (no seed), so every run of a fold, whatever its --seed, tests the same cells.
+    A specimen counts for the class most of its cells have; within a class the specimens go, largest first
+    (ties by name), to the fold that holds the fewest cells of that class so far (ties: the fewest cells
+    of all classes, then the lowest fold), so the first `folds` of them give each fold one.
+    """
+    members, by_class = specimens_by_class(labels, specimens)
+    fewest = min(range(len(class_names)), key=lambda label: len(by_class.get(label, [])))
+    if len(by_class.get(fewest, [])) < folds:
+        count = len(by_class.get(fewest, []))
+        fewer = f"use --folds {count} or fewer, or drop it" if count >= 2 else "drop it"
+        raise DataError(
+            f"--folds {folds}: class '{class_names[fewest]}' has {count} specimen(s), too few to put one on the test "
+            f"side of each of {folds} folds; {fewer} with --classes"
+        )
+    parts: list[list[int]] = [[] for _ in range(folds)]
+    for label in range(len(class_names)):
+        group = sorted(by_class.get(label, []), key=lambda specimen: (-len(members[specimen]), specimen))
+        of_class = [0] * folds
+        for specimen in group:
+            fold = min(range(folds), key=lambda f: (of_class[f], len(parts[f]), f))
+            of_class[fold] += len(members[specimen])
+            parts[fold].extend(members[specimen])
+    return [torch.tensor(sorted(part), dtype=torch.int64) for part in parts]
+
+
+def fold_split(dataset: CellDataset, by: str, folds: int, fold: int, what: str = "--fold") -> tuple:
+    """(pool, test) of fold `fold` of `folds`: the fold's test side, and every other cell as the pool.
+
+    By specimen, `specimen_folds`; by cells, each class's cells dealt into `folds` parts with a fixed seed."""
+    if folds < 2:
+        raise DataError(f"--folds {folds}: expected at least 2")
+    if not 0 <= fold < folds:
+        raise DataError(f"{what} {fold}: expected a fold from 0 to {folds - 1} (--folds {folds})")
+    if by == "specimen":
+        tests = specimen_folds(dataset.labels, dataset.specimens, folds, dataset.class_names)
+    else:
+        tests = split_dataset(dataset, "cells", [1.0] * folds, 0, [f"fold {f}" for f in range(folds)])
+    test = tests[fold]
+    return torch.cat([part for f, part in enumerate(tests) if f != fold]).sort().values, test
+
+
+def pool_and_test(dataset: CellDataset, by: str, parts: dict) -> tuple:
+    """Step 1's two sides as a run records them in `parts` (fractions and seed, or fold and folds), and
+    with parts["development"] the development split of the pool side instead (the test side left out).
+
+    With folds, the development split is the pool side's own folds, one fewer (each still tests every
+    class), of which the first is the development test side: fixed by the data, as the folds are."""
+    if parts.get("fold") is None:
+        pool, test = split_dataset(dataset, by, parts["fractions"], parts["seed"], ["pool", "test"])
+        if parts.get("development"):
+            pool, test = development_split(dataset, by, pool, parts["fractions"], parts["seed"])
+        return pool, test
+    pool, test = fold_split(dataset, by, parts["folds"], parts["fold"])
+    if parts.get("development"):
+        if parts["folds"] < 3:
+            raise DataError(f"--development with --folds {parts['folds']}: expected --folds 3 or more")
+        inner_pool, inner_test = fold_split(dataset.subset(pool), by, parts["folds"] - 1, 0, "--development")
+        pool, test = pool[inner_pool], pool[inner_test]
+    return pool, test
+
+
 def specimens_of(dataset: CellDataset, indices: torch.Tensor) -> list[str]:
     """The distinct specimens of these cells, sorted; [] where specimens are unknown."""
     if dataset.specimens is None:
@@ -190,13 +268,15 @@ def specimens_of(dataset: CellDataset, indices: torch.Tensor) -> list[str]:
     return sorted({dataset.specimens[i] for i in indices.tolist() if dataset.specimens[i] is not None})
 
 
-def describe_split(dataset: CellDataset, by: str, parts: list[torch.Tensor], names: list[str], seed: int) -> str:
+def describe_split(dataset: CellDataset, by: str, parts: list[torch.Tensor], names: list[str], seed: int,
+                   fold: int | None = None, folds: int | None = None) -> str:
     """What the start of every run prints: the split, and each class's cells and specimens on each side."""
     sizes = ", ".join(f"{name} {len(part)}" for name, part in zip(names, parts))
+    which = f"seed {seed}" if fold is None else f"fold {fold} of {folds}"
     if by == "cells":
         why = "no specimens known" if dataset.specimens is None else "--split cells"
-        return f"split: by cells ({why}; cells of one specimen may sit on both sides), seed {seed}: {sizes}"
-    lines = [f"split: by specimen (each specimen whole on one side), seed {seed}: {sizes} cells"]
+        return f"split: by cells ({why}; cells of one specimen may sit on both sides), {which}: {sizes}"
+    lines = [f"split: by specimen (each specimen whole on one side), {which}: {sizes} cells"]
     width = max(len(name) for name in dataset.class_names)
     lines.append(f"  {'class':<{width}}  specimens  " + "  ".join(f"{name:>12}" for name in names))
     for label, class_name in enumerate(dataset.class_names):

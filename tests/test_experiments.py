@@ -17,9 +17,9 @@ def test_grid_writes_tables_and_plots_and_completes_a_half_finished_grid(pretrai
     assert len(rows) == 8
     lines = (out / "results.csv").read_text().splitlines()
     assert (
-        lines[0].startswith("case,limit,seed,split,labeled,mca,aca,specimen_accuracy,homogeneous") and len(lines) == 9
+        lines[0].startswith("case,limit,seed,fold,split,labeled,mca,aca,specimen_accuracy,homogeneous") and len(lines) == 9
     )
-    assert all(line.split(",")[3] == "cells" for line in lines[1:])  # synthetic cells have no specimens
+    assert all(line.split(",")[3:5] == ["", "cells"] for line in lines[1:])  # synthetic cells have no specimens
     summary = (out / "summary.md").read_text()
     assert "| IN-AL | 0.3 | cells | 2 |" in summary and "| RS | 1 | cells | 2 |" in summary
     for name in ["mca_aca.png", "hardest_classes.png", "confusion-rs-limit0.3.png", "confusion-in-al-limit1.png"]:
