@@ -22,6 +22,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import time
 from pathlib import Path
 
@@ -30,23 +31,23 @@ from PIL import Image, ImageDraw
 
 from active import MAX_EPOCHS, early_feature_cache, entropy, fine_tune, forward_fn, select_most_uncertain
 from data import SHORT_NAMES, TARGET_CLASSES, DataError, read_cell
-from evaluate import font_of_size, predict_probabilities, save_png, summarize
-from layouts import canonical_class, load_unlabeled, parse_class_list, read_csv_rows, specimens_in
+from evaluate import font_of_size, predict_probabilities, summarize
+from layouts import canonical_class, load_unlabeled, parse_class_list, read_csv_rows, specimens_in, spreadsheet_cell
 from model import ParallelResNet, freeze_early_layers, transfer
 from runs import (
     NUMBER,
     add_device_flag,
     check_fields,
     check_flags,
+    check_output_folder,
     load_checkpoint,
     network_from_checkpoint,
     pick_device,
     preprocessing,
     read_json,
     run_command,
-    save_atomic,
     seed_everything,
-    write_text_atomic,
+    write_all_atomic,
 )
 
 SKIP = "skip"
@@ -118,8 +119,12 @@ def build_parser():
         "ingest", help="add the filled labels, fine-tune, ask again", allow_abbrev=False
     )
     status = commands.add_parser("status", help="rounds, labels per class, held-out accuracy", allow_abbrev=False)
-    for command in (ingest_parser, status):
+    drop_parser = commands.add_parser(
+        "drop", help="take labels out of the ledger (a changed or deleted file)", allow_abbrev=False
+    )
+    for command in (ingest_parser, status, drop_parser):
         command.add_argument("campaign", help="campaign folder")
+    drop_parser.add_argument("files", nargs="+", help="file names as the ledger has them")
     for command in (query, ingest_parser, status):
         add_device_flag(command)
     return parser
@@ -135,8 +140,22 @@ def run(args) -> dict:
     folder = Path(args.campaign)
     if args.command == "ingest":
         return ingest(folder, pick_device(args.device))
+    if args.command == "drop":
+        return drop(folder, args.files)
     state = load_campaign(folder)
     print_status(folder, state)
+    return state
+
+
+def drop(folder: Path, files: list[str]) -> dict:
+    """Take these files' labels out of the ledger, as one step: the next ingest trains without them."""
+    state = load_campaign(folder)
+    unknown = [name for name in files if name not in {entry["file"] for entry in state["ledger"]}]
+    if unknown:
+        raise DataError(f"{unknown[0]}: not in the ledger of {folder}; name files as ledger.csv has them")
+    state["ledger"] = [entry for entry in state["ledger"] if entry["file"] not in files]
+    commit(folder, state, [], load_checkpoint(folder / state["model"], "campaign model"), previous_model=None)
+    print(f"dropped the labels of {len(files)} file(s); {len(state['ledger'])} labels left in {folder / 'ledger.csv'}")
     return state
 
 
@@ -149,6 +168,9 @@ def start_campaign(args) -> dict:
     folder, pool = Path(args.out), Path(args.pool)
     if (folder / "campaign.json").exists():
         raise DataError(f"--out {folder}: a campaign is already there; continue it with `campaign.py ingest {folder}`")
+    foreign = sorted(path.name for path in folder.iterdir() if not MADE.match(path.name)) if folder.is_dir() else []
+    if foreign:  # a campaign writes and removes only files of its own
+        raise DataError(f"--out {folder}: holds files of its own (e.g. {foreign[0]}); start the campaign in a new folder")
     check_flags(args, ("n", "max_epochs"))
     if not 0 <= args.holdout < 1:
         raise DataError(f"--holdout {args.holdout}: expected a fraction in [0, 1)")
@@ -157,6 +179,8 @@ def start_campaign(args) -> dict:
         raise DataError(f"--classes {' '.join(classes)}: expected at least two classes")
     if folder.resolve() == pool.resolve() or pool.resolve() in folder.resolve().parents:
         raise DataError(f"--out {folder}: inside the pool {pool}; its query sheets would become cells to label")
+    check_output_folder(folder)
+    check_output_folder(folder / "export")
     device = pick_device(args.device)
     seed_everything(args.seed)
     pretrained = load_checkpoint(args.checkpoint)
@@ -185,9 +209,8 @@ def start_campaign(args) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     chosen = torch.randperm(len(names), generator=generator)[: args.n].tolist()
     probabilities = predict_probabilities(model, images[chosen], device, 64)
-    state["pending"] = write_query(folder, state, 0, [names[i] for i in chosen], probabilities)
-    save_campaign_model(model, state, folder / "model-000.pt", None)
-    commit(folder, state)
+    state["pending"], writes = query_files(folder, state, 0, [names[i] for i in chosen], probabilities)
+    commit(folder, state, writes, campaign_checkpoint(model, state, None), previous_model=None)
     print(f"round 0: {len(chosen)} cells picked at random from {len(names)} in {pool}")
     print(
         f"label them in {folder / 'round-000.csv'} (see {folder / 'round-000.png'}), then `campaign.py ingest {folder}`"
@@ -195,8 +218,9 @@ def start_campaign(args) -> dict:
     return state
 
 
-def write_query(folder: Path, state: dict, round_index: int, names: list[str], probabilities) -> list[dict]:
-    """round-NNN.csv (for the annotator to fill) and round-NNN.png (the cells, numbered as in the CSV)."""
+def query_files(folder: Path, state: dict, round_index: int, names: list[str], probabilities):
+    """(the pending entries, the writes of round-NNN.csv, for the annotator to fill, and round-NNN.png, the cells
+    numbered as in the CSV): commit writes them with the step's other files."""
     classes, pool = state["classes"], Path(state["pool"])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -208,23 +232,25 @@ def write_query(folder: Path, state: dict, round_index: int, names: list[str], p
         first, second = [classes[i] for i in top.indices.tolist()] + [""] * (2 - len(top.indices))
         p_first, p_second = (top.values.tolist() + [0.0])[:2]
         writer.writerow(
-            [number, name, round_index, f"{value:.4f}", first, f"{p_first:.3f}", second, f"{p_second:.3f}", ""]
+            [number, spreadsheet_cell(name), round_index, f"{value:.4f}", first, f"{p_first:.3f}", second,
+             f"{p_second:.3f}", ""]
         )
         captions.append(
             f"{SHORT_NAMES.get(first, first)} {p_first:.2f} / {SHORT_NAMES.get(second, second)} {p_second:.2f}"
         )
         cells.append(read_cell(pool / name))
-    write_text_atomic(buffer.getvalue(), folder / f"round-{round_index:03d}.csv")
-    draw_contact_sheet(
-        cells,
-        captions,
-        folder / f"round-{round_index:03d}.png",
-        f"round {round_index}: label these cells in round-{round_index:03d}.csv (number = row)",
+    sheet = draw_contact_sheet(
+        cells, captions, f"round {round_index}: label these cells in round-{round_index:03d}.csv (number = row)"
     )
-    return [{"file": name, "sha256": file_digest(pool / name)} for name in names]
+    text = buffer.getvalue().encode()
+    writes = [
+        (folder / f"round-{round_index:03d}.csv", lambda temporary: temporary.write_bytes(text)),
+        (folder / f"round-{round_index:03d}.png", lambda temporary: sheet.save(temporary, format="PNG")),
+    ]
+    return [{"file": name, "sha256": file_digest(pool / name)} for name in names], writes
 
 
-def draw_contact_sheet(cells: list, captions: list[str], path, title: str = "", tile: int = 180, columns: int = 5):
+def draw_contact_sheet(cells: list, captions: list[str], title: str = "", tile: int = 180, columns: int = 5):
     """Cells (2-D float arrays in [0, 1]) in a numbered grid, large enough for an annotator to judge.
 
     Each cell is stretched to its own brightest pixel for display only, so dim
@@ -243,26 +269,28 @@ def draw_contact_sheet(cells: list, captions: list[str], path, title: str = "", 
         draw.rectangle((x + 4, y + 4, x + 38, y + 24), fill="black")
         draw.text((x + 8, y + 6), f"{position + 1}", fill="yellow", font=font)
         draw.text((x + 6, y + tile - 2), caption[:34], fill="black", font=small)
-    save_png(image, path)
+    return image
 
 
-def save_campaign_model(model, state: dict, path: Path, validation) -> None:
-    save_atomic(
-        {
-            "model": model.state_dict(),
-            "class_names": state["classes"],
-            "args": {k: v for k, v in state.items() if k in ("pool", "checkpoint", "n", "seed", "holdout")},
-            "round": state["round"],
-            "metrics": {"validation": validation},
-            "derived": {"image_size": state["image_size"], "normalize": state["normalize"], "data_kind": "campaign"},
-        },
-        path,
-    )
+def campaign_checkpoint(model, state: dict, validation) -> dict:
+    return {
+        "model": model.state_dict(),
+        "class_names": state["classes"],
+        "args": {k: v for k, v in state.items() if k in ("pool", "checkpoint", "n", "seed", "holdout")},
+        "round": state["round"],
+        "metrics": {"validation": validation},
+        "derived": {"image_size": state["image_size"], "normalize": state["normalize"], "data_kind": "campaign"},
+    }
 
 
-def commit(folder: Path, state: dict) -> None:
-    """Replace campaign.json (the step's single commit point), then rewrite the derived files."""
-    write_text_atomic(json.dumps(state, indent=1), folder / "campaign.json")
+# Every name a campaign writes in its folder; a campaign removes only files it made and recorded.
+MADE = re.compile(r"(campaign\.json|ledger\.csv|export|round-\d{3}\.(csv|png)|model-\d{3}\.pt|\..+\.tmp\d+)")
+
+
+def commit(folder: Path, state: dict, writes: list, checkpoint: dict, previous_model: str | None) -> None:
+    """The step, whole or not at all: the query's files, the model, ledger.csv, export/ and campaign.json (the
+    commit point, last) written as one (runs.write_all_atomic); then the previous round's model, which the
+    campaign made and recorded, is removed."""
     pool = Path(state["pool"])
     ledger = io.StringIO()
     writer = csv.writer(ledger)
@@ -271,16 +299,22 @@ def commit(folder: Path, state: dict) -> None:
     labels_writer = csv.writer(labels)
     labels_writer.writerow(["image", "class"])
     for entry in state["ledger"]:
-        writer.writerow([entry["file"], entry["label"], entry["round"]])
+        writer.writerow([spreadsheet_cell(entry["file"]), entry["label"], entry["round"]])
         if entry["label"] != SKIP:
-            labels_writer.writerow([str(pool / entry["file"]), entry["label"]])
-    write_text_atomic(ledger.getvalue(), folder / "ledger.csv")
-    write_text_atomic(labels.getvalue(), folder / "export" / "labels.csv")
-    current = load_checkpoint(folder / state["model"], "campaign model")
-    save_atomic(current, folder / "export" / "model.pt")
-    for old in folder.glob("model-*.pt"):
-        if old.name != state["model"]:
-            old.unlink()
+            labels_writer.writerow([spreadsheet_cell(str(pool / entry["file"])), entry["label"]])
+    texts = {
+        folder / "ledger.csv": ledger.getvalue().encode(),
+        folder / "export" / "labels.csv": labels.getvalue().encode(),
+        folder / "campaign.json": json.dumps(state, indent=1).encode(),
+    }
+    write_all_atomic(
+        writes
+        + [(folder / state["model"], lambda temporary: torch.save(checkpoint, temporary))]
+        + [(folder / "export" / "model.pt", lambda temporary: torch.save(checkpoint, temporary))]
+        + [(path, lambda temporary, text=text: temporary.write_bytes(text)) for path, text in texts.items()]
+    )
+    if previous_model is not None and previous_model != state["model"]:
+        (folder / previous_model).unlink(missing_ok=True)
 
 
 def read_filled_query(folder: Path, state: dict) -> tuple[list[dict], list[str]]:
@@ -299,7 +333,8 @@ def read_filled_query(folder: Path, state: dict) -> tuple[list[dict], list[str]]
     entries, unfilled, seen = [], [], set()
     valid = ", ".join(classes + [SKIP])
     for line, row in enumerate(rows, start=2):
-        name, label = (row.get("file") or "").strip(), (row.get("label") or "").strip()
+        name, label = row.get("file") or "", (row.get("label") or "").strip()
+        name = name if name in pending else name.strip()  # a name may begin with a space; a spreadsheet may add one
         if name not in pending:
             raise DataError(f"{path}:{line}: '{name}' was not asked in round {round_index}")
         if name in seen:
@@ -315,7 +350,7 @@ def read_filled_query(folder: Path, state: dict) -> tuple[list[dict], list[str]]
             raise DataError(f"{path}:{line}: {pool / name} no longer exists")
         if file_digest(pool / name) != pending[name]:
             raise DataError(f"{path}:{line}: {pool / name} changed since it was queried; label it again next round")
-        entries.append({"file": name, "label": canonical, "round": round_index})
+        entries.append({"file": name, "label": canonical, "round": round_index, "sha256": pending[name]})
     missing = [name for name in pending if name not in seen]
     if missing:
         raise DataError(f"{path}: {len(missing)} queried file(s) are missing from the CSV, e.g. '{missing[0]}'")
@@ -324,12 +359,31 @@ def read_filled_query(folder: Path, state: dict) -> tuple[list[dict], list[str]]
     return entries, unfilled
 
 
+def check_ledger(folder: Path, state: dict) -> None:
+    """Every labeled cell is still the cell that was labeled: its file is there, with the bytes it had when it was
+    asked. A change is one line naming the file, and the way out."""
+    pool = Path(state["pool"])
+    for entry in state["ledger"]:
+        path = pool / entry["file"]
+        gone = not path.is_file()
+        if gone or ("sha256" in entry and file_digest(path) != entry["sha256"]):
+            what = "is gone" if gone else "changed"
+            raise DataError(
+                f"{path}: labeled '{entry['label']}' in round {entry['round']}, but the file {what} since; put it back "
+                f"as it was, or drop its label with `campaign.py drop {folder} {entry['file']}` (a cell still in the "
+                "pool is then asked again)"
+            )
+
+
 def ingest(folder: Path, device) -> dict:
     """Add the annotator's labels, fine-tune (Sec. 3.1), and write the next query (Sec. 2.2, Eq. 3)."""
     started = time.time()
     state = load_campaign(folder)
+    check_output_folder(folder, "campaign")
+    check_output_folder(folder / "export", "campaign")
     if not state["pending"]:
         raise DataError(f"{folder}: every cell of the pool is labeled; nothing is pending")
+    check_ledger(folder, state)
     entries, unfilled = read_filled_query(folder, state)
     ledger = state["ledger"] + entries
     images, files = load_unlabeled(state["pool"], state["image_size"], state["normalize"], "campaign pool")
@@ -349,13 +403,13 @@ def ingest(folder: Path, device) -> dict:
     fresh = unlabeled[select_most_uncertain(scores, max(0, state["n"] - len(unfilled)))].tolist()
     asked = [position[name] for name in unfilled if name in position] + fresh
 
-    next_round = state["round"] + 1
+    next_round, previous_model = state["round"] + 1, state["model"]
     state = dict(state, ledger=ledger, round=next_round, model=f"model-{next_round:03d}.pt")
     state["history"] = state["history"] + [dict(record, seconds=time.time() - started)]
     probabilities = predict_probabilities(model, torch.tensor(asked, dtype=torch.int64), device, 64, forward=forward)
-    state["pending"] = write_query(folder, state, next_round, [names[i] for i in asked], probabilities) if asked else []
-    save_campaign_model(model, state, folder / state["model"], record["validation"])
-    commit(folder, state)  # the step takes effect here, all at once
+    state["pending"], writes = query_files(folder, state, next_round, [names[i] for i in asked], probabilities)
+    checkpoint = campaign_checkpoint(model, state, record["validation"])
+    commit(folder, state, writes if asked else [], checkpoint, previous_model)  # the step, all at once
     print_round(folder, state, record, len(unfilled), len(asked))
     return state
 

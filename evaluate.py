@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from data import DataError, model_inputs
-from layouts import get_dataset, load_unlabeled, parse_class_list
+from layouts import get_dataset, load_unlabeled, parse_class_list, spreadsheet_cell
 from runs import (
     add_device_flag,
     check_flags,
@@ -381,10 +381,10 @@ def predict_folder(model, checkpoint: dict, args, device) -> list[dict]:
     rows = []
     for file, row, value in zip(files, probabilities.tolist(), uncertainty.tolist()):
         predicted = class_names[max(range(len(row)), key=row.__getitem__)]
-        writer.writerow([file, predicted, *[f"{p:.6f}" for p in row], f"{value:.6f}", ""])
+        writer.writerow([spreadsheet_cell(file), predicted, *[f"{p:.6f}" for p in row], f"{value:.6f}", ""])
         rows.append({"file": file, "predicted": predicted, "entropy": value})
     for file, error in unreadable:  # listed, not classified
-        writer.writerow([file, "", *[""] * len(class_names), "", error])
+        writer.writerow([spreadsheet_cell(file), "", *[""] * len(class_names), "", error])
     write_text_atomic(buffer.getvalue(), args.out)
     print(f"classified {len(files)} cells from {args.predict}; predictions written to {args.out}")
     if unreadable:

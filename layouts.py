@@ -21,6 +21,7 @@ tensor: about 12 KB a cell, so the 13,596 cells of I3A take 170 MB.
 
 import csv
 import hashlib
+import io
 import os
 import re
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from data import IMAGE_SIZE, CellDataset, DataError, prepare_cell, read_cell
-from runs import save_atomic
+from runs import remove_stale_temporaries, save_atomic
 from synthetic import synthetic_dataset
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"}
@@ -90,8 +91,20 @@ def _is_image(path: Path) -> bool:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """The cell images directly in folder (no masks, nothing hidden)."""
-    return sorted(path for path in folder.iterdir() if path.is_file() and _is_image(path))
+    """The cell images directly in folder (no masks, nothing hidden); a link to nothing is listed too, so that
+    reading it says what is wrong instead of leaving it out without a word."""
+    return sorted(path for path in folder.iterdir() if (path.is_file() or path.is_symlink()) and _is_image(path))
+
+
+def shown(path) -> str:
+    """A path as text that any file or terminal can hold: bytes of a name that is not UTF-8 as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def check_name(path: Path) -> None:
+    """A file name must be UTF-8: the CSVs a person reads and fills name the files, and must name them exactly."""
+    if shown(path) != str(path):
+        raise DataError(f"{shown(path)}: its name is not valid UTF-8; rename the file")
 
 
 def list_images_under(folder: Path) -> list[Path]:
@@ -123,11 +136,29 @@ SPECIMEN_COLUMNS = ("specimen", "slide", "patient", "group", "image")  # "image"
 
 
 def read_csv_rows(csv_path: Path) -> tuple[list[list[str]], str]:
-    """Non-empty rows of a `,` or `;` separated file (rows of empty cells, `,,,,`, dropped), and the separator."""
+    """Non-empty rows of a `,`, `;` or tab separated file (rows of empty cells, `,,,,`, dropped), and the separator.
+
+    As spreadsheets save it: `;` in European locales, tabs in Excel's "Unicode Text" (UTF-16); a quoted cell may
+    hold a line break; a cell this project escaped against formulas (spreadsheet_cell) is read back as written."""
     text = read_text(csv_path)
-    delimiter = ";" if text.count(";") > text.count(",") else ","
-    rows = [row for row in csv.reader(text.splitlines(), delimiter=delimiter) if any(cell.strip() for cell in row)]
+    first = text.split("\n", 1)[0]
+    delimiter = max([",", ";", "\t"], key=lambda separator: (first.count(separator), separator == ","))
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows = [[unescaped(cell) for cell in row] for row in rows if any(cell.strip() for cell in row)]
     return rows, delimiter
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet runs as a formula at the start of a cell
+
+
+def spreadsheet_cell(text: str) -> str:
+    """A text cell that a spreadsheet shows as text: one starting as a formula gets a leading ' (CSV injection),
+    and read_csv_rows takes it off again."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def unescaped(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
 
 
 def _csv_columns(rows: list[list[str]]) -> tuple[int, int, int | None, bool]:
@@ -300,20 +331,17 @@ def find_labeled_images(root: Path, specimens_csv: str | Path | None = None) -> 
 def _cache_path(root: Path, pairs: list[tuple[Path, str]], image_size: int, normalize: str) -> Path:
     """The preprocessed tensor cache for these exact files and this exact preprocessing.
 
-    The key hashes every file's path, size and modification time together with
-    the preprocessing, so editing, adding or removing a file, or changing the
-    size or normalisation, builds a new cache. It lives in the user's cache
-    folder ($HEP2_CACHE, else $XDG_CACHE_HOME/hep2-al, else ~/.cache/hep2-al),
-    never in the data folder.
+    The key hashes every file's path and bytes (their digest: under a second for I3A's 13,596 cells) together
+    with the preprocessing, so editing, adding, removing or swapping a file, whatever its size and time, or
+    changing the size or normalisation, builds a new cache. It lives in the user's cache folder ($HEP2_CACHE,
+    else $XDG_CACHE_HOME/hep2-al, else ~/.cache/hep2-al; `~` expanded), never in the data folder.
     """
-    digest = hashlib.sha256(f"v1|{image_size}|{normalize}".encode())
+    digest = hashlib.sha256(f"v2|{image_size}|{normalize}".encode())
     for path, class_name in pairs:
-        stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{class_name}\n".encode())
-    base = os.environ.get("HEP2_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hep2-al"
-    )
-    return Path(base) / f"{root.resolve().name}-{digest.hexdigest()[:20]}.pt"
+        content = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest.update(os.fsencode(path.resolve()) + f"|{content}|{class_name}\n".encode())
+    base = os.environ.get("HEP2_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "hep2-al")
+    return Path(os.path.expanduser(base)) / f"{root.resolve().name}-{digest.hexdigest()[:20]}.pt"
 
 
 def load_dataset(
@@ -339,6 +367,8 @@ def load_dataset(
     if len(class_names) < 2:
         raise DataError(f"--data {root}: found only the class {class_names}; expected at least two classes")
     paths = [path for path, _, _ in triples]
+    for path in paths:
+        check_name(path)
     labels = torch.tensor([class_names.index(class_name) for _, class_name, _ in triples], dtype=torch.int64)
     files = [str(path) for path in paths]
     specimens = [specimen for _, _, specimen in triples]
@@ -346,10 +376,13 @@ def load_dataset(
     cache_file = (
         _cache_path(root, [(path, name) for path, name, _ in triples], image_size, normalize) if cache else None
     )
+    if cache_file is not None:
+        remove_stale_temporaries(cache_file, "*")  # what saves killed half-way left in the cache folder
     if cache_file is not None and cache_file.exists():
         try:
             images = torch.load(cache_file, weights_only=True)
-            if images.shape == (len(paths), 1, image_size, image_size):
+            shape = (len(paths), 1, image_size, image_size)
+            if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.shape == shape:
                 return CellDataset(images, labels, class_names, files, str(root), specimens)
         except Exception:
             pass  # a broken cache is rebuilt below
@@ -384,12 +417,13 @@ def load_unlabeled(
     cells, files = [], []
     for path in paths:
         try:
+            check_name(path)
             cells.append(prepare_cell(read_cell(path), image_size, normalize))
             files.append(str(path))
         except DataError as error:
             if unreadable is None:
                 raise
-            unreadable.append((str(path), str(error).removeprefix(f"{path}: ")))
+            unreadable.append((shown(path), str(error).removeprefix(f"{shown(path)}: ")))
     if not cells:
         raise DataError(f"{flag} {folder}: none of its {len(paths)} images could be read")
     return torch.from_numpy(np.stack(cells)).unsqueeze(1), files

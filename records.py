@@ -39,6 +39,7 @@ from runs import (
     take_lock,
     write_text_atomic,
 )
+from layouts import spreadsheet_cell
 from splits import specimens_of
 
 
@@ -162,7 +163,8 @@ def labeled_csv(dataset, labeled: list[dict]) -> str:
         index = entry["index"]
         specimen = dataset.specimens[index] if dataset.specimens is not None else None
         label = dataset.class_names[dataset.labels[index]]
-        writer.writerow([index, dataset.files[index], label, specimen or "", entry["round"], entry["reason"]])
+        file = spreadsheet_cell(dataset.files[index])
+        writer.writerow([index, file, label, spreadsheet_cell(specimen or ""), entry["round"], entry["reason"]])
     return buffer.getvalue()
 
 

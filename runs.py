@@ -106,6 +106,32 @@ def _write_atomic(write, path: str | Path) -> None:
             temporary.unlink(missing_ok=True)
 
 
+def write_all_atomic(writes: list) -> None:
+    """Several files as one step: every (path, write(temporary)) writes its temporary first, then all are renamed,
+    in order, so the last path (a state file) is the step's commit point. A write that fails removes every
+    temporary and raises one line naming its path: none of the files changed."""
+    staged = []
+    try:
+        for path, write in writes:
+            path = Path(path)
+            temporary = _temporary(path)
+            staged.append(temporary)
+            try:
+                if path.is_dir():
+                    raise IsADirectoryError(21, "is a folder")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write(temporary)
+            except (OSError, RuntimeError) as error:
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+                raise DataError(f"{path}: cannot write ({reason}); nothing of this step was changed") from None
+        for (path, _), temporary in zip(writes, staged):
+            os.replace(temporary, path)
+    finally:
+        for temporary in staged:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+
+
 def save_atomic(obj, path: str | Path) -> None:
     """torch.save, atomically (_write_atomic)."""
     _write_atomic(lambda temporary: torch.save(obj, temporary), path)
@@ -119,11 +145,26 @@ def write_text_atomic(text: str, path: str | Path) -> None:
     write_bytes_atomic(text.encode(), path)
 
 
-def remove_stale_temporaries(path: str | Path) -> None:
-    """Partial files a killed save left beside path (.NAME.tmpPID); the rename that would commit them never came."""
+def remove_stale_temporaries(path: str | Path, name: str | None = None) -> None:
+    """Partial files a killed save left beside path (.NAME.tmpPID, NAME path's name or the glob `name`): the rename
+    that would commit them never came. A temporary whose process still runs is another save under way: kept."""
     path = Path(path)
-    for stale in path.parent.glob(f".{path.name}.tmp*"):
-        stale.unlink(missing_ok=True)
+    for stale in path.parent.glob(f".{name or path.name}.tmp*"):
+        pid = stale.name.rpartition(".tmp")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_exists(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            stale.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def read_json(path: str | Path) -> dict:
@@ -271,6 +312,8 @@ def check_same_data(saved: dict, now: dict, path) -> None:
 def run_command(run, args):
     """Run a script's `run(args)`: bad input or a failed write ends in one `error:` line, Ctrl-C in how to resume."""
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
+    for stream in (sys.stdout, sys.stderr):  # a console that cannot show a file's name gets it escaped, not a crash
+        stream.reconfigure(errors="backslashreplace")
     try:
         return run(args)
     except DataError as error:
@@ -314,48 +357,67 @@ def check_output_file(path: str | Path, flag: str) -> Path:
     return path
 
 
-def _holder(lock: Path) -> int | None:
+def _identity(pid: int) -> str | None:
+    """Who a process is, beyond its id: the boot and the process's start time (in clock ticks since boot), so that
+    a process id reused after a reboot, or by another process, never passes for the one that took a lock.
+    None where /proc does not tell (not Linux): the id alone then."""
     try:
-        return int(lock.read_text().strip() or 0) or None
-    except (OSError, ValueError):
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, starttime (after the name in brackets)
+    except (OSError, IndexError):
         return None
 
 
-def _alive(pid: int) -> bool:
+def _holder(lock: Path) -> tuple[int | None, str | None]:
+    """(process id, identity) written in a lock file; (None, None) if unreadable."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
+        pid, _, identity = lock.read_text().strip().partition(" ")
+        return int(pid or 0) or None, identity or None
+    except (OSError, ValueError):
+        return None, None
+
+
+def _held_by_live_process(lock: Path) -> int | None:
+    """The id of the live process that holds the lock, or None when the lock is stale: its process is gone, or the
+    process now under its id started at another time or boot than the one that took it."""
+    pid, identity = _holder(lock)
+    if pid is None or pid == os.getpid():
+        return None
+    if not _process_exists(pid):
+        return None
+    now = _identity(pid)
+    if identity is not None and now is not None and now != identity:
+        return None  # the id was reused: the run that took the lock is gone
+    return pid
 
 
 def take_lock(lock: Path, what: str) -> None:
-    """Hold `lock` for this process: a file made with O_EXCL that holds its process id.
+    """Hold `lock` for this process: a file made with O_EXCL that holds its process id and identity.
 
-    A lock whose process is gone (a killed run) is stale and taken over; one held by a live process is
-    refused in one line, so that two runs never write one folder."""
+    A lock whose process is gone (a killed run, a reboot) is stale and taken over; one held by a live process is
+    refused in one line, naming the lock, so that two runs never write one folder."""
     for _ in range(3):
         try:
             descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            holder = _holder(lock)
-            if holder is not None and holder != os.getpid() and _alive(holder):
-                held = f"another run (process {holder}) is writing there; wait for it, or use another --out"
+            holder = _held_by_live_process(lock)
+            if holder is not None:
+                held = f"another run (process {holder}) is writing there, by its lock {lock}; wait for it, or use"
+                held += f" another --out (if no such run is going on, remove {lock})"
                 raise DataError(f"{what}: {held}")
             lock.unlink(missing_ok=True)  # stale: its run was killed (or it is this process's own)
             continue
         except OSError as error:
             raise DataError(f"{what}: cannot write there ({error.strerror or error})") from None
         with os.fdopen(descriptor, "w") as file:
-            file.write(str(os.getpid()))
+            file.write(f"{os.getpid()} {_identity(os.getpid()) or ''}".strip())
         return
     raise DataError(f"{what}: cannot take its lock {lock}")
 
 
 def release_lock(lock: Path) -> None:
-    if _holder(lock) == os.getpid():
+    if _holder(lock)[0] == os.getpid():
         lock.unlink(missing_ok=True)
 
 
