@@ -48,6 +48,7 @@ from runs import (
     pick_precision,
     precision_line,
     preprocessing,
+    refuse_unused,
     run_command,
     seed_everything,
 )
@@ -361,6 +362,7 @@ def run(args):
     """One active learning run, Table 1's steps; with --resume the rest of a killed run."""
     run_started = time.time()
     records.check_run_flags(args)
+    refuse_unused(args, build_parser(), unused_flags(args))
     device = pick_device(args.device)
     seed_everything(args.seed)
     made = {"case": records.case_name(args), "out": records.run_folder(args)}  # derived; args stay as given
@@ -421,12 +423,7 @@ def target_and_network(args, made: dict, device):
 
     Records in `made` the preprocessing (the checkpoint's, so that target cells are prepared exactly as the
     source cells were) and the split (by specimen whenever every cell's specimen is known)."""
-    pretrained = None if args.scratch else load_checkpoint(args.checkpoint)
-    image_size, normalize = (args.image_size, args.normalize) if args.scratch else preprocessing(pretrained)
-    classes = parse_class_list(args.classes)
-    dataset = get_dataset(
-        args.data, "target", classes, image_size, normalize, args.seed, args.synthetic_cells, args.specimens
-    )
+    dataset, pretrained, image_size, normalize = target_data(args)
     made.update(image_size=image_size, normalize=normalize, split=resolve_split(args.split, dataset))
     made["fingerprint"] = data_fingerprint(dataset)  # what state.pt records, so that a resume reads the same data
     num_classes = len(dataset.class_names)
@@ -434,6 +431,24 @@ def target_and_network(args, made: dict, device):
     if pretrained is not None:
         model = transfer(network_from_checkpoint(pretrained), num_classes)  # Sec. 3.1: new head, early layers fixed
     return dataset, model.to(device)
+
+
+def target_data(args):
+    """(the target cells, the pretrained checkpoint or None, image size, normalisation): the cells prepared as the
+    checkpoint's source cells were, or as --image-size and --normalize say with --scratch."""
+    pretrained = None if args.scratch else load_checkpoint(args.checkpoint)
+    image_size, normalize = (args.image_size, args.normalize) if args.scratch else preprocessing(pretrained)
+    parser = build_parser()
+    for flag, value in (("image_size", image_size), ("normalize", normalize)):
+        given = getattr(args, flag)
+        if given != parser.get_default(flag) and given != value:  # a flag this run cannot use, refused in one line
+            why = f"a pretrained run prepares its cells as its --checkpoint's were ({value}; add --scratch to set it)"
+            raise DataError(f"--{flag.replace('_', '-')} {given}: {why}")
+    classes = parse_class_list(args.classes)
+    dataset = get_dataset(
+        args.data, "target", classes, image_size, normalize, args.seed, args.synthetic_cells, args.specimens
+    )
+    return dataset, pretrained, image_size, normalize
 
 
 def split_pool_and_test(dataset, split: str, parts: dict, args):
@@ -466,6 +481,22 @@ def frozen_cache(model, dataset, device, no_cache: bool, precision: str):
 
 # ---------------------------------------------------------------------------------------------
 # Command line
+
+
+def unused_flags(args) -> list:
+    """(flag, applies, why not) of every flag that only some runs use (runs.refuse_unused)."""
+    at_once = "--strategy random labels the whole budget at once"
+    return [
+        ("checkpoint", not args.scratch, "--scratch trains from random weights, without a checkpoint"),
+        ("k_fraction", args.strategy != "random", at_once),
+        ("m_fraction", args.strategy != "random", at_once),
+        ("acquisition", args.strategy != "random", at_once),
+        ("spread", args.strategy != "random", at_once),
+        ("pseudo_labels", args.strategy != "random", at_once),
+        ("folds", args.fold is not None, "it counts the folds of --fold; add --fold F"),
+        ("synthetic_cells", args.data is None, "--data reads the cells; the synthetic default is not made"),
+    ]
+
 
 
 def build_parser():

@@ -35,6 +35,7 @@ from evaluate import font_of_size, predict_probabilities, summarize
 from layouts import canonical_class, load_unlabeled, parse_class_list, read_csv_rows, specimens_in, spreadsheet_cell
 from model import ParallelResNet, freeze_early_layers, transfer
 from runs import (
+    CHECKPOINT_FORMAT,
     NUMBER,
     add_device_flag,
     check_fields,
@@ -276,6 +277,7 @@ def campaign_checkpoint(model, state: dict, validation) -> dict:
     return {
         "model": model.state_dict(),
         "class_names": state["classes"],
+        "format": CHECKPOINT_FORMAT,
         "args": {k: v for k, v in state.items() if k in ("pool", "checkpoint", "n", "seed", "holdout")},
         "round": state["round"],
         "metrics": {"validation": validation},

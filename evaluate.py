@@ -25,6 +25,7 @@ from layouts import get_dataset, load_unlabeled, parse_class_list, spreadsheet_c
 from runs import (
     add_device_flag,
     check_flags,
+    check_not_an_input,
     check_output_file,
     derived,
     in_precision,
@@ -32,6 +33,7 @@ from runs import (
     network_from_checkpoint,
     pick_device,
     preprocessing,
+    refuse_unused,
     run_command,
     write_bytes_atomic,
     write_text_atomic,
@@ -257,6 +259,8 @@ def labeled_data_for(checkpoint: dict, data: str | None, split: str, classes=Non
     run_args = checkpoint.get("args", {})
     class_names = checkpoint["class_names"]
     own_data = data is None
+    if own_data and derived(checkpoint).get("data_kind") == "campaign":
+        raise DataError("--checkpoint: a campaign's model has no labeled data of its own; pass --data or --predict")
     if classes is not None:
         unknown = [name for name in classes if name not in class_names]
         if unknown:
@@ -326,7 +330,7 @@ def build_parser():
     parser.add_argument("--predict", default=None, help="folder of unlabeled cells to classify instead (default: off)")
     parser.add_argument("--out", default="predictions.csv", help="CSV written by --predict (default: predictions.csv)")
     parser.add_argument(
-        "--png", default=None, help="confusion matrix PNG (default: confusion.png beside the checkpoint)"
+        "--png", default=None, help="confusion matrix PNG (default: CHECKPOINT-evaluated.png beside the checkpoint)"
     )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of text (default: off)")
     parser.add_argument("--batch-size", type=int, default=32, help="inference batch size (default: 32)")
@@ -341,9 +345,21 @@ def main(argv=None):
 def run(args):
     """Sec. 3.2's report (MCA, ACA, per class, confusion) of a checkpoint on labeled cells, or --predict."""
     check_flags(args, ("batch_size",))
+    with_predict = "--predict classifies a folder of unlabeled cells"
+    refuse_unused(args, build_parser(), [
+        ("out", args.predict is not None, "the predictions' CSV is written only with --predict"),
+        ("png", args.predict is None, f"{with_predict}; it draws no confusion matrix"),
+        ("data", args.predict is None, f"{with_predict}; --data names labeled cells to score"),
+        ("split", args.predict is None, f"{with_predict}; nothing is split"),
+        ("classes", args.predict is None, f"{with_predict}; every class of the model is predicted"),
+    ])
+    inputs = {"--checkpoint": args.checkpoint, "--data": args.data, "--specimens": args.specimens}
     if args.predict:
         check_output_file(args.out, "--out")
-    png = args.png or str(Path(args.checkpoint).with_name("confusion.png"))
+        check_not_an_input(args.out, "--out", inputs)
+    # Not confusion.png: that is the picture a run drew of its own test side, and stays the run's.
+    png = args.png or str(Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}-evaluated.png"))
+    check_not_an_input(png, "--png", inputs)
     device = pick_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model = network_from_checkpoint(checkpoint, f"--checkpoint {args.checkpoint}").to(device)

@@ -26,7 +26,7 @@ import active
 from data import SHORT_NAMES, DataError
 from evaluate import draw_confusion, font_of_size, mca_aca_of, per_class_accuracy, save_png
 from records import read_results
-from runs import other_settings, run_command, write_text_atomic
+from runs import data_fingerprint, fingerprint_digest, other_settings, run_command, write_text_atomic
 
 CASES = {
     "rs": ["--scratch", "--strategy", "random"],
@@ -99,7 +99,7 @@ def check_grid_flags(grid_args) -> list:
 
 def run_grid(grid_args, run_flags: list[str]) -> list[dict]:
     """Every (case, limit, seed, fold) of the grid: a finished run is read back, a killed one resumed, the rest run."""
-    out, rows = Path(grid_args.out), []
+    out, rows, digests = Path(grid_args.out), [], {}
     runs = [
         (case, limit, seed, fold)
         for case in grid_args.cases
@@ -118,9 +118,14 @@ def run_grid(grid_args, run_flags: list[str]) -> list[dict]:
         if fold is not None:
             flags += ["--fold", str(fold), "--folds", str(grid_args.cv)]
         args = active.build_parser().parse_args(run_flags + flags)
+        for dest, applies, _ in active.unused_flags(args):  # the grid's flags go to every case; not those it can't use
+            if not applies:
+                setattr(args, dest, active.build_parser().get_default(dest))
         if (run_dir / "results.json").exists():
             results = read_results(run_dir / "results.json")
             differs = other_settings(results["args"], args, may_change=("device",))
+            if differs is None and results.get("data_digest") != data_digest(args, digests):
+                differs = "on other data than the data now"
             if differs is not None:  # a grid folder holds the runs of one grid: never another's as its own
                 raise DataError(f"--out {out}: {run_dir.name} was made {differs}; use another --out")
             print(f"grid: {run_dir.name} finished earlier")
@@ -132,6 +137,8 @@ def run_grid(grid_args, run_flags: list[str]) -> list[dict]:
             print(f"grid: {'resuming' if args.resume else 'running'} {run_dir.name}")
             results = active.run(args)
         rows.append({"case": case, "limit": limit, "seed": seed, "fold": fold, "results": results})
+        if list(results["per_class"]) != list(rows[0]["results"]["per_class"]):  # one table holds one set of classes
+            raise DataError(f"--out {out}: {run_dir.name} has other classes than the grid's first run; did the data change?")
         write_grid_results(rows, out, grid_args.cv)
     if not rows:
         raise DataError(f"--out {out}: no finished run of this grid to summarize")
@@ -157,6 +164,15 @@ def pooled_runs(rows, folds: int | None) -> list[dict]:
         results.update(labeled=sum(r["labeled"] for r in group), seconds=sum(r.get("seconds", 0) for r in group))
         pooled.append({"case": key[0], "limit": key[1], "seed": key[2], "fold": "pooled", "results": results})
     return pooled
+
+
+def data_digest(args, digests: dict) -> str:
+    """The fingerprint digest of the data this run would read now (runs.fingerprint_digest), once per kind of data."""
+    key = (args.data, args.classes, args.specimens, args.scratch, args.checkpoint, args.image_size, args.normalize)
+    key += (args.synthetic_cells, args.seed if args.data is None else None)  # the synthetic cells depend on the seed
+    if key not in digests:
+        digests[key] = fingerprint_digest(data_fingerprint(active.target_data(args)[0]))
+    return digests[key]
 
 
 def write_grid_results(rows, out: Path, folds: int | None = None) -> None:

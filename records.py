@@ -22,6 +22,8 @@ import torch
 from data import SHORT_NAMES, DataError
 from evaluate import draw_confusion, predict_probabilities, summarize
 from runs import (
+    fingerprint_digest,
+    CHECKPOINT_FORMAT,
     NUMBER,
     check_fields,
     check_flags,
@@ -127,12 +129,14 @@ def finish(args, made, dataset, pool, test, labeled, rounds, model, setup_second
     # evaluate.py remakes the split from split_parts (splits.pool_and_test)
     saved.update(data_kind="target", split_parts=made["split_parts"], test_specimens=specimens_of(dataset, test))
     checkpoint = {"model": model.state_dict(), "class_names": dataset.class_names, "args": vars(args)}
+    checkpoint["format"] = CHECKPOINT_FORMAT
     checkpoint.update(derived=saved, round=len(rounds) - 1, metrics={"test": metrics})
     save_atomic(checkpoint, out / "model.pt")
     title = f"{made['case'].upper()} at limit {args.limit:g}, test split"
     draw_confusion(metrics["confusion"], dataset.class_names, out / "confusion.png", title)
     write_text_atomic(labeled_csv(dataset, labeled), out / "labeled.csv")
     results = {"args": vars(args), "derived": saved, "case": made["case"], **final_metrics(metrics)}
+    results["data_digest"] = fingerprint_digest(made["fingerprint"])  # a grid reads a run back only on its data
     results.update(split=made["split"], development=args.development, test_specimens=saved["test_specimens"])
     results.update(fold=args.fold, folds=args.folds if args.fold is not None else None)
     results.update(specimen_accuracy=metrics.get("specimen_accuracy"), specimen_results=metrics.get("specimens"))
@@ -222,6 +226,7 @@ def save_state(args, made, dataset, pool, rounds, model, generator, setup_second
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "class_names": dataset.class_names,
+        "format": CHECKPOINT_FORMAT,
         "setup_seconds": setup_seconds,
     }
     save_atomic(state, Path(made["out"]) / "state.pt")

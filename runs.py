@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import IMAGE_SIZE, DataError
+from data import IMAGE_SIZE, NORMALIZATIONS, DataError
 from model import ParallelResNet
 
 # ---------------------------------------------------------------------------------------------
@@ -66,6 +66,14 @@ def check_flags(args, positive_integers=()) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise DataError(f"--{name.replace('_', '-')} {value}: expected a positive integer")
+
+
+def refuse_unused(args, parser, rules: list) -> None:
+    """A flag that cannot apply to this run is refused in one line, never ignored without a word: rules are
+    (flag's dest, whether it applies, why not); a flag left at its default is never refused."""
+    for dest, applies, why in rules:
+        if not applies and getattr(args, dest) != parser.get_default(dest):
+            raise DataError(f"--{dest.replace('_', '-')} {getattr(args, dest)}: {why}")
 
 
 def check_image_size(size: int) -> None:
@@ -190,6 +198,31 @@ def load_checkpoint(path: str | Path, flag: str = "--checkpoint") -> dict:
         raise DataError(f"{flag} {path}: not a readable checkpoint ({error.__class__.__name__})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "class_names" not in checkpoint:
         raise DataError(f"{flag} {path}: expected a checkpoint dict with 'model' and 'class_names'")
+    return check_checkpoint(checkpoint, f"{flag} {path}")
+
+
+CHECKPOINT_FORMAT = 1  # written into every checkpoint; a reader refuses a newer one rather than guess at it
+CHECKPOINT_TYPES = {"model": dict, "class_names": list, "args": dict, "derived": dict, "metrics": dict}
+
+
+def check_checkpoint(checkpoint: dict, where: str) -> dict:
+    """The one check of every checkpoint a user can hand in: its format version, and each key the project reads,
+    of its type and in its range; else one line saying what was found."""
+    version = checkpoint.get("format", CHECKPOINT_FORMAT)
+    if not isinstance(version, int) or isinstance(version, bool) or version > CHECKPOINT_FORMAT:
+        raise DataError(f"{where}: checkpoint format {version!r}; this version reads formats up to {CHECKPOINT_FORMAT}")
+    for key, kind in CHECKPOINT_TYPES.items():
+        if key in checkpoint and not isinstance(checkpoint[key], kind):
+            raise DataError(f"{where}: '{key}' is a {type(checkpoint[key]).__name__}; expected a {kind.__name__}")
+    names = checkpoint["class_names"]
+    if len(names) < 2 or not all(isinstance(name, str) and name for name in names) or len(set(names)) < len(names):
+        raise DataError(f"{where}: 'class_names' is {names!r}; expected two or more distinct class names")
+    made = derived(checkpoint)
+    size, normalize = made.get("image_size", IMAGE_SIZE), made.get("normalize", "none")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 16 or size % 4:
+        raise DataError(f"{where}: image_size {size!r}; expected a whole number of pixels, a multiple of 4, >= 16")
+    if normalize not in NORMALIZATIONS:
+        raise DataError(f"{where}: normalize {normalize!r}; this version knows {', '.join(NORMALIZATIONS)}")
     return checkpoint
 
 
@@ -288,6 +321,11 @@ def data_fingerprint(dataset) -> dict:
     return {**names, "cells": cells}
 
 
+def fingerprint_digest(fingerprint: dict) -> str:
+    """The fingerprint in one string, for results.json: two runs on the same cells have the same digest."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def check_same_data(saved: dict, now: dict, path) -> None:
     """Refuse, in one line naming the first difference, a resume on data other than the run's (now: the
     data_fingerprint of this command's data, computed once per run)."""
@@ -355,6 +393,14 @@ def check_output_file(path: str | Path, flag: str) -> Path:
         raise DataError(f"{flag} {path}: {blocking} is a file, not a folder; cannot write there")
     check_output_folder(path.parent, flag)
     return path
+
+
+def check_not_an_input(path: str | Path, flag: str, inputs: dict) -> None:
+    """No command writes over a file it was given to read: path must not be any of inputs ({flag: path})."""
+    path = Path(path)
+    for given, source in inputs.items():
+        if source is not None and path.exists() and Path(source).exists() and path.samefile(source):
+            raise DataError(f"{flag} {path}: is the file {given} reads; write the output elsewhere")
 
 
 def _identity(pid: int) -> str | None:

@@ -32,6 +32,7 @@ from evaluate import draw_confusion, format_report, predict_probabilities, summa
 from layouts import get_dataset, parse_class_list
 from model import ParallelResNet, trainable_parameters
 from runs import (
+    CHECKPOINT_FORMAT,
     NUMBER,
     add_device_flag,
     check_flags,
@@ -106,7 +107,7 @@ def run(args):
     progress = {"epoch": 0, "best_loss": math.inf, "bad_epochs": 0, "history": []}
     if args.resume:
         progress = restore(args, made, state_path, fingerprint, model, optimizer, generator)
-    record = {"class_names": dataset.class_names, "args": vars(args), "derived": made}
+    record = {"class_names": dataset.class_names, "args": vars(args), "derived": made, "format": CHECKPOINT_FORMAT}
 
     for epoch in range(progress["epoch"] + 1, args.max_epochs + 1):
         if progress["bad_epochs"] >= args.patience:

@@ -216,3 +216,105 @@ def test_a_dangling_link_in_a_predict_folder_is_listed_as_unreadable(tmp_path, p
                    "--device", "cpu"])
     rows = {row["file"]: row for row in csv.DictReader(out.open())}
     assert rows[str(tmp_path / "cells" / "gone.png")]["error"] and rows[str(tmp_path / "cells" / "a.png")]["predicted"]
+
+
+# 4. Checkpoints read back by key and by type -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"derived": ["a", "list"]}, ["'derived' is a list"]),
+        ({"class_names": 6}, ["'class_names' is a int"]),
+        ({"class_names": ["homogeneous"]}, ["two or more distinct"]),
+        ({"derived": {"image_size": "112"}}, ["image_size '112'"]),
+        ({"derived": {"image_size": 32, "normalize": "zscore"}}, ["normalize 'zscore'", "percentile"]),
+        ({"format": 99}, ["format 99", "up to 1"]),
+    ],
+)
+def test_every_checkpoint_is_checked_for_its_format_keys_and_types(tmp_path, pretrained, change, words):
+    import torch
+
+    import evaluate
+
+    checkpoint = torch.load(pretrained, weights_only=True)
+    checkpoint.update(change)
+    path = tmp_path / "odd.pt"
+    torch.save(checkpoint, path)
+    for main, flags in (
+        (evaluate.main, ["--checkpoint", str(path), "--device", "cpu", "--png", str(tmp_path / "c.png")]),
+        (active.main, TINY + ["--checkpoint", str(path), "--synthetic-cells", "60", "--out", str(tmp_path / "r")]),
+    ):
+        fails(main, flags, str(path), *words)
+
+
+def test_a_campaigns_model_without_data_is_one_line(tmp_path, pretrained):
+    import torch
+
+    import evaluate
+
+    checkpoint = torch.load(pretrained, weights_only=True)
+    checkpoint["derived"] = dict(checkpoint["derived"], data_kind="campaign")
+    torch.save(checkpoint, tmp_path / "model.pt")
+    fails(evaluate.main, ["--checkpoint", str(tmp_path / "model.pt"), "--device", "cpu"], "campaign", "--data")
+
+
+# 5. An output that is an input -------------------------------------------------------------------------------------
+
+
+def test_no_command_writes_over_a_file_it_reads_or_another_runs_records(tmp_path, pretrained):
+    import shutil
+
+    import evaluate
+
+    _pool_of(tmp_path / "cells", ["a.png", "b.png"], tmp_path)
+    checkpoint = tmp_path / "run" / "model.pt"
+    checkpoint.parent.mkdir()
+    shutil.copy(pretrained, checkpoint)
+    before = checkpoint.read_bytes()
+    flags = ["--checkpoint", str(checkpoint), "--device", "cpu"]
+    fails(evaluate.main, flags + ["--predict", str(tmp_path / "cells"), "--out", str(checkpoint)], "--out", "--checkpoint")
+    assert checkpoint.read_bytes() == before
+    (checkpoint.parent / "confusion.png").write_bytes(b"the run's own picture")
+    metrics = evaluate.main(flags + ["--json"])
+    assert (checkpoint.parent / "confusion.png").read_bytes() == b"the run's own picture"
+    assert metrics["png"].endswith("model-evaluated.png")
+
+
+# 6. The grid trusts what it finds ----------------------------------------------------------------------------------
+
+
+def test_a_grid_takes_a_finished_run_only_on_the_same_data_and_names_each_value_once(tmp_path, pretrained):
+    import experiments
+    from test_specimens import write_cells, write_specimens_csv
+
+    root = tmp_path / "cells"
+    root.mkdir()
+    layout = {"Homogeneous": {f"h{i}": 4 for i in range(3)}, "Golgi": {f"g{i}": 4 for i in range(3)}}
+    write_specimens_csv(root / "specimens.csv", write_cells(root, layout))
+    flags = ["--cases", "in-al", "--limits", "0.5", "--seeds", "0", "--out", str(tmp_path / "grid"), "--data", str(root)]
+    flags += ["--checkpoint", str(pretrained), "--device", "cpu", "--max-epochs", "1"]
+    experiments.main(flags)
+    fails(experiments.main, flags[:5] + ["0", "0"] + flags[6:], "--seeds", "0 given twice")
+    fails(experiments.main, flags[:3] + ["0.5", "0.5"] + flags[4:], "--limits", "0.5 given twice")
+    write_cells(root, {"Homogeneous": {"h0": 4}}, size=(36, 41))  # the same files, other cells in them
+    fails(experiments.main, flags + ["--summarize-only"], "in-al-limit0.5-seed0", "other data")
+
+
+# 7. Flags that do nothing ------------------------------------------------------------------------------------------
+
+
+def test_a_flag_that_cannot_apply_is_refused(tmp_path, pretrained):
+    import evaluate
+
+    base = TINY + ["--synthetic-cells", "60", "--out", str(tmp_path / "r")]
+    with_checkpoint = ["--checkpoint", str(pretrained)]
+    fails(active.main, base + with_checkpoint + ["--image-size", "64"], "--image-size 64", "--checkpoint", "--scratch")
+    fails(active.main, base + with_checkpoint + ["--normalize", "none"], "--normalize none", "--scratch")
+    fails(active.main, base + ["--scratch", "--checkpoint", "x.pt"], "--checkpoint x.pt", "--scratch")
+    fails(active.main, base + with_checkpoint + ["--strategy", "random", "--k-fraction", "0.3"], "--k-fraction")
+    fails(active.main, base + with_checkpoint + ["--folds", "4"], "--folds 4", "--fold")
+    fails(active.main, ["--data", str(tmp_path), "--synthetic-cells", "50", "--out", str(tmp_path / "r")],
+          "--synthetic-cells 50", "--data")
+    fails(evaluate.main, ["--checkpoint", str(pretrained), "--out", "p.csv"], "--out p.csv", "--predict")
+    fails(evaluate.main, ["--checkpoint", str(pretrained), "--predict", str(tmp_path), "--png", "c.png"], "--png")
