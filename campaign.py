@@ -6,6 +6,7 @@ The paper simulates the annotator with stored labels; a lab has unlabeled cells 
     (fill the label column of CAMPAIGN/round-000.csv, looking at CAMPAIGN/round-000.png)
     python campaign.py ingest CAMPAIGN      # validates, adds the labels, fine-tunes, writes the next query
     python campaign.py status CAMPAIGN
+    python campaign.py label CAMPAIGN       # the same steps on a local web page (labeling.py)
 
 Round 0 is a random sample (the seed set); later rounds ask the most uncertain
 cells (entropy, Eq. 3) after fine-tuning on every label so far (Sec. 3.1), with
@@ -123,10 +124,12 @@ def build_parser():
     drop_parser = commands.add_parser(
         "drop", help="take labels out of the ledger (a changed or deleted file)", allow_abbrev=False
     )
-    for command in (ingest_parser, status, drop_parser):
+    label = commands.add_parser("label", help="label the pending query in a browser (a local page)", allow_abbrev=False)
+    label.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: 0, any free one)")
+    for command in (ingest_parser, status, drop_parser, label):
         command.add_argument("campaign", help="campaign folder")
     drop_parser.add_argument("files", nargs="+", help="file names as the ledger has them")
-    for command in (query, ingest_parser, status):
+    for command in (query, ingest_parser, status, label):
         add_device_flag(command)
     return parser
 
@@ -143,6 +146,10 @@ def run(args) -> dict:
         return ingest(folder, pick_device(args.device))
     if args.command == "drop":
         return drop(folder, args.files)
+    if args.command == "label":
+        import labeling  # the page's server (labeling.py imports this file)
+
+        return labeling.serve(folder, args.port, args.device)
     state = load_campaign(folder)
     print_status(folder, state)
     return state
