@@ -193,45 +193,70 @@ def chromium_and_playwright():
     return browser, ""
 
 
-def test_a_round_labeled_with_the_keyboard_in_a_real_browser(tmp_path, pretrained):
+def label_round_with_the_keyboard(page, port, classes, truth, round_index, skip_at=None):
+    """Label every cell of the page's round by key presses, one cell at a time; the labels given, in order."""
+    page.wait_for_function(f"document.getElementById('round').textContent === '{round_index}'", timeout=120_000)
+    page.wait_for_selector("#strip img")
+    cells = request(port, "GET", "/api/state")[1]["cells"]
+    given = []
+    for index, cell in enumerate(cells):
+        page.wait_for_function(f"document.getElementById('which').textContent.startsWith('cell {index + 1} ')")
+        label = "skip" if index == skip_at else truth[cell["file"]]
+        page.keyboard.press("s" if label == "skip" else str(classes.index(label) + 1))
+        given.append((cell["file"], label))
+    page.wait_for_function(f"document.getElementById('progress').textContent.startsWith('{len(cells)} of ')")
+    return given
+
+
+def test_a_campaign_done_with_the_keyboard_in_a_real_browser_equals_one_typed_into_the_csvs(tmp_path, pretrained):
+    """Three rounds labeled in headless Chromium (keys, a skip, an undo, the Train button), then the same labels
+    typed into the CSVs of a second campaign: the same ledger, labels and model."""
     browser_path, why = chromium_and_playwright()
     if browser_path is None:
         pytest.skip(why)
     from playwright.sync_api import sync_playwright
 
     folder, truth = start(tmp_path, pretrained, n=10, count=60)
+    typed, _ = start(tmp_path, pretrained, "typed", n=10, count=60)
     http_server, _ = serve_in_background(folder)
     port = http_server.server_address[1]
     classes = json.loads((folder / "campaign.json").read_text())["classes"]
+    rounds = []
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1100, "height": 760})
             page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_selector("#strip img")
-            cells = request(port, "GET", "/api/state")[1]["cells"]
-            for index, cell in enumerate(cells):
-                page.wait_for_function(f"document.getElementById('which').textContent.startsWith('cell {index + 1} ')")
-                key = "s" if index == 3 else str(classes.index(truth[cell["file"]]) + 1)
-                page.keyboard.press(key)
-            page.wait_for_function("document.getElementById('progress').textContent.startsWith('10 of 10')")
-            page.keyboard.press("u")  # undo the last label, then give it again
-            page.wait_for_function("document.getElementById('progress').textContent.startsWith('9 of 10')")
-            page.keyboard.press(str(classes.index(truth[cells[-1]["file"]]) + 1))
-            page.wait_for_function("document.getElementById('progress').textContent.startsWith('10 of 10')")
-            page.screenshot(path=str(tmp_path / "labeling-page.png"))
-            labels = query_labels(folder, 0)
-            assert [labels[c["file"]] for c in cells] == [
-                "skip" if i == 3 else truth[c["file"]] for i, c in enumerate(cells)
-            ]
-            page.click("#train")
-            page.wait_for_function("document.getElementById('round').textContent === '1'", timeout=120_000)
-            page.wait_for_selector("#strip img")
+            for round_index in range(3):
+                given = label_round_with_the_keyboard(page, port, classes, truth, round_index, skip_at=3)
+                if round_index == 0:
+                    page.keyboard.press("u")  # undo the last label, then give it again
+                    page.wait_for_function("document.getElementById('progress').textContent.startsWith('9 of 10')")
+                    page.keyboard.press(str(classes.index(given[-1][1]) + 1))
+                    page.wait_for_function("document.getElementById('progress').textContent.startsWith('10 of 10')")
+                    page.screenshot(path=str(tmp_path / "labeling-page.png"))
+                labels = query_labels(folder, round_index)
+                assert [labels[file] for file, _ in given] == [label for _, label in given]  # the CSV is the page
+                rounds.append(given)
+                page.click("#train")
+            page.wait_for_function("document.getElementById('round').textContent === '3'", timeout=120_000)
             browser.close()
     finally:
         http_server.shutdown()
-    state = json.loads((folder / "campaign.json").read_text())
-    assert state["round"] == 1 and len(state["ledger"]) == 10 and len(state["pending"]) == 10
-    assert sum(entry["label"] == "skip" for entry in state["ledger"]) == 1
+    for round_index, given in enumerate(rounds):  # the same labels, typed into the other campaign's CSVs
+        rows = list(csv.DictReader((typed / f"round-{round_index:03d}.csv").open()))
+        assert [row["file"] for row in rows] == [file for file, _ in given]
+        for row, (_, label) in zip(rows, given):
+            row["label"] = label
+        with (typed / f"round-{round_index:03d}.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        campaign.main(["ingest", str(typed), "--device", "cpu"])
+    states = [json.loads((f / "campaign.json").read_text()) for f in (folder, typed)]
+    assert states[0]["ledger"] == states[1]["ledger"] and len(states[0]["ledger"]) == 30
+    assert sum(entry["label"] == "skip" for entry in states[0]["ledger"]) == 3
+    models = [torch.load(f / "export" / "model.pt", weights_only=True)["model"] for f in (folder, typed)]
+    assert all(torch.equal(models[0][key], models[1][key]) for key in models[0])
     if os.environ.get("HEP2_SCREENSHOT"):  # the docs' picture: HEP2_SCREENSHOT=docs/campaign-label-page.png pytest ...
         shutil.copy(tmp_path / "labeling-page.png", os.environ["HEP2_SCREENSHOT"])
