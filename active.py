@@ -83,32 +83,6 @@ def select_most_uncertain(scores: torch.Tensor, count: int) -> torch.Tensor:
     return torch.sort(scores, descending=True, stable=True).indices[:count]
 
 
-# Levers on Step 5 (not the paper; issue #38), each measured on the development split (docs/results-i3a.md).
-
-
-def power_keys(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Stochastic power acquisition (Kirsch et al., TMLR 2023): keys whose top `count` are a draw without
-    replacement with probability proportional to the score (Gumbel-top-k on log score), so a round's batch
-    is not the m near-duplicates of one region that the top m can be. A zero score is never drawn first."""
-    uniform = torch.rand(len(scores), generator=generator, dtype=torch.float64).clamp_min(1e-300)
-    return torch.log(scores.double()) - torch.log(-torch.log(uniform))
-
-
-def spread_over_specimens(keys: torch.Tensor, specimens: list[str], count: int) -> torch.Tensor:
-    """Positions of `count` cells taken round robin over the specimens, each specimen's highest keys first:
-    every specimen's best cell, then every specimen's second, and so on (within a turn, highest key first).
-    No specimen gets more than its fair share while another still has candidates."""
-    order = torch.sort(keys, descending=True, stable=True).indices.tolist()
-    taken: dict[str, int] = {}
-    turn = torch.empty(len(order), dtype=torch.int64)
-    for position in order:  # a cell's turn: how many cells of its specimen rank above it
-        turn[position] = taken.get(specimens[position], 0)
-        taken[specimens[position]] = turn[position].item() + 1
-    rank = torch.empty(len(order), dtype=torch.int64)
-    rank[torch.tensor(order, dtype=torch.int64)] = torch.arange(len(order))
-    return torch.sort(turn * len(order) + rank, stable=True).indices[:count]
-
-
 def round_sizes(pool_size: int, limit: float, strategy="entropy", k_fraction=0.15, m_fraction=0.10) -> list[int]:
     """How many images each round labels: [k, m, m, ..., last], summing to the budget exactly.
 
@@ -148,23 +122,15 @@ class Pool:
         self.labeled += [{"index": i, "round": round_index, "reason": r} for i, r in zip(chosen.tolist(), reasons)]
 
 
-def choose(model, forward, unlabeled, count, round_index, strategy, generator, device, query=None, specimens=None):
-    """Steps 2, 4 and 5: (chosen dataset indices, why each, the unlabeled cells' probabilities or None).
-
-    query: {"acquisition": "top" (the paper) or "power"}, {"spread": "none" (the paper) or "specimen"};
-    specimens: each dataset cell's specimen, for the spread."""
+def choose(model, forward, unlabeled, count, round_index, strategy, generator, device):
+    """Steps 2, 4 and 5: (chosen dataset indices, why each, the unlabeled cells' probabilities or None)."""
     if round_index == 0 or strategy == "random":  # Step 2: the seed set, k at random (random strategy: all)
         chosen = unlabeled[torch.randperm(len(unlabeled), generator=generator)[:count]]
         return chosen, ["random"] * len(chosen), None
     # Steps 4 and 5: score every unlabeled pool image (Eq. 3 by default), label the `count` most uncertain.
     probabilities = predict_probabilities(model, unlabeled, device, 64, forward=forward)
     scores = UNCERTAINTY[strategy](probabilities)
-    query = query or {"acquisition": "top", "spread": "none"}
-    keys = power_keys(scores, generator) if query["acquisition"] == "power" else scores
-    if query["spread"] == "specimen":
-        positions = spread_over_specimens(keys, [specimens[i] for i in unlabeled.tolist()], count)
-    else:
-        positions = select_most_uncertain(keys, count)
+    positions = select_most_uncertain(scores, count)
     reasons = [f"{strategy}={value:.6f}" for value in scores[positions].tolist()]
     return unlabeled[positions], reasons, probabilities
 
@@ -370,8 +336,6 @@ def run(args):
     made["precision"] = pick_precision(device, args.float32)  # bfloat16 where the device computes in it
     print(precision_line(device, made["precision"]))
     dataset, model = target_and_network(args, made, device)
-    if args.spread == "specimen" and made["split"] != "specimen":
-        raise DataError(f"--spread specimen: needs every cell's specimen, and {dataset.source} has none listed")
     made["split_parts"] = split_parts(args)  # what evaluate.py remakes the split from
     pool_side, test = split_pool_and_test(dataset, made["split"], made["split_parts"], args)  # Step 1
     sizes = round_sizes(len(pool_side), args.limit, args.strategy, args.k_fraction, args.m_fraction)
@@ -379,7 +343,6 @@ def run(args):
     forward = in_precision(forward_fn(model, dataset.images, cache, device), device, made["precision"])
     generator = torch.Generator().manual_seed(args.seed)
     training = {key: getattr(args, key) for key in TRAINING_FLAGS}  # fine_tune's settings, the same every round
-    query = {"acquisition": args.acquisition, "spread": args.spread}  # how Step 5 picks among the scored cells
     pool, rounds, setup_seconds = Pool(pool_side), [], time.time() - run_started
     if state is not None:
         rounds, setup_seconds = records.restore(state, made, dataset, model, generator, pool, setup_seconds)
@@ -389,8 +352,7 @@ def run(args):
         started = time.time()
         unlabeled = pool.unlabeled()
         chosen, reasons, probabilities = choose(  # Steps 2, 4, 5: the seed set at random, then the most uncertain
-            model, forward, unlabeled, sizes[round_index], round_index, args.strategy, generator, device,
-            query, dataset.specimens,
+            model, forward, unlabeled, sizes[round_index], round_index, args.strategy, generator, device
         )
         scored = 0 if probabilities is None else len(unlabeled)
         score_seconds = time.time() - started if scored else 0.0
@@ -490,8 +452,6 @@ def unused_flags(args) -> list:
         ("checkpoint", not args.scratch, "--scratch trains from random weights, without a checkpoint"),
         ("k_fraction", args.strategy != "random", at_once),
         ("m_fraction", args.strategy != "random", at_once),
-        ("acquisition", args.strategy != "random", at_once),
-        ("spread", args.strategy != "random", at_once),
         ("pseudo_labels", args.strategy != "random", at_once),
         ("folds", args.fold is not None, "it counts the folds of --fold; add --fold F"),
         ("synthetic_cells", args.data is None, "--data reads the cells; the synthetic default is not made"),
@@ -527,12 +487,6 @@ def build_parser():
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning, or keep the running ones as the paper "
     batchnorm += "(default: recalibrate)"
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm)
-    acquisition = "Step 5: the top m by uncertainty as the paper, or a draw of m with probability proportional to "
-    acquisition += "it (power, Kirsch et al. 2023) (default: top)"
-    add("--acquisition", default="top", choices=["top", "power"], help=acquisition)
-    spread = "Step 5: take the cells round robin over the pool's specimens, most uncertain first, or not as the "
-    spread += "paper (default: none)"
-    add("--spread", default="none", choices=["none", "specimen"], help=spread)
     pseudo = "each round, also fine-tune on the unlabeled cells predicted with at least this probability, with "
     pseudo += "their predicted class, at most as many as the labeled cells (CEAL; never labeled, never counted; "
     pseudo += "default: 0, off, as the paper)"

@@ -107,70 +107,7 @@ def test_cross_validation_grid_tests_every_cell_once_and_pools_the_folds(pretrai
 
 
 # ---------------------------------------------------------------------------------------------
-# The query levers (Step 5): specimen spread, stochastic power acquisition
-
-
-def test_specimen_spread_gives_no_specimen_more_than_its_share_while_others_have_candidates():
-    generator = torch.Generator().manual_seed(1)
-    for trial in range(30):
-        sizes = torch.randint(1, 12, (int(torch.randint(2, 7, (1,), generator=generator)),), generator=generator)
-        specimens = [f"s{number}" for number, size in enumerate(sizes.tolist()) for _ in range(size)]
-        keys = torch.rand(len(specimens), generator=generator)
-        count = int(torch.randint(1, len(specimens) + 1, (1,), generator=generator))
-        chosen = active.spread_over_specimens(keys, specimens, count).tolist()
-        assert len(set(chosen)) == len(chosen) == count
-        taken = {name: sum(specimens[p] == name for p in chosen) for name in set(specimens)}
-        for name, size in zip([f"s{n}" for n in range(len(sizes))], sizes.tolist()):
-            others_left = any(taken[other] < specimens.count(other) for other in taken if other != name)
-            # a specimen is at most one turn ahead of any specimen that still has candidates
-            assert not others_left or taken[name] <= min(
-                taken[o] for o in taken if taken[o] < specimens.count(o)
-            ) + 1
-        for name in taken:  # within a specimen, the highest keys first
-            mine = [p for p in range(len(specimens)) if specimens[p] == name]
-            best = sorted(mine, key=lambda p: -keys[p].item())[: taken[name]]
-            assert sorted(best) == sorted(p for p in chosen if specimens[p] == name)
-    # one specimen holding every high score still gives the others their turn
-    keys = torch.tensor([0.9, 0.8, 0.7, 0.1, 0.2])
-    assert active.spread_over_specimens(keys, ["a", "a", "a", "b", "b"], 3).tolist() == [0, 4, 1]
-
-
-def test_power_acquisition_draws_without_repeats_seeded_and_favours_the_uncertain():
-    scores = torch.linspace(0.01, 1.0, 200)
-    draws = [active.select_most_uncertain(active.power_keys(scores, torch.Generator().manual_seed(s)), 20) for s in range(3)]
-    assert all(len(set(draw.tolist())) == 20 for draw in draws)  # no cell twice
-    again = active.select_most_uncertain(active.power_keys(scores, torch.Generator().manual_seed(0)), 20)
-    assert torch.equal(draws[0], again) and not torch.equal(draws[0], draws[1])  # seeded, and a draw
-    assert not torch.equal(draws[0].sort().values, torch.arange(180, 200))  # not the top 20
-    many = torch.cat([active.select_most_uncertain(active.power_keys(scores, torch.Generator().manual_seed(s)), 20)
-                      for s in range(200)])
-    counts = torch.bincount(many, minlength=200).double()
-    assert counts[150:].sum() > 3 * counts[:50].sum()  # drawn in proportion to the score
-    zero = torch.tensor([0.0, 0.5, 0.5])
-    assert 0 not in active.select_most_uncertain(active.power_keys(zero, torch.Generator().manual_seed(0)), 2).tolist()
-
-
-def test_query_levers_end_to_end_and_the_default_stays_the_paper(tmp_path, pretrained):
-    layout = {"Homogeneous": {f"h{i}": 6 for i in range(4)}, "Golgi": {f"g{i}": 6 for i in range(4)}}
-    root = tmp_path / "cells"
-    root.mkdir()
-    write_specimens_csv(root / "specimens.csv", write_cells(root, layout))
-    flags = ["--data", str(root), "--checkpoint", str(pretrained), "--device", "cpu", "--limit", "0.8"]
-    flags += ["--fold", "0", "--folds", "3", "--max-epochs", "1", "--k-fraction", "0.2", "--m-fraction", "0.4"]
-    default = active.main(flags + ["--out", str(tmp_path / "default")])
-    paper = active.main(flags + ["--acquisition", "top", "--spread", "none", "--out", str(tmp_path / "paper")])
-    assert (tmp_path / "default" / "labeled.csv").read_bytes() == (tmp_path / "paper" / "labeled.csv").read_bytes()
-    assert default["confusion"] == paper["confusion"]
-    spread = active.main(flags + ["--spread", "specimen", "--out", str(tmp_path / "spread")])
-    rows = list(csv.DictReader((tmp_path / "spread" / "labeled.csv").open()))
-    for round_index in range(1, len(spread["rounds"])):
-        taken = [row["specimen"] for row in rows if row["round"] == str(round_index)]
-        counts = [taken.count(name) for name in set(taken)]
-        assert max(counts) - min(counts) <= 1 or len(taken) < 2  # round robin over the pool's specimens
-    power = active.main(flags + ["--acquisition", "power", "--out", str(tmp_path / "power")])
-    assert power["labeled"] == default["labeled"]
-    fails(active.main, TINY + ["--synthetic-cells", "60", "--scratch", "--spread", "specimen", "--out",
-                               str(tmp_path / "none")], "--spread specimen", "no")
+# Pseudo-labels (CEAL)
 
 
 def test_pseudo_labels_join_fine_tuning_only_never_the_ledger_or_the_budget(tmp_path, pretrained, monkeypatch):
