@@ -123,40 +123,15 @@ class Pool:
 
 
 def choose(model, forward, unlabeled, count, round_index, strategy, generator, device):
-    """Steps 2, 4 and 5: (chosen dataset indices, why each, the unlabeled cells' probabilities or None)."""
+    """Steps 2, 4 and 5: (chosen dataset indices, why each, how many cells were scored)."""
     if round_index == 0 or strategy == "random":  # Step 2: the seed set, k at random (random strategy: all)
         chosen = unlabeled[torch.randperm(len(unlabeled), generator=generator)[:count]]
-        return chosen, ["random"] * len(chosen), None
+        return chosen, ["random"] * len(chosen), 0
     # Steps 4 and 5: score every unlabeled pool image (Eq. 3 by default), label the `count` most uncertain.
-    probabilities = predict_probabilities(model, unlabeled, device, 64, forward=forward)
-    scores = UNCERTAINTY[strategy](probabilities)
+    scores = UNCERTAINTY[strategy](predict_probabilities(model, unlabeled, device, 64, forward=forward))
     positions = select_most_uncertain(scores, count)
     reasons = [f"{strategy}={value:.6f}" for value in scores[positions].tolist()]
-    return unlabeled[positions], reasons, probabilities
-
-
-def pseudo_labeled(unlabeled, probabilities, chosen, threshold: float, most: int):
-    """CEAL's pseudo-labels (Wang et al., IEEE TCSVT 2017; not the paper, issue #38): the unlabeled cells the
-    model predicts with probability >= threshold, the most confident first, at most `most`, not those just
-    chosen for the oracle; (their dataset indices, their predicted classes). They join this round's
-    fine-tuning only: never labeled.csv, never the budget, chosen anew each round."""
-    if threshold <= 0 or probabilities is None:
-        return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
-    confidence, predicted = probabilities.max(dim=1)
-    candidate = (confidence >= threshold) & ~torch.isin(unlabeled, chosen)
-    order = torch.sort(confidence.masked_fill(~candidate, -1.0), descending=True, stable=True).indices
-    order = order[: min(most, int(candidate.sum()))]
-    return unlabeled[order], predicted[order]
-
-
-def with_pseudo_labels(labels: torch.Tensor, pseudo: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The labels fine-tuning reads: the oracle's, and for the pseudo-labeled cells their predicted class (a copy:
-    the dataset's labels stay the oracle's). Without pseudo-labels, the dataset's own tensor."""
-    if len(pseudo) == 0:
-        return labels
-    labels = labels.clone()
-    labels[pseudo] = targets
-    return labels
+    return unlabeled[positions], reasons, len(unlabeled)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,25 +325,21 @@ def run(args):
 
     for round_index in range(len(rounds), len(sizes)):
         started = time.time()
-        unlabeled = pool.unlabeled()
-        chosen, reasons, probabilities = choose(  # Steps 2, 4, 5: the seed set at random, then the most uncertain
-            model, forward, unlabeled, sizes[round_index], round_index, args.strategy, generator, device
+        chosen, reasons, scored = choose(  # Steps 2, 4, 5: the seed set at random, then the most uncertain
+            model, forward, pool.unlabeled(), sizes[round_index], round_index, args.strategy, generator, device
         )
-        scored = 0 if probabilities is None else len(unlabeled)
         score_seconds = time.time() - started if scored else 0.0
         pool.label(chosen, round_index, reasons)
-        pseudo, targets = pseudo_labeled(unlabeled, probabilities, chosen, args.pseudo_labels, len(pool.labeled))
         train_started = time.time()  # Step 3: fine-tune on everything labeled so far
         epochs, kept, train_loss, seen = fine_tune(
-            model, forward, with_pseudo_labels(dataset.labels, pseudo, targets),
-            pool.labeled_indices() + pseudo.tolist(), generator, device, **training
+            model, forward, dataset.labels, pool.labeled_indices(), generator, device, **training
         )
         train_seconds = time.time() - train_started
         # Report on the test split: never used for any decision.
         probabilities = predict_probabilities(model, test, device, 64, forward=forward)
         metrics = summarize(dataset.labels[test], probabilities, dataset.class_names)
         record = records.round_record(round_index, pool.labeled, chosen, metrics, epochs, kept, train_loss, dataset)
-        record.update(scored=scored, train_seconds=train_seconds, score_seconds=score_seconds, pseudo=len(pseudo))
+        record.update(scored=scored, train_seconds=train_seconds, score_seconds=score_seconds)
         rounds.append({**record, "seconds": time.time() - started})
         records.save_state(args, made, dataset, pool, rounds, model, generator, setup_seconds)
         print(records.round_line(rounds[-1], sum(sizes), seen), flush=True)
@@ -452,11 +423,9 @@ def unused_flags(args) -> list:
         ("checkpoint", not args.scratch, "--scratch trains from random weights, without a checkpoint"),
         ("k_fraction", args.strategy != "random", at_once),
         ("m_fraction", args.strategy != "random", at_once),
-        ("pseudo_labels", args.strategy != "random", at_once),
         ("folds", args.fold is not None, "it counts the folds of --fold; add --fold F"),
         ("synthetic_cells", args.data is None, "--data reads the cells; the synthetic default is not made"),
     ]
-
 
 
 def build_parser():
@@ -487,10 +456,6 @@ def build_parser():
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning, or keep the running ones as the paper "
     batchnorm += "(default: recalibrate)"
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm)
-    pseudo = "each round, also fine-tune on the unlabeled cells predicted with at least this probability, with "
-    pseudo += "their predicted class, at most as many as the labeled cells (CEAL; never labeled, never counted; "
-    pseudo += "default: 0, off, as the paper)"
-    add("--pseudo-labels", type=float, default=0.0, metavar="P", help=pseudo)
     development = "leave the test specimens out, split the pool again into a development pool and test (default: off)"
     add("--development", action="store_true", help=development)
     add("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")

@@ -56,8 +56,6 @@ def check_run_flags(args) -> None:
         raise DataError(f"--test-fraction {args.test_fraction}: --fold {args.fold} tests one fold of --folds instead")
     if not 0 < args.test_fraction < 1:
         raise DataError(f"--test-fraction {args.test_fraction}: expected a fraction in (0, 1)")
-    if not 0 <= args.pseudo_labels < 1:
-        raise DataError(f"--pseudo-labels {args.pseudo_labels}: expected a probability in [0, 1) (0: off)")
     for flag in ("k_fraction", "m_fraction"):
         if not 0 < getattr(args, flag) <= 1:
             name = flag.replace("_", "-")

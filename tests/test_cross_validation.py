@@ -104,31 +104,3 @@ def test_cross_validation_grid_tests_every_cell_once_and_pools_the_folds(pretrai
     assert [row["fold"] for row in part] == [2]
     fails(experiments.main, flags + ["--only-folds", "3"], "--only-folds 3", "0 to 2")
     fails(experiments.main, flags[:6] + ["0", "0"] + flags[8:], "--seeds", "twice")
-
-
-# ---------------------------------------------------------------------------------------------
-# Pseudo-labels (CEAL)
-
-
-def test_pseudo_labels_join_fine_tuning_only_never_the_ledger_or_the_budget(tmp_path, pretrained, monkeypatch):
-    probabilities = torch.tensor([[0.99, 0.01], [0.6, 0.4], [0.02, 0.98], [0.995, 0.005], [0.5, 0.5]])
-    unlabeled = torch.tensor([10, 11, 12, 13, 14])
-    pseudo, targets = active.pseudo_labeled(unlabeled, probabilities, torch.tensor([13]), 0.95, 5)
-    assert pseudo.tolist() == [10, 12] and targets.tolist() == [0, 1]  # 13 went to the oracle
-    assert active.pseudo_labeled(unlabeled, probabilities, torch.tensor([13]), 0.95, 1)[0].tolist() == [10]
-    assert len(active.pseudo_labeled(unlabeled, probabilities, torch.tensor([13]), 0.0, 5)[0]) == 0  # off
-    labels = torch.tensor([0] * 15)
-    mixed = active.with_pseudo_labels(labels, pseudo, targets)
-    assert mixed[12] == 1 and labels[12] == 0  # the dataset's labels stay the oracle's
-
-    trained_on = []
-    real_fine_tune = active.fine_tune
-    monkeypatch.setattr(active, "fine_tune", lambda *a, **k: trained_on.append(list(a[3])) or real_fine_tune(*a, **k))
-    flags = TINY + ["--synthetic-cells", "120", "--checkpoint", str(pretrained), "--max-epochs", "1", "--limit", "0.4"]
-    run = active.main(flags + ["--pseudo-labels", "0.2", "--out", str(tmp_path / "pseudo")])
-    rows = list(csv.DictReader((tmp_path / "pseudo" / "labeled.csv").open()))
-    assert len(rows) == run["labeled"] == run["budget"] == run["rounds"][-1]["labeled"]
-    assert any(r["pseudo"] > 0 for r in run["rounds"]) and run["rounds"][0]["pseudo"] == 0
-    for record, cells in zip(run["rounds"], trained_on):
-        assert len(cells) == record["labeled"] + record["pseudo"] and record["pseudo"] <= record["labeled"]
-    fails(active.main, flags + ["--pseudo-labels", "1.5", "--out", str(tmp_path / "bad")], "--pseudo-labels 1.5")
