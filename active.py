@@ -48,7 +48,6 @@ from runs import (
     pick_precision,
     precision_line,
     preprocessing,
-    refuse_unused,
     run_command,
     seed_everything,
 )
@@ -302,8 +301,7 @@ def recalibrate_batchnorm(model, forward, labeled, batch_size: int) -> None:
 def run(args):
     """One active learning run, Table 1's steps; with --resume the rest of a killed run."""
     run_started = time.time()
-    records.check_run_flags(args)
-    refuse_unused(args, build_parser(), unused_flags(args))
+    records.check_run_flags(args, build_parser())
     device = pick_device(args.device)
     seed_everything(args.seed)
     made = {"case": records.case_name(args), "out": records.run_folder(args)}  # derived; args stay as given
@@ -414,18 +412,6 @@ def frozen_cache(model, dataset, device, no_cache: bool, precision: str):
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-def unused_flags(args) -> list:
-    """(flag, applies, why not) of every flag that only some runs use (runs.refuse_unused)."""
-    at_once = "--strategy random labels the whole budget at once"
-    return [
-        ("checkpoint", not args.scratch, "--scratch trains from random weights, without a checkpoint"),
-        ("k_fraction", args.strategy != "random", at_once),
-        ("m_fraction", args.strategy != "random", at_once),
-        ("folds", args.fold is not None, "it counts the folds of --fold; add --fold F"),
-        ("synthetic_cells", args.data is None, "--data reads the cells; the synthetic default is not made"),
-    ]
 
 
 def build_parser():

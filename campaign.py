@@ -416,9 +416,10 @@ def ingest(folder: Path, device) -> dict:
     state = dict(state, ledger=ledger, round=next_round, model=f"model-{next_round:03d}.pt")
     state["history"] = state["history"] + [dict(record, seconds=time.time() - started)]
     probabilities = predict_probabilities(model, torch.tensor(asked, dtype=torch.int64), device, 64, forward=forward)
-    state["pending"], writes = query_files(folder, state, next_round, [names[i] for i in asked], probabilities)
+    asked_names = [names[i] for i in asked]
+    state["pending"], writes = query_files(folder, state, next_round, asked_names, probabilities) if asked else ([], [])
     checkpoint = campaign_checkpoint(model, state, record["validation"])
-    commit(folder, state, writes if asked else [], checkpoint, previous_model)  # the step, all at once
+    commit(folder, state, writes, checkpoint, previous_model)  # the step, all at once
     print_round(folder, state, record, len(unfilled), len(asked))
     return state
 

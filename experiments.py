@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import active
+import records
 from data import SHORT_NAMES, DataError
 from evaluate import draw_confusion, font_of_size, mca_aca_of, per_class_accuracy, save_png
 from records import read_results
@@ -118,7 +119,7 @@ def run_grid(grid_args, run_flags: list[str]) -> list[dict]:
         if fold is not None:
             flags += ["--fold", str(fold), "--folds", str(grid_args.cv)]
         args = active.build_parser().parse_args(run_flags + flags)
-        for dest, applies, _ in active.unused_flags(args):  # the grid's flags go to every case; not those it can't use
+        for dest, applies, _ in records.unused_flags(args):  # the grid's flags go to every case; not those it can't use
             if not applies:
                 setattr(args, dest, active.build_parser().get_default(dest))
         if (run_dir / "results.json").exists():
@@ -215,6 +216,20 @@ def _percent(mean, std, seeds) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}" if seeds > 1 else f"{100 * mean:.2f} (one seed)"
 
 
+def summary_line(case: str, limit: float, group: list[dict], mca: tuple, aca: tuple) -> str:
+    """One row of summary.md's table of runs: mean ± std of MCA and ACA, labeled counts, the specimen vote."""
+    # A specimen split gives each seed its own pool, so the labeled counts differ a little between seeds.
+    labeled = sorted({r["labeled"] for r in group})
+    splits = "/".join(sorted({r.get("split", "cells") for r in group}))
+    votes = [r["specimen_accuracy"] for r in group if r.get("specimen_accuracy") is not None]
+    vote = _percent(*_mean_std(votes), len(votes)) if votes else "n/a"
+    return (
+        f"| {case.upper()} | {limit:g} | {splits} | {len(group)} | "
+        f"{labeled[0] if len(labeled) == 1 else f'{labeled[0]}-{labeled[-1]}'} | "
+        f"{_percent(*mca, len(group))} | {_percent(*aca, len(group))} | {vote} |"
+    )
+
+
 def write_grid_summary(rows, out: Path, folds: int | None = None) -> None:
     """summary.md (with --cv first the pooled table, then mean and std over runs), mca_aca.png,
     hardest_classes.png, and summed confusion matrices."""
@@ -233,16 +248,7 @@ def write_grid_summary(rows, out: Path, folds: int | None = None) -> None:
                 continue
             mca, mca_std = _mean_std([r["mca"] for r in group])
             aca, aca_std = _mean_std([r["aca"] for r in group])
-            # A specimen split gives each seed its own pool, so the labeled counts differ a little between seeds.
-            labeled = sorted({r["labeled"] for r in group})
-            splits = "/".join(sorted({r.get("split", "cells") for r in group}))
-            votes = [r["specimen_accuracy"] for r in group if r.get("specimen_accuracy") is not None]
-            vote = _percent(*_mean_std(votes), len(votes)) if votes else "n/a"
-            lines.append(
-                f"| {case.upper()} | {limit:g} | {splits} | {len(group)} | "
-                f"{labeled[0] if len(labeled) == 1 else f'{labeled[0]}-{labeled[-1]}'} | "
-                f"{_percent(mca, mca_std, len(group))} | {_percent(aca, aca_std, len(group))} | {vote} |"
-            )
+            lines.append(summary_line(case, limit, group, (mca, mca_std), (aca, aca_std)))
             curves["MCA"].setdefault(case.upper(), []).append((limit, mca, mca_std))
             curves["ACA"].setdefault(case.upper(), []).append((limit, aca, aca_std))
             summed = torch.tensor([r["confusion"] for r in group]).sum(dim=0)

@@ -22,6 +22,7 @@ import torch
 from data import SHORT_NAMES, DataError
 from evaluate import draw_confusion, predict_probabilities, summarize
 from runs import (
+    refuse_unused,
     fingerprint_digest,
     CHECKPOINT_FORMAT,
     NUMBER,
@@ -45,7 +46,20 @@ from layouts import spreadsheet_cell
 from splits import specimens_of
 
 
-def check_run_flags(args) -> None:
+def unused_flags(args) -> list:
+    """(flag, applies, why not) of every flag that only some runs use (runs.refuse_unused)."""
+    at_once = "--strategy random labels the whole budget at once"
+    return [
+        ("checkpoint", not args.scratch, "--scratch trains from random weights, without a checkpoint"),
+        ("k_fraction", args.strategy != "random", at_once),
+        ("m_fraction", args.strategy != "random", at_once),
+        ("folds", args.fold is not None, "it counts the folds of --fold; add --fold F"),
+        ("synthetic_cells", args.data is None, "--data reads the cells; the synthetic default is not made"),
+    ]
+
+
+def check_run_flags(args, parser) -> None:
+    """One line for a flag out of range, or one this run cannot use (runs.refuse_unused, unused_flags)."""
     if not 0 < args.limit <= 1:
         raise DataError(f"--limit {args.limit}: expected a fraction in (0, 1]")
     if args.folds < 2:
@@ -63,6 +77,7 @@ def check_run_flags(args) -> None:
     check_flags(args, ("max_epochs", "patience", "batch_size", "synthetic_cells"))
     if args.scratch:  # else the cells are prepared as the checkpoint's were
         check_image_size(args.image_size)
+    refuse_unused(args, parser, unused_flags(args))
 
 
 def case_name(args) -> str:

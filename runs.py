@@ -97,21 +97,9 @@ def _temporary(path: Path) -> Path:
 
 
 def _write_atomic(write, path: str | Path) -> None:
-    """write(temporary) beside path, then rename: a killed run never leaves half a file, a failed one no file.
-
-    A failure (a full disk, a folder made read-only meanwhile) is one line naming the path."""
-    path = Path(path)
-    temporary = _temporary(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(temporary)
-        os.replace(temporary, path)
-    except (OSError, RuntimeError) as error:  # torch.save reports an unwritable file as a RuntimeError
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
-        raise DataError(f"{path}: cannot write ({reason})") from None
-    finally:
-        with contextlib.suppress(OSError):  # under a file, not a folder, there is no temporary to remove
-            temporary.unlink(missing_ok=True)
+    """write(temporary) beside path, then rename: a killed run never leaves half a file, a failed one no file
+    (write_all_atomic with one file); a failure (a full disk, a read-only folder) is one line naming the path."""
+    write_all_atomic([(path, write)])
 
 
 def write_all_atomic(writes: list) -> None:
@@ -130,8 +118,10 @@ def write_all_atomic(writes: list) -> None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write(temporary)
             except (OSError, RuntimeError) as error:
+                # torch.save reports an unwritable file as a RuntimeError
                 reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
-                raise DataError(f"{path}: cannot write ({reason}); nothing of this step was changed") from None
+                step = "; nothing of this step was changed" if len(writes) > 1 else ""
+                raise DataError(f"{path}: cannot write ({reason}){step}") from None
         for (path, _), temporary in zip(writes, staged):
             os.replace(temporary, path)
     finally:
