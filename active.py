@@ -28,29 +28,18 @@ limits x seeds is experiments.py; campaign.py puts a person in the oracle's plac
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import records
+from commands import run_command
 from data import NORMALIZATIONS, DataError, model_inputs
+from devices import add_device_flag, in_precision, pick_device, pick_precision, precision_line, seed_everything
 from evaluate import predict_probabilities, summarize
 from layouts import get_dataset, parse_class_list
 from model import ParallelResNet, trainable_parameters, transfer
-from runs import (
-    add_device_flag,
-    data_fingerprint,
-    load_checkpoint,
-    in_precision,
-    network_from_checkpoint,
-    pick_device,
-    pick_precision,
-    precision_line,
-    preprocessing,
-    run_command,
-    seed_everything,
-)
+from runs import load_checkpoint, network_from_checkpoint, preprocessing
 from splits import FOLDS, add_split_flags, describe_split, pool_and_test, resolve_split
 
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +109,13 @@ class Pool:
         """The oracle reveals these cells' labels (Table 1: the annotator; here the stored labels)."""
         self.labeled += [{"index": i, "round": round_index, "reason": r} for i, r in zip(chosen.tolist(), reasons)]
 
+    def state_dict(self) -> dict:
+        """What a resume needs of the pool: the labeled cells, in labeling order (the pool side is remade)."""
+        return {"labeled": self.labeled}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.labeled = list(state["labeled"])
+
 
 def choose(model, forward, unlabeled, count, round_index, strategy, generator, device):
     """Steps 2, 4 and 5: (chosen dataset indices, why each, how many cells were scored)."""
@@ -145,7 +141,7 @@ def early_feature_cache(model: ParallelResNet, images: torch.Tensor, device, bat
     Valid because those layers are fixed and their BatchNorm is in eval mode, so their output for a given
     input never changes (Sec. 3.1). Not the paper: a speed device (docs/speed.md). Batches of 16: on a CPU
     a batch whose activations (800 KB a cell) fit in the caches beats a large one. precision "bfloat16": the
-    convolutions under bfloat16 autocast (runs.in_precision).
+    convolutions under bfloat16 autocast (devices.in_precision).
     """
     model.eval()
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
@@ -185,75 +181,61 @@ PROGRESS_SECONDS = 30  # fine_tune prints an epoch line at most this often (a ro
 # alone): 10 scored higher than 30 on a development split of the pool's own specimens (docs/results-i3a.md,
 # "The stopping rule"); a cap that never binds is the paper's rule.
 MAX_EPOCHS = 10
+# --stop-weights average, the default (not in the paper; issue #33): the mean of the weights of epochs 3 to the last,
+# as stochastic weight averaging, whose flat minima generalise across domains (SWAD, Cha et al., NeurIPS 2021).
+# It scored 2.91 points of MCA above the lowest-loss epoch's weights on the development split (docs/results-i3a.md);
+# --stop-weights last keeps the last epoch's, as the paper.
+AVERAGE_FROM = 3
+# fine_tune's settings, the same every round. Sec. 3.1: "The same learning approach was used for all the fine-tuning
+# processes: a learning rate of 0.001 was utilized, training is stopped when the loss does not decrease five times in
+# a row." The mini-batch size is not given for fine-tuning; 64 as for pretraining.
+TRAINING = {"lr": 1e-3, "max_epochs": MAX_EPOCHS, "patience": 5, "batch_size": 64}
+TRAINING.update(stop_weights="average", batchnorm="recalibrate")
 
 
-def fine_tune(
-    model,
-    forward,
-    labels: torch.Tensor,
-    labeled,
-    generator: torch.Generator,
-    device,
-    *,
-    lr: float = 1e-3,
-    max_epochs: int = MAX_EPOCHS,
-    patience: int = 5,
-    batch_size: int = 64,
-    stop_weights: str = "average",
-    batchnorm: str = "recalibrate",
-):
-    """Adam at lr until the training loss has not decreased for patience epochs (Sec. 3.1), or max_epochs.
+def fine_tune(model, forward, labels: torch.Tensor, labeled, generator: torch.Generator, settings=TRAINING) -> dict:
+    """Step 3: Adam on the labeled cells until the training loss has not decreased for `patience` epochs (Sec. 3.1),
+    or `max_epochs`; forward maps a batch of dataset indices to logits (Eq. 1), the loss is Eq. 2's cross-entropy.
 
-    labeled: the dataset indices to train on; forward maps a batch of them to logits (Eq. 1, loss Eq. 2).
-    stop_weights "best" restores the lowest-training-loss epoch's weights at the end (a late spike of
-    the loss on a small labeled set would otherwise be what the round keeps), "last" keeps the final
-    epoch's, "average" the mean of the weights of the epochs from AVERAGE_FROM on; batchnorm "recalibrate"
-    then recomputes the BatchNorm statistics (recalibrate_batchnorm).
-    Returns (epochs run, the kept epoch (the last averaged one), its training loss, images seen).
+    The weights kept: the last epoch's (stop_weights "last", the paper's) or the mean of those of the epochs from
+    AVERAGE_FROM on ("average"); batchnorm "recalibrate" then recomputes the BatchNorm statistics over the labeled
+    cells (recalibrate_batchnorm). Returns the epochs run, the last one's training loss, images seen and seconds.
     """
-    optimizer = torch.optim.Adam(trainable_parameters(model), lr=lr)
-    labeled = torch.as_tensor(labeled)
+    started = time.time()
+    optimizer = torch.optim.Adam(trainable_parameters(model), lr=settings["lr"])
+    labeled, batch_size = torch.as_tensor(labeled), settings["batch_size"]
     model.train()
-    best, bad, epoch, seen, epoch_loss, best_weights, best_epoch = float("inf"), 0, 0, 0, float("nan"), None, 0
-    started, last_line, averaged, first_averaged = time.time(), time.time(), None, min(AVERAGE_FROM, max_epochs)
-    while epoch < max_epochs and bad < patience:
+    best, bad, epoch, seen, epoch_loss, averaged = float("inf"), 0, 0, 0, float("nan"), None
+    first_averaged, last_line = min(AVERAGE_FROM, settings["max_epochs"]), started
+    while epoch < settings["max_epochs"] and bad < settings["patience"]:
         epoch += 1
         order = labeled[torch.randperm(len(labeled), generator=generator)]
         total = 0.0
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            loss = F.cross_entropy(forward(index), labels[index].to(device))
+            logits = forward(index)
+            loss = F.cross_entropy(logits, labels[index].to(logits.device))  # Eq. 2 on the softmax of Eq. 1
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(index)
         epoch_loss, seen = total / len(order), seen + len(order)
-        if epoch_loss < best - 1e-4:  # "decreased": by more than 1e-4
-            best, bad, best_epoch = epoch_loss, 0, epoch
-            if stop_weights == "best":
-                best_weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
+        if epoch_loss < best - 1e-4:  # "decrease": by more than 1e-4
+            best, bad = epoch_loss, 0
         else:
             bad += 1  # Sec. 3.1: "training is stopped when the loss does not decrease five times in a row"
-        if stop_weights == "average" and epoch >= first_averaged:
+        if settings["stop_weights"] == "average" and epoch >= first_averaged:
             averaged = running_mean(averaged, model.state_dict(), epoch - first_averaged + 1)
         if time.time() - last_line >= PROGRESS_SECONDS:  # a long round shows its epochs
-            last_line = records.epoch_line(epoch, max_epochs, epoch_loss, seen, started)
-    kept = epoch
-    if best_weights is not None and bad > 0:
-        model.load_state_dict(best_weights)
-        epoch_loss, kept = best, best_epoch
-    elif averaged is not None:
+            line = {"epoch": epoch, "max_epochs": settings["max_epochs"], "train_loss": epoch_loss}
+            print("  " + records.epoch_line({**line, "seconds": time.time() - started}, seen))
+            last_line = time.time()
+    if averaged is not None:
         model.load_state_dict(averaged)
-    if batchnorm == "recalibrate":
+    if settings["batchnorm"] == "recalibrate":
         recalibrate_batchnorm(model, forward, labeled, batch_size)
-    return epoch, kept, epoch_loss, seen
-
-
-TRAINING_FLAGS = ("max_epochs", "patience", "batch_size", "stop_weights", "batchnorm")  # lr: Sec. 3.1's 0.001
-# --stop-weights average, the default (not in the paper; issue #33): the mean of the weights of epochs 3 to the last,
-# as stochastic weight averaging, whose flat minima generalise across domains (SWAD, Cha et al., NeurIPS 2021).
-# It scored 2.91 points of MCA above the lowest-loss epoch's weights on the development split (docs/results-i3a.md).
-AVERAGE_FROM = 3
+    fit = {"epochs": epoch, "train_loss": epoch_loss, "seen": seen, "started": started}
+    return {**fit, "seconds": time.time() - started}
 
 
 def running_mean(mean: dict | None, weights: dict, count: int) -> dict:
@@ -304,69 +286,48 @@ def run(args):
     records.check_run_flags(args, build_parser())
     device = pick_device(args.device)
     seed_everything(args.seed)
-    made = {"case": records.case_name(args), "out": records.run_folder(args)}  # derived; args stay as given
-    state = records.open_run(args, Path(made["out"]))
-    made["precision"] = pick_precision(device, args.float32)  # bfloat16 where the device computes in it
-    print(precision_line(device, made["precision"]))
-    dataset, model = target_and_network(args, made, device)
-    made["split_parts"] = split_parts(args)  # what evaluate.py remakes the split from
-    pool_side, test = split_pool_and_test(dataset, made["split"], made["split_parts"], args)  # Step 1
+    out, state = records.open_run(args)  # --out checked and locked before any work; state.pt with --resume
+    precision = pick_precision(device, args.float32)  # bfloat16 where the device computes in it
+    print(precision_line(device, precision))
+    dataset, pretrained, preparation = target_data(args)
+    model = network(pretrained, len(dataset.class_names)).to(device)  # IN (Sec. 3.1's transfer) or from scratch
+    split, parts = resolve_split(args.split, dataset), split_parts(args)  # by specimen whenever specimens are known
+    pool_side, test = split_pool_and_test(dataset, split, parts, args)  # Step 1: the pool, and the test side
+    derived = {"case": records.case_name(args), "out": str(out), "precision": precision, **preparation}
+    derived.update(split=split, split_parts=parts)  # what the run worked out; args stay as given
     sizes = round_sizes(len(pool_side), args.limit, args.strategy, args.k_fraction, args.m_fraction)
-    cache = frozen_cache(model, dataset, device, args.no_cache, made["precision"])
-    forward = in_precision(forward_fn(model, dataset.images, cache, device), device, made["precision"])
+    cache = frozen_cache(model, dataset, device, args.no_cache, precision)
+    forward = in_precision(forward_fn(model, dataset.images, cache, device), device, precision)
     generator = torch.Generator().manual_seed(args.seed)
-    training = {key: getattr(args, key) for key in TRAINING_FLAGS}  # fine_tune's settings, the same every round
-    pool, rounds, setup_seconds = Pool(pool_side), [], time.time() - run_started
-    if state is not None:
-        rounds, setup_seconds = records.restore(state, made, dataset, model, generator, pool, setup_seconds)
-    print(records.plan_line(made["case"], len(pool_side), len(test), sizes))
+    training = {key: getattr(args, key, value) for key, value in TRAINING.items()}  # lr: Sec. 3.1's 0.001
+    pool = Pool(pool_side)
+    book = records.start_run(args, derived, dataset, model, generator, pool, sum(sizes))  # what the rounds record
+    records.resume(book, state, run_started)  # with --resume: the killed run's labels, weights and random states
+    print(records.plan_line(derived["case"], len(pool_side), len(test), sizes))
 
-    for round_index in range(len(rounds), len(sizes)):
+    for round_index in range(len(book["rounds"]), len(sizes)):
         started = time.time()
         chosen, reasons, scored = choose(  # Steps 2, 4, 5: the seed set at random, then the most uncertain
             model, forward, pool.unlabeled(), sizes[round_index], round_index, args.strategy, generator, device
         )
-        score_seconds = time.time() - started if scored else 0.0
         pool.label(chosen, round_index, reasons)
-        train_started = time.time()  # Step 3: fine-tune on everything labeled so far
-        epochs, kept, train_loss, seen = fine_tune(
-            model, forward, dataset.labels, pool.labeled_indices(), generator, device, **training
-        )
-        train_seconds = time.time() - train_started
-        # Report on the test split: never used for any decision.
+        fit = fine_tune(model, forward, dataset.labels, pool.labeled_indices(), generator, training)  # Step 3
+        # Report on the test split: never used for any decision (Sec. 3.1: "just used for validation").
         probabilities = predict_probabilities(model, test, device, 64, forward=forward)
         metrics = summarize(dataset.labels[test], probabilities, dataset.class_names)
-        record = records.round_record(round_index, pool.labeled, chosen, metrics, epochs, kept, train_loss, dataset)
-        record.update(scored=scored, train_seconds=train_seconds, score_seconds=score_seconds)
-        rounds.append({**record, "seconds": time.time() - started})
-        records.save_state(args, made, dataset, pool, rounds, model, generator, setup_seconds)
-        print(records.round_line(rounds[-1], sum(sizes), seen), flush=True)
+        records.end_round(book, round_index, chosen, scored, fit, metrics, started)  # state.pt: a kill resumes here
 
-    return records.finish(args, made, dataset, pool_side, test, pool.labeled, rounds, model, setup_seconds)
+    return records.finish(book, pool_side, test)
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop's setup and state: what `run` calls by name
-
-
-def target_and_network(args, made: dict, device):
-    """The target cells, and the network: pretrained (IN) through Sec. 3.1's transfer step, or from scratch.
-
-    Records in `made` the preprocessing (the checkpoint's, so that target cells are prepared exactly as the
-    source cells were) and the split (by specimen whenever every cell's specimen is known)."""
-    dataset, pretrained, image_size, normalize = target_data(args)
-    made.update(image_size=image_size, normalize=normalize, split=resolve_split(args.split, dataset))
-    made["fingerprint"] = data_fingerprint(dataset)  # what state.pt records, so that a resume reads the same data
-    num_classes = len(dataset.class_names)
-    model = ParallelResNet(num_classes)  # built in every case: each seed's random stream stays as published
-    if pretrained is not None:
-        model = transfer(network_from_checkpoint(pretrained), num_classes)  # Sec. 3.1: new head, early layers fixed
-    return dataset, model.to(device)
+# The loop's setup: what `run` calls by name
 
 
 def target_data(args):
-    """(the target cells, the pretrained checkpoint or None, image size, normalisation): the cells prepared as the
-    checkpoint's source cells were, or as --image-size and --normalize say with --scratch."""
+    """(the target cells, the pretrained checkpoint or None, their preprocessing): the cells prepared as the
+    checkpoint's source cells were, so that target cells meet the network as source cells did, or as --image-size
+    and --normalize say with --scratch."""
     pretrained = None if args.scratch else load_checkpoint(args.checkpoint)
     image_size, normalize = (args.image_size, args.normalize) if args.scratch else preprocessing(pretrained)
     parser = build_parser()
@@ -379,13 +340,23 @@ def target_data(args):
     dataset = get_dataset(
         args.data, "target", classes, image_size, normalize, args.seed, args.synthetic_cells, args.specimens
     )
-    return dataset, pretrained, image_size, normalize
+    return dataset, pretrained, {"image_size": image_size, "normalize": normalize}
+
+
+def network(pretrained: dict | None, num_classes: int) -> ParallelResNet:
+    """The pretrained network (IN) through Sec. 3.1's transfer step (a new head, the early layers fixed: "we had fixed
+    all the layers before the second residual block"), or with --scratch the network of Fig. 5 from random weights."""
+    model = ParallelResNet(num_classes)  # built in every case: each seed's random stream stays as published
+    if pretrained is not None:
+        model = transfer(network_from_checkpoint(pretrained), num_classes)  # "changed to have six neurons"
+    return model
 
 
 def split_pool_and_test(dataset, split: str, parts: dict, args):
     """Step 1: the pool and the test side (whole specimens on each); --development splits the pool again.
 
-    The test part is only ever evaluated, never trained on or scored for selection."""
+    Sec. 3.1: "A 80-20% splitting was performed"; the test part is only ever evaluated, never trained on or scored
+    for selection ("the testing set was just used for validation, not for fine-tuning")."""
     pool, test = pool_and_test(dataset, split, parts)
     sides = ["dev pool", "dev test"] if args.development else ["pool", "test"]
     print(describe_split(dataset, split, [pool, test], sides, args.seed, args.fold, args.folds))
@@ -436,9 +407,9 @@ def build_parser():
     add("--max-epochs", type=int, default=MAX_EPOCHS, help=cap)
     patience = "stop after this many epochs without a lower training loss (default: 5, Sec. 3.1)"
     add("--patience", type=int, default=5, help=patience)
-    stop = f"keep the mean of the weights of epochs {AVERAGE_FROM} to the last, those of the lowest-training-loss "
-    stop += "epoch, or the last epoch's as the paper (default: average, chosen on the development split)"
-    add("--stop-weights", default="average", choices=["average", "best", "last"], help=stop)
+    stop = f"keep the mean of the weights of epochs {AVERAGE_FROM} to the last, or the last epoch's as the paper "
+    stop += "(default: average, chosen on the development split)"
+    add("--stop-weights", default="average", choices=["average", "last"], help=stop)
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning, or keep the running ones as the paper "
     batchnorm += "(default: recalibrate)"
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm)

@@ -36,26 +36,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 
 import active
+from commands import check_flags, run_command
 from data import DataError, model_inputs, prepare_cell, read_cell
-from evaluate import font_of_size, predict_probabilities, save_png
+from devices import add_device_flag, computes_bfloat16, pick_device, seed_everything
+from evaluate import predict_probabilities
 from layouts import get_dataset, load_dataset
 from model import ParallelResNet, freeze_early_layers, trainable_parameters, transfer
+from pictures import draw_round_times
 from records import ROUND_FIELDS, STATE_FIELDS, read_results
-from runs import (
-    add_device_flag,
-    computes_bfloat16,
-    check_fields,
-    check_flags,
-    load_checkpoint,
-    network_from_checkpoint,
-    pick_device,
-    preprocessing,
-    run_command,
-    seed_everything,
-)
+from runs import check_fields, load_checkpoint, network_from_checkpoint, preprocessing
 from splits import stratified_split
 
 
@@ -98,10 +89,9 @@ def optimised_round(model, dataset, labeled, unlabeled, epochs, batch_size, devi
     # The same work as straightforward_round: no BatchNorm recalibration pass (both would add one).
     started = time.time()
     generator = torch.Generator().manual_seed(0)
-    fixed = dict(
-        max_epochs=epochs, patience=epochs + 1, batch_size=batch_size, stop_weights="last", batchnorm="running"
-    )
-    active.fine_tune(model, forward, dataset.labels, labeled, generator, device, **fixed)
+    fixed = dict(max_epochs=epochs, patience=epochs + 1, batch_size=batch_size, stop_weights="last")
+    fixed["batchnorm"] = "running"
+    active.fine_tune(model, forward, dataset.labels, labeled, generator, {**active.TRAINING, **fixed})
     train_seconds = time.time() - started
     started = time.time()
     active.entropy(predict_probabilities(model, unlabeled, device, 64, forward=forward))
@@ -109,7 +99,7 @@ def optimised_round(model, dataset, labeled, unlabeled, epochs, batch_size, devi
 
 
 def bfloat16_support(device) -> str | None:
-    """Why bfloat16 autocast would not pay here, or None when the hardware computes in it (runs.computes_bfloat16)."""
+    """Why bfloat16 autocast would not pay, or None where the hardware computes in it (devices.computes_bfloat16)."""
     if computes_bfloat16(device):
         return None
     if device.type == "cpu":
@@ -267,50 +257,13 @@ def round_rates(rounds: list[dict], pool: int | None) -> list[tuple[str, str]]:
     rows = [
         ("rounds", f"{len(rounds)}, labeled {rounds[0]['labeled']} to {rounds[-1]['labeled']}"),
         ("fine-tuning rate (epochs x labeled / s)", f"{train_rate:.0f} img/s"),
-        (
-            "epochs run / kept (sum over rounds)",
-            f"{sum(r['epochs'] for r in rounds)} / {sum(r.get('kept_epoch', r['epochs']) for r in rounds)}",
-        ),
+        ("epochs run (sum over rounds)", f"{sum(r['epochs'] for r in rounds)}"),
     ]
     if scored:  # runs before "scored" was recorded: the unlabeled part of the pool at the round's start
         counts = [r.get("scored", pool - previous["labeled"] if pool else 0) for r, previous in zip(rounds[1:], rounds)]
         score_rate = sum(counts) / sum(r["score_seconds"] for r in rounds[1:])
         rows.append(("scoring rate (unlabeled pool / s)", f"{score_rate:.0f} img/s" if all(counts) else "unknown"))
     return rows
-
-
-def draw_round_times(rounds: list[dict], title: str, path: Path) -> None:
-    """A run's seconds per round, and its fine-tuning seconds, against its labeled cells, as a PNG."""
-    width, height, left, top = 640, 420, 70, 40
-    plot_w, plot_h = width - left - 20, height - top - 60
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    font, small = font_of_size(14), font_of_size(11)
-    draw.text((10, 8), f"seconds per round against labeled cells: {title}", fill="black", font=font)
-    most_labeled = max(r["labeled"] for r in rounds)
-    most_seconds = max(r["seconds"] for r in rounds) * 1.1
-
-    def to_pixel(labeled, seconds):
-        return left + plot_w * labeled / most_labeled, top + plot_h * (1 - seconds / most_seconds)
-
-    draw.rectangle((left, top, left + plot_w, top + plot_h), outline="black")
-    for fraction in (0, 0.25, 0.5, 0.75, 1):
-        _, y = to_pixel(0, fraction * most_seconds)
-        draw.line((left, y, left + plot_w, y), fill=(225, 225, 225))
-        draw.text((8, y - 6), f"{fraction * most_seconds:.0f} s", fill="black", font=small)
-        x, _ = to_pixel(fraction * most_labeled, 0)
-        draw.text((x - 12, top + plot_h + 4), f"{fraction * most_labeled:.0f}", fill="black", font=small)
-    draw.text((left, top + plot_h + 22), "labeled cells after the round", fill="black", font=small)
-    for index, (name, key) in enumerate((("round", "seconds"), ("fine-tuning", "train_seconds"))):
-        color = [(31, 119, 180), (255, 127, 14)][index]
-        points = [to_pixel(r["labeled"], r[key]) for r in rounds]
-        if len(points) > 1:
-            draw.line(points, fill=color, width=2)
-        for x, y in points:
-            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=color)
-        draw.line((left + 10, top + 12 + 18 * index, left + 30, top + 12 + 18 * index), fill=color, width=3)
-        draw.text((left + 36, top + 6 + 18 * index), name, fill="black", font=small)
-    save_png(image, path)
 
 
 def peak_child_memory_gib() -> float:

@@ -6,7 +6,7 @@ The paper simulates the annotator with stored labels; a lab has unlabeled cells 
     (fill the label column of CAMPAIGN/round-000.csv, looking at CAMPAIGN/round-000.png)
     python campaign.py ingest CAMPAIGN      # validates, adds the labels, fine-tunes, writes the next query
     python campaign.py status CAMPAIGN
-    python campaign.py label CAMPAIGN       # the same steps on a local web page (labeling.py)
+    python labeling.py CAMPAIGN             # the same steps on a local web page
 
 Round 0 is a random sample (the seed set); later rounds ask the most uncertain
 cells (entropy, Eq. 3) after fine-tuning on every label so far (Sec. 3.1), with
@@ -28,27 +28,24 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
-from active import MAX_EPOCHS, early_feature_cache, entropy, fine_tune, forward_fn, select_most_uncertain
+from active import MAX_EPOCHS, TRAINING, early_feature_cache, entropy, fine_tune, forward_fn, select_most_uncertain
+from commands import check_flags, run_command
 from data import SHORT_NAMES, TARGET_CLASSES, DataError, read_cell
-from evaluate import font_of_size, predict_probabilities, summarize
+from devices import add_device_flag, pick_device, seed_everything
+from evaluate import predict_probabilities, summarize
 from layouts import canonical_class, load_unlabeled, parse_class_list, read_csv_rows, specimens_in, spreadsheet_cell
 from model import ParallelResNet, freeze_early_layers, transfer
+from pictures import draw_contact_sheet
 from runs import (
     CHECKPOINT_FORMAT,
     NUMBER,
-    add_device_flag,
     check_fields,
-    check_flags,
     check_output_folder,
     load_checkpoint,
     network_from_checkpoint,
-    pick_device,
     preprocessing,
     read_json,
-    run_command,
-    seed_everything,
     write_all_atomic,
 )
 
@@ -124,12 +121,10 @@ def build_parser():
     drop_parser = commands.add_parser(
         "drop", help="take labels out of the ledger (a changed or deleted file)", allow_abbrev=False
     )
-    label = commands.add_parser("label", help="label the pending query in a browser (a local page)", allow_abbrev=False)
-    label.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: 0, any free one)")
-    for command in (ingest_parser, status, drop_parser, label):
+    for command in (ingest_parser, status, drop_parser):
         command.add_argument("campaign", help="campaign folder")
     drop_parser.add_argument("files", nargs="+", help="file names as the ledger has them")
-    for command in (query, ingest_parser, status, label):
+    for command in (query, ingest_parser, status):
         add_device_flag(command)
     return parser
 
@@ -146,10 +141,6 @@ def run(args) -> dict:
         return ingest(folder, pick_device(args.device))
     if args.command == "drop":
         return drop(folder, args.files)
-    if args.command == "label":
-        import labeling  # the page's server (labeling.py imports this file)
-
-        return labeling.serve(folder, args.port, args.device)
     state = load_campaign(folder)
     print_status(folder, state)
     return state
@@ -256,28 +247,6 @@ def query_files(folder: Path, state: dict, round_index: int, names: list[str], p
         (folder / f"round-{round_index:03d}.png", lambda temporary: sheet.save(temporary, format="PNG")),
     ]
     return [{"file": name, "sha256": file_digest(pool / name)} for name in names], writes
-
-
-def draw_contact_sheet(cells: list, captions: list[str], title: str = "", tile: int = 180, columns: int = 5):
-    """Cells (2-D float arrays in [0, 1]) in a numbered grid, large enough for an annotator to judge.
-
-    Each cell is stretched to its own brightest pixel for display only, so dim
-    (intermediate) cells are as readable as bright ones.
-    """
-    rows = max(1, (len(cells) + columns - 1) // columns)
-    image = Image.new("RGB", (columns * tile, rows * (tile + 34) + 30), "white")
-    draw = ImageDraw.Draw(image)
-    font, small = font_of_size(16), font_of_size(11)
-    draw.text((8, 6), title, fill="black", font=font)
-    for position, (cell, caption) in enumerate(zip(cells, captions)):
-        x, y = (position % columns) * tile, 30 + (position // columns) * (tile + 34)
-        peak = float(cell.max()) or 1.0
-        picture = Image.fromarray((255 * cell / peak).clip(0, 255).astype("uint8"), mode="L")
-        image.paste(picture.resize((tile - 8, tile - 8), Image.BICUBIC).convert("RGB"), (x + 4, y + 4))
-        draw.rectangle((x + 4, y + 4, x + 38, y + 24), fill="black")
-        draw.text((x + 8, y + 6), f"{position + 1}", fill="yellow", font=font)
-        draw.text((x + 6, y + tile - 2), caption[:34], fill="black", font=small)
-    return image
 
 
 def campaign_checkpoint(model, state: dict, validation) -> dict:
@@ -452,9 +421,8 @@ def train_and_check(model, forward, labels, training: list[int], held_out: list[
     epochs, kept, training_loss = 0, 0, None
     if training:
         generator = torch.Generator().manual_seed(state["seed"] * 100_003 + state["round"] + 1)
-        epochs, kept, training_loss, _ = fine_tune(
-            model, forward, labels, training, generator, device, max_epochs=state["max_epochs"]
-        )
+        fit = fine_tune(model, forward, labels, training, generator, {**TRAINING, "max_epochs": state["max_epochs"]})
+        epochs, kept, training_loss = fit["epochs"], fit["epochs"], fit["train_loss"]  # the last epoch's weights
     validation = None
     if held_out:
         held = torch.tensor(held_out)

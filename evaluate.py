@@ -18,27 +18,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 
-from data import DataError, model_inputs
-from layouts import get_dataset, load_unlabeled, parse_class_list, spreadsheet_cell
+from commands import check_flags, refuse_unused, run_command
+from data import model_inputs
+from devices import add_device_flag, in_precision, pick_device
+from layouts import load_unlabeled, parse_class_list, spreadsheet_cell
+from pictures import draw_confusion
 from runs import (
-    add_device_flag,
-    check_flags,
     check_not_an_input,
     check_output_file,
-    derived,
-    in_precision,
     load_checkpoint,
     network_from_checkpoint,
-    pick_device,
     preprocessing,
-    refuse_unused,
-    run_command,
-    write_bytes_atomic,
     write_text_atomic,
 )
-from splits import pool_and_test, resolve_split, split_dataset
+from splits import known_specimens, labeled_data_for
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
@@ -71,7 +65,8 @@ def mca_aca_of(confusion: torch.Tensor) -> tuple[float, float]:
     predicted once, it gives the pooled MCA and ACA: those of the k folds' predictions put together."""
     present = [accuracy for accuracy in per_class_accuracy(confusion) if accuracy is not None]
     total = int(confusion.sum())
-    mca = sum(present) / len(present) if present else 0.0
+    mca = sum(present) / len(present) if present else 0.0  # Sec. 3.2: the "mean class accuracy"
+    # Sec. 3.2: the ACA "computes the overall accuracy by dividing the number of correctly classified data by the" total
     aca = float(confusion.diagonal().sum()) / total if total else 0.0
     return mca, aca
 
@@ -88,15 +83,9 @@ def specimen_vote(labels: torch.Tensor, predictions: torch.Tensor, specimens: li
         votes = torch.bincount(predictions[cells], minlength=num_classes)
         true = int(torch.bincount(labels[cells], minlength=num_classes).argmax())
         predicted = int(votes.argmax())
-        rows.append(
-            {
-                "specimen": specimen,
-                "cells": len(cells),
-                "true": true,
-                "predicted": predicted,
-                "vote_share": float(votes[predicted]) / len(cells),
-            }
-        )
+        share = float(votes[predicted]) / len(cells)
+        rows.append({"specimen": specimen, "cells": len(cells), "true": true, "predicted": predicted})
+        rows[-1]["vote_share"] = share
     correct = sum(row["true"] == row["predicted"] for row in rows)
     return {"specimen_accuracy": correct / len(rows) if rows else 0.0, "specimen_count": len(rows), "specimens": rows}
 
@@ -112,14 +101,8 @@ def summarize(
     confusion = confusion_matrix(labels, predictions, num_classes)
     mca, aca = mca_aca(labels, predictions, num_classes)
     loss = F.nll_loss(torch.log(probabilities.clamp_min(1e-12)), labels).item() if len(labels) else float("nan")
-    metrics = {
-        "mca": mca,
-        "aca": aca,
-        "loss": loss,
-        "count": len(labels),
-        "per_class": dict(zip(class_names, per_class_accuracy(confusion))),
-        "confusion": confusion.tolist(),
-    }
+    metrics = {"mca": mca, "aca": aca, "loss": loss, "count": len(labels)}
+    metrics.update(per_class=dict(zip(class_names, per_class_accuracy(confusion))), confusion=confusion.tolist())
     if specimens is not None and len(labels):
         vote = specimen_vote(torch.as_tensor(labels), predictions, specimens, num_classes)
         for row in vote["specimens"]:
@@ -156,61 +139,15 @@ def predict_probabilities(model, images, device: torch.device, batch_size=32, fo
     return torch.cat(outputs) if outputs else torch.zeros(0, len(model.head.bias))
 
 
-# ---------------------------------------------------------------------------------------------
-# Pictures
-
-
-def font_of_size(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one fixed-size default font
-        return ImageFont.load_default()
-
-
-def draw_confusion(confusion, class_names: list[str], path: str | Path, title: str = "") -> None:
-    """Row-normalised confusion matrix as a PNG: true class down, prediction across, percent in cells."""
-    confusion = torch.as_tensor(confusion, dtype=torch.float64)
-    rows = confusion / confusion.sum(dim=1, keepdim=True).clamp_min(1)
-    n, cell, left, top = len(class_names), 78, 150, 150
-    image = Image.new("RGB", (left + n * cell + 20, top + n * cell + 50), "white")
-    draw = ImageDraw.Draw(image)
-    font, small = font_of_size(14), font_of_size(12)
-    draw.text((10, 10), title or "confusion matrix (% of each true class)", fill="black", font=font)
-    draw.text((left, top - 20), "predicted class", fill="black", font=small)
-    for i in range(n):
-        for j in range(n):
-            value = float(rows[i, j])
-            shade = int(255 - 200 * value)
-            color = (shade, shade, 255) if i == j else (255, shade, shade)
-            box = (left + j * cell, top + i * cell, left + (j + 1) * cell, top + (i + 1) * cell)
-            draw.rectangle(box, fill=color, outline="gray")
-            draw.text((box[0] + 14, box[1] + 30), f"{100 * value:.1f}", fill="black", font=font)
-        draw.text((8, top + i * cell + 30), class_names[i][:18], fill="black", font=small)
-        label = Image.new("RGBA", (120, 16), (255, 255, 255, 0))
-        ImageDraw.Draw(label).text((0, 0), class_names[i][:18], fill="black", font=small)
-        image.paste(label.rotate(90, expand=True), (left + i * cell + 30, top - 145), label.rotate(90, expand=True))
-    draw.text((8, top + n * cell + 15), "rows: true class", fill="black", font=small)
-    save_png(image, path)
-
-
-def save_png(image: Image.Image, path: str | Path) -> None:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    write_bytes_atomic(buffer.getvalue(), path)
-
-
 def format_report(metrics: dict, class_names: list[str]) -> str:
     lines = [f"MCA {100 * metrics['mca']:.2f}%  ACA {100 * metrics['aca']:.2f}%  ({metrics['count']} cells)"]
     if "specimen_accuracy" in metrics:
         correct = sum(row["true"] == row["predicted"] for row in metrics["specimens"])
+        wrong = [f"; {row['specimen']} ({row['true']}) voted {row['predicted']}" for row in metrics["specimens"]]
+        wrong = [line for line, row in zip(wrong, metrics["specimens"]) if row["true"] != row["predicted"]]
         lines.append(
             f"specimens: {correct}/{metrics['specimen_count']} correct by majority vote of their cells "
-            f"({100 * metrics['specimen_accuracy']:.1f}%)"
-            + "".join(
-                f"; {row['specimen']} ({row['true']}) voted {row['predicted']}"
-                for row in metrics["specimens"]
-                if row["true"] != row["predicted"]
-            )
+            f"({100 * metrics['specimen_accuracy']:.1f}%)" + "".join(wrong)
         )
     width = max(len(name) for name in class_names)
     for name, accuracy in metrics["per_class"].items():
@@ -227,113 +164,24 @@ def format_report(metrics: dict, class_names: list[str]) -> str:
 # Command line
 
 
-def checkpoint_split(checkpoint: dict) -> tuple[str, dict | None]:
-    """(how the run split its data, {names, fractions, seed}) from a checkpoint; older ones split by cells."""
-    made = derived(checkpoint)
-    split = made.get("split")
-    if isinstance(split, dict):  # checkpoints written before specimen splits
-        return "cells", split
-    return split or "cells", made.get("split_parts")
-
-
-def split_of_checkpoint(checkpoint: dict, dataset, split: str):
-    """Recreate the split the checkpoint's run made (same sides, fractions, seed and unit) and return one side."""
-    by, info = checkpoint_split(checkpoint)
-    if not info:
-        raise DataError("--split: this checkpoint records no split; use --split all")
-    if split not in info["names"]:
-        raise DataError(f"--split {split}: this checkpoint's run made the splits {', '.join(info['names'])}")
-    by = resolve_split(by, dataset)
-    if info["names"] == ["pool", "test"]:  # active.py's Step 1: 80/20 or a fold, --development's split
-        parts = pool_and_test(dataset, by, info)
-    else:
-        parts = split_dataset(dataset, by, info["fractions"], info["seed"], info["names"])
-    return dataset.subset(parts[info["names"].index(split)])
-
-
-def labeled_data_for(checkpoint: dict, data: str | None, split: str, classes=None, specimens=None):
-    """The cells to evaluate (only `classes` if given), with labels in the checkpoint's class order.
-
-    On the checkpoint's own data the run's classes are loaded and its split made again first, so
-    that `--split test` is the run's test side whatever `--classes` keeps of it."""
-    run_args = checkpoint.get("args", {})
-    class_names = checkpoint["class_names"]
-    own_data = data is None
-    if own_data and derived(checkpoint).get("data_kind") == "campaign":
-        raise DataError("--checkpoint: a campaign's model has no labeled data of its own; pass --data or --predict")
-    if classes is not None:
-        unknown = [name for name in classes if name not in class_names]
-        if unknown:
-            raise DataError(
-                f"--classes: the model does not know {', '.join(unknown)}; it knows {', '.join(class_names)}"
-            )
-    dataset = get_dataset(
-        run_args.get("data") if own_data else data,
-        derived(checkpoint).get("data_kind", "source"),
-        parse_class_list(run_args.get("classes")) if own_data else classes,
-        *preprocessing(checkpoint),
-        run_args.get("seed", 0),
-        run_args.get("synthetic_cells"),
-        specimens if specimens is not None else (run_args.get("specimens") if own_data else None),
-    )
-    unknown = [name for name in dataset.class_names if name not in class_names]
-    if unknown:
-        where = data or "the checkpoint's data"
-        raise DataError(
-            f"--checkpoint: the model knows {', '.join(class_names)}, but {where} also has {', '.join(unknown)}; "
-            "evaluate the classes it knows with --classes"
-        )
-    dataset.labels = torch.tensor([class_names.index(dataset.class_names[label]) for label in dataset.labels.tolist()])
-    dataset.class_names = list(class_names)
-    if split == "auto":
-        split = "test" if own_data and derived(checkpoint).get("split") else "all"
-    if split != "all":
-        dataset = split_of_checkpoint(checkpoint, dataset, split)
-    if classes is not None and own_data:
-        keep = torch.tensor([class_names[label] in classes for label in dataset.labels.tolist()], dtype=torch.bool)
-        dataset = dataset.subset(torch.nonzero(keep).squeeze(1))
-    return dataset, split
-
-
-def known_specimens(dataset) -> list[str] | None:
-    """Each cell's specimen when every cell has one, else None (no specimen-level result)."""
-    specimens = dataset.specimens
-    return specimens if specimens is not None and all(s is not None for s in specimens) else None
-
-
 def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    parser.add_argument(
-        "--checkpoint", default="runs/pretrained.pt", help="model to evaluate (default: runs/pretrained.pt)"
-    )
-    parser.add_argument("--data", default=None, help="labeled cells (default: the checkpoint's own data)")
-    parser.add_argument(
-        "--classes",
-        nargs="+",
-        default=None,
-        help="evaluate only these classes, e.g. the 5 a checkpoint knows on data with a sixth (default: all found)",
-    )
-    parser.add_argument(
-        "--specimens",
-        default=None,
-        help="CSV of file,specimen for --data (default: specimens.csv at the data root, if any)",
-    )
-    parser.add_argument(
-        "--split",
-        default="auto",
-        choices=["auto", "all", "train", "val", "test", "pool"],
-        help="which cells of the data (default: auto = the checkpoint's test split on its own data, "
-        "all cells of --data)",
-    )
-    parser.add_argument("--predict", default=None, help="folder of unlabeled cells to classify instead (default: off)")
-    parser.add_argument("--out", default="predictions.csv", help="CSV written by --predict (default: predictions.csv)")
-    parser.add_argument(
-        "--png", default=None, help="confusion matrix PNG (default: CHECKPOINT-evaluated.png beside the checkpoint)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of text (default: off)")
-    parser.add_argument("--batch-size", type=int, default=32, help="inference batch size (default: 32)")
+    add = parser.add_argument
+    add("--checkpoint", default="runs/pretrained.pt", help="model to evaluate (default: runs/pretrained.pt)")
+    add("--data", default=None, help="labeled cells (default: the checkpoint's own data)")
+    classes = "evaluate only these classes, e.g. the 5 a checkpoint knows on data with a sixth (default: all found)"
+    add("--classes", nargs="+", default=None, help=classes)
+    specimens = "CSV of file,specimen for --data (default: specimens.csv at the data root, if any)"
+    add("--specimens", default=None, help=specimens)
+    split = "which cells of the data (default: auto = the checkpoint's test split on its own data, all cells of --data)"
+    add("--split", default="auto", choices=["auto", "all", "train", "val", "test", "pool"], help=split)
+    add("--predict", default=None, help="folder of unlabeled cells to classify instead (default: off)")
+    add("--out", default="predictions.csv", help="CSV written by --predict (default: predictions.csv)")
+    add("--png", default=None, help="confusion matrix PNG (default: CHECKPOINT-evaluated.png beside the checkpoint)")
+    add("--json", action="store_true", help="print the metrics as JSON instead of text (default: off)")
+    add("--batch-size", type=int, default=32, help="inference batch size (default: 32)")
     add_device_flag(parser)
     return parser
 
@@ -371,9 +219,8 @@ def run(args):
     dataset, split = labeled_data_for(checkpoint, args.data, args.split, classes, args.specimens)
     probabilities = predict_probabilities(model, dataset.images, device, args.batch_size)
     metrics = summarize(dataset.labels, probabilities, class_names, known_specimens(dataset))
-    draw_confusion(
-        metrics["confusion"], class_names, png, f"{Path(args.checkpoint).name} on {dataset.source} ({split})"
-    )
+    title = f"{Path(args.checkpoint).name} on {dataset.source} ({split})"
+    draw_confusion(metrics["confusion"], class_names, png, title)
     metrics.update(checkpoint=args.checkpoint, data=dataset.source, split=split, png=png)
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -404,9 +251,8 @@ def predict_folder(model, checkpoint: dict, args, device) -> list[dict]:
     write_text_atomic(buffer.getvalue(), args.out)
     print(f"classified {len(files)} cells from {args.predict}; predictions written to {args.out}")
     if unreadable:
-        print(
-            f"{len(unreadable)} image(s) could not be read, e.g. {unreadable[0][0]}; their rows in {args.out} say why"
-        )
+        example = unreadable[0][0]
+        print(f"{len(unreadable)} image(s) could not be read, e.g. {example}; their rows in {args.out} say why")
     return rows
 
 

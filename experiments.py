@@ -20,14 +20,15 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
 import active
 import records
+from commands import run_command
 from data import SHORT_NAMES, DataError
-from evaluate import draw_confusion, font_of_size, mca_aca_of, per_class_accuracy, save_png
+from evaluate import mca_aca_of, per_class_accuracy
+from pictures import draw_bar_chart, draw_confusion, draw_line_chart
 from records import read_results
-from runs import data_fingerprint, fingerprint_digest, other_settings, run_command, write_text_atomic
+from runs import data_fingerprint, fingerprint_digest, other_settings, write_text_atomic
 
 CASES = {
     "rs": ["--scratch", "--strategy", "random"],
@@ -310,89 +311,6 @@ def cross_validation_table(rows, folds: int | None, class_names: list[str]) -> l
             f"| {_percent(*per_fold, len(runs))} | " + " | ".join(f"{100 * value:.1f}" for value in per_class) + " |"
         )
     return lines + ["", "Every run (mean ± std over its seeds and folds):", ""]
-
-
-# ---------------------------------------------------------------------------------------------
-# The grid's charts
-
-
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-
-
-def draw_line_chart(path, title: str, panels: list, xlabel: str = "labeled fraction of the pool") -> None:
-    """Side-by-side panels of lines with a +-1 std band, y in percent.
-
-    panels: [(y label, {series name: [(x, mean, std), ...]}), ...], x and y as fractions.
-    """
-    width, height, margin = 440, 340, 55
-    image = Image.new("RGB", (width * len(panels), height + 70), "white")
-    draw = ImageDraw.Draw(image, "RGBA")
-    font, small = font_of_size(14), font_of_size(11)
-    draw.text((10, 8), title, fill="black", font=font)
-    for panel_index, (ylabel, series) in enumerate(panels):
-        left, top = panel_index * width + margin, 40
-        plot_w, plot_h = width - margin - 20, height - 60
-        xs = sorted({x for points in series.values() for x, _, _ in points}) or [0.0, 1.0]
-        low = min(50.0, min((100 * (m - s) for points in series.values() for _, m, s in points), default=50.0))
-        low = max(0.0, 10 * int(low // 10))
-
-        def to_pixel(x, y):
-            return left + plot_w * x, top + plot_h * (1 - (100 * y - low) / (100 - low))
-
-        draw.rectangle((left, top, left + plot_w, top + plot_h), outline="black")
-        for tick in range(int(low), 101, 10):
-            _, y = to_pixel(0, tick / 100)
-            draw.line((left, y, left + plot_w, y), fill=(225, 225, 225))
-            draw.text((left - 28, y - 6), f"{tick}", fill="black", font=small)
-        for x in xs:
-            px, _ = to_pixel(x, low / 100)
-            draw.text((px - 10, top + plot_h + 4), f"{100 * x:g}%", fill="black", font=small)
-        draw.text((left, top + plot_h + 20), xlabel, fill="black", font=small)
-        draw.text((left + 4, top + 4), f"{ylabel} (%)", fill="black", font=font)
-        for index, (name, points) in enumerate(series.items()):
-            color = PALETTE[index % len(PALETTE)]
-            points = sorted(points)
-            upper = [to_pixel(x, m + s) for x, m, s in points]
-            lower = [to_pixel(x, m - s) for x, m, s in reversed(points)]
-            if len(points) > 1:
-                draw.polygon(upper + lower, fill=(*color, 50))
-                draw.line([to_pixel(x, m) for x, m, _ in points], fill=color, width=2)
-            for x, m, _ in points:
-                px, py = to_pixel(x, m)
-                draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=color)
-            legend_y = top + plot_h - 18 * (len(series) - index)
-            draw.line((left + plot_w - 90, legend_y + 6, left + plot_w - 70, legend_y + 6), fill=color, width=3)
-            draw.text((left + plot_w - 65, legend_y), name, fill="black", font=small)
-    save_png(image, path)
-
-
-def draw_bar_chart(path, title: str, groups: list[str], series: dict[str, list]) -> None:
-    """Grouped bars in percent: one group per entry of groups, one bar per series (values as fractions)."""
-    group_w, bar_w, left, top, plot_h = 60 + 22 * len(series), 22, 50, 40, 260
-    image = Image.new("RGB", (left + group_w * len(groups) + 140, top + plot_h + 60), "white")
-    draw = ImageDraw.Draw(image)
-    font, small = font_of_size(14), font_of_size(11)
-    draw.text((10, 8), title, fill="black", font=font)
-    for tick in range(0, 101, 20):
-        y = top + plot_h * (1 - tick / 100)
-        draw.line((left, y, left + group_w * len(groups), y), fill=(225, 225, 225))
-        draw.text((left - 28, y - 6), f"{tick}", fill="black", font=small)
-    for g, group in enumerate(groups):
-        x0 = left + g * group_w + 20
-        for index, values in enumerate(series.values()):
-            value = values[g]
-            if value is None:
-                continue
-            x = x0 + index * bar_w
-            draw.rectangle((x, top + plot_h * (1 - value), x + bar_w - 3, top + plot_h), fill=PALETTE[index % 6])
-            draw.text((x, top + plot_h * (1 - value) - 12), f"{100 * value:.0f}", fill="black", font=small)
-        draw.text((x0, top + plot_h + 6), group, fill="black", font=small)
-    for index, name in enumerate(series):
-        y = top + 18 * index
-        x = left + group_w * len(groups) + 10
-        draw.rectangle((x, y, x + 12, y + 12), fill=PALETTE[index % 6])
-        draw.text((x + 18, y), name, fill="black", font=small)
-    save_png(image, path)
 
 
 if __name__ == "__main__":

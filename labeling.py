@@ -3,7 +3,7 @@
 Not the paper (the workshop): the paper's oracle reveals stored labels; campaign.py puts a person in its
 place, and this page is that person's screen. Started by
 
-    python campaign.py label CAMPAIGN          # prints the page's address, on the loopback address only
+    python labeling.py CAMPAIGN                # prints the page's address, on the loopback address only
 
 The page shows the pending query's cells one at a time, large, with the model's two most probable classes and
 the cell's entropy (Eq. 3); a key per class (1 to 6), s to skip, u to undo, arrows to move; a button starts the
@@ -15,6 +15,7 @@ every request that changes state carries the server's random token (no cross-sit
 are addressed by their number in the query, never by a path from the request.
 """
 
+import argparse
 import contextlib
 import csv
 import io
@@ -30,8 +31,10 @@ from PIL import Image
 
 import campaign
 from data import DataError, read_cell
+from commands import run_command
+from devices import add_device_flag, pick_device
 from layouts import canonical_class, read_csv_rows, spreadsheet_cell
-from runs import pick_device, write_text_atomic
+from runs import write_text_atomic
 
 HEADER = ["number", "file", "round", "entropy", "first", "p_first", "second", "p_second", "label"]
 
@@ -205,6 +208,21 @@ def serve(folder: Path, port: int = 0, device="auto", ready=None) -> None:
         server.server_close()
 
 
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("campaign", help="campaign folder (made by `python campaign.py query`)")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: 0, any free one)")
+    add_device_flag(parser)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return run_command(lambda args: serve(Path(args.campaign), args.port, args.device), args)
+
+
 def page(token: str) -> str:
     """The page: plain HTML and JavaScript, no outside resources."""
     return PAGE.replace("__TOKEN__", token)
@@ -348,3 +366,7 @@ document.addEventListener("keydown", (event) => {
 load();
 </script></body></html>
 """
+
+
+if __name__ == "__main__":
+    main()

@@ -97,6 +97,8 @@ class ParallelResNet(nn.Module):
         return self.late_features(*self.early_features(approximation, details))
 
     def forward(self, approximation: torch.Tensor, details: torch.Tensor) -> torch.Tensor:
+        # The logits z of Eq. 1, "the inputs of the softmax function": the softmax sigma(z)_j = e^z_j / sum_i e^z_i
+        # is taken in the loss (Eq. 2, F.cross_entropy) and in evaluate.predict_probabilities.
         return self.head(self.features(approximation, details))
 
     def train(self, mode: bool = True):

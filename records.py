@@ -14,25 +14,29 @@ ends with
 import csv
 import io
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
 
+from commands import check_flags, check_image_size, refuse_unused
 from data import SHORT_NAMES, DataError
-from evaluate import draw_confusion, predict_probabilities, summarize
+from devices import check_same_precision
+from evaluate import format_report, predict_probabilities, summarize
+from layouts import spreadsheet_cell
+from pictures import draw_confusion
 from runs import (
-    refuse_unused,
-    fingerprint_digest,
     CHECKPOINT_FORMAT,
     NUMBER,
     check_fields,
-    check_flags,
-    check_image_size,
+    check_output_file,
     check_output_folder,
     check_resume,
     check_same_data,
-    check_same_precision,
+    data_fingerprint,
+    fingerprint_digest,
+    load_checkpoint,
     load_state,
     other_settings,
     read_json,
@@ -42,12 +46,11 @@ from runs import (
     take_lock,
     write_text_atomic,
 )
-from layouts import spreadsheet_cell
 from splits import specimens_of
 
 
 def unused_flags(args) -> list:
-    """(flag, applies, why not) of every flag that only some runs use (runs.refuse_unused)."""
+    """(flag, applies, why not) of every flag that only some runs use (commands.refuse_unused)."""
     at_once = "--strategy random labels the whole budget at once"
     return [
         ("checkpoint", not args.scratch, "--scratch trains from random weights, without a checkpoint"),
@@ -59,7 +62,7 @@ def unused_flags(args) -> list:
 
 
 def check_run_flags(args, parser) -> None:
-    """One line for a flag out of range, or one this run cannot use (runs.refuse_unused, unused_flags)."""
+    """One line for a flag out of range, or one this run cannot use (commands.refuse_unused, unused_flags)."""
     if not 0 < args.limit <= 1:
         raise DataError(f"--limit {args.limit}: expected a fraction in (0, 1]")
     if args.folds < 2:
@@ -89,33 +92,23 @@ def run_folder(args) -> str:
     return args.out or f"runs/{case_name(args)}-limit{args.limit:g}-seed{args.seed}"
 
 
-def epoch_line(epoch: int, max_epochs: int, loss: float, seen: int, started: float) -> float:
-    """Print an epoch's progress line: its loss, the throughput and the time so far; returns when it printed."""
-    elapsed = time.time() - started
-    rate = seen / max(elapsed, 1e-9)  # a coarse clock can read 0 s
-    print(f"  epoch {epoch:3d}/{max_epochs} | loss {loss:.4f} | {rate:5.0f} img/s | {elapsed:6.1f}s")
-    return time.time()
+def epoch_line(record: dict, seen: int) -> str:
+    """An epoch's progress line, train.py's and a long fine-tuning's: its losses (and the validation metrics where
+    there are), the time and the throughput."""
+    line = f"epoch {record['epoch']:3d}" + (f"/{record['max_epochs']}" if "max_epochs" in record else "")
+    line += f" | train loss {record['train_loss']:.4f}"
+    if "train_acc" in record:
+        line += f" acc {100 * record['train_acc']:5.1f}%"
+    if "val_loss" in record:
+        line += f" | val loss {record['val_loss']:.4f} MCA {100 * record['val_mca']:5.1f}%"
+        line += f" ACA {100 * record['val_aca']:5.1f}%"
+    rate = seen / max(record["seconds"], 1e-9)  # a coarse clock can read 0 s
+    return line + f" | {record['seconds']:5.1f}s {rate:6.0f} img/s"
 
 
 def plan_line(case: str, pool_size: int, test_size: int, sizes: list[int]) -> str:
     plan = " + ".join(map(str, sizes)) if len(sizes) < 8 else f"{sizes[0]} + {len(sizes) - 1} rounds of <= {sizes[1]}"
     return f"{case.upper()}: pool {pool_size}, test {test_size}, budget {sum(sizes)} = {plan}"
-
-
-def round_record(round_index, labeled, chosen, metrics, epochs, kept_epoch, train_loss, dataset) -> dict:
-    """What results.json keeps of a round (the times are added once the round ends)."""
-    queried = torch.bincount(dataset.labels[chosen], minlength=len(dataset.class_names)).tolist()
-    return {
-        "round": round_index,
-        "labeled": len(labeled),
-        "queried": dict(zip(dataset.class_names, queried)),
-        "mca": metrics["mca"],
-        "aca": metrics["aca"],
-        "per_class": metrics["per_class"],
-        "epochs": epochs,
-        "kept_epoch": kept_epoch,  # the weights the round keeps; the epochs after it only decided to stop
-        "train_loss": train_loss,
-    }
 
 
 def round_line(record: dict, budget: int, seen: int) -> str:
@@ -125,22 +118,59 @@ def round_line(record: dict, budget: int, seen: int) -> str:
     return (
         f"round {record['round']:2d} | labeled {record['labeled']:5d}/{budget} | queried {histogram} | "
         f"MCA {100 * record['mca']:5.1f}% ACA {100 * record['aca']:5.1f}% | train {record['train_seconds']:5.1f}s "
-        f"({record['epochs']} ep, kept {record['kept_epoch']}, {throughput:5.0f} img/s) "
-        f"score {record['score_seconds']:4.1f}s | {record['seconds']:5.1f}s"
+        f"({record['epochs']} ep, {throughput:5.0f} img/s) score {record['score_seconds']:4.1f}s | "
+        f"{record['seconds']:5.1f}s"
     )
 
 
-def finish(args, made, dataset, pool, test, labeled, rounds, model, setup_seconds) -> dict:
+def start_run(args, derived: dict, dataset, model, generator, pool, budget: int) -> dict:
+    """The run's book: what every round records, saves in state.pt and prints, and the objects it saves."""
+    book = {"args": args, "derived": derived, "dataset": dataset, "model": model, "generator": generator, "pool": pool}
+    book.update(fingerprint=data_fingerprint(dataset), budget=budget, rounds=[], setup_seconds=0.0)
+    return book  # the fingerprint: what state.pt records, so that a resume reads the same data
+
+
+def resume(book: dict, state: dict | None, run_started: float) -> None:
+    """Put a killed run's labels, weights and random states back (state: open_run's), and count the setup time."""
+    book["setup_seconds"] = time.time() - run_started
+    if state is None:
+        return
+    path = Path(book["derived"]["out"]) / "state.pt"
+    check_same_data(state["fingerprint"], book["fingerprint"], path)
+    check_same_precision(state["derived"], book["derived"], path)
+    book["model"].load_state_dict(state["model"])
+    book["generator"].set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    book["pool"].load_state_dict(state)
+    print(f"resumed {state['derived']['out']} after round {state['round']} ({len(book['pool'].labeled)} labeled)")
+    book.update(rounds=state["rounds"], setup_seconds=book["setup_seconds"] + state["setup_seconds"])
+
+
+def end_round(book: dict, round_index: int, chosen, scored: int, fit: dict, metrics: dict, started: float) -> None:
+    """A round's record (results.json keeps them all), state.pt written atomically, and its progress line."""
+    dataset, pool = book["dataset"], book["pool"]
+    queried = torch.bincount(dataset.labels[chosen], minlength=len(dataset.class_names)).tolist()
+    record = {"round": round_index, "labeled": len(pool.labeled), "queried": dict(zip(dataset.class_names, queried))}
+    record.update(mca=metrics["mca"], aca=metrics["aca"], per_class=metrics["per_class"], epochs=fit["epochs"])
+    record.update(train_loss=fit["train_loss"], scored=scored, train_seconds=fit["seconds"])
+    record.update(score_seconds=fit["started"] - started if scored else 0.0, seconds=time.time() - started)
+    book["rounds"].append(record)
+    save_state(book)
+    print(round_line(record, book["budget"], fit["seen"]), flush=True)
+
+
+def finish(book: dict, pool, test) -> dict:
     """The final test with the full network, then results.json, labeled.csv, model.pt and confusion.png."""
-    out, device = Path(made["out"]), next(model.parameters()).device
+    args, made, dataset, model = book["args"], book["derived"], book["dataset"], book["model"]
+    labeled = book["pool"].labeled
+    out, device, rounds = Path(made["out"]), next(model.parameters()).device, book["rounds"]
     # The final test metrics with the full network, in float32 whatever the run trained in: the published numbers
     # are exact, and evaluate.py on model.pt gives them again.
     cell_specimens = [dataset.specimens[i] for i in test.tolist()] if made["split"] == "specimen" else None
     probabilities = predict_probabilities(model, dataset.images[test], device, 64)
     metrics = summarize(dataset.labels[test], probabilities, dataset.class_names, cell_specimens)
-    saved = {key: value for key, value in made.items() if key != "fingerprint"}
     # evaluate.py remakes the split from split_parts (splits.pool_and_test)
-    saved.update(data_kind="target", split_parts=made["split_parts"], test_specimens=specimens_of(dataset, test))
+    saved = {**made, "data_kind": "target", "test_specimens": specimens_of(dataset, test)}
     checkpoint = {"model": model.state_dict(), "class_names": dataset.class_names, "args": vars(args)}
     checkpoint["format"] = CHECKPOINT_FORMAT
     checkpoint.update(derived=saved, round=len(rounds) - 1, metrics={"test": metrics})
@@ -149,12 +179,12 @@ def finish(args, made, dataset, pool, test, labeled, rounds, model, setup_second
     draw_confusion(metrics["confusion"], dataset.class_names, out / "confusion.png", title)
     write_text_atomic(labeled_csv(dataset, labeled), out / "labeled.csv")
     results = {"args": vars(args), "derived": saved, "case": made["case"], **final_metrics(metrics)}
-    results["data_digest"] = fingerprint_digest(made["fingerprint"])  # a grid reads a run back only on its data
+    results["data_digest"] = fingerprint_digest(book["fingerprint"])  # a grid reads a run back only on its data
     results.update(split=made["split"], development=args.development, test_specimens=saved["test_specimens"])
     results.update(fold=args.fold, folds=args.folds if args.fold is not None else None)
     results.update(specimen_accuracy=metrics.get("specimen_accuracy"), specimen_results=metrics.get("specimens"))
     results.update(budget=len(labeled), labeled=len(labeled))  # the loop spends the budget exactly (round_sizes)
-    results.update(seconds=setup_seconds + sum(r["seconds"] for r in rounds), pool=len(pool), test=len(test))
+    results.update(seconds=book["setup_seconds"] + sum(r["seconds"] for r in rounds), pool=len(pool), test=len(test))
     results["rounds"] = rounds
     write_text_atomic(json.dumps(results, indent=2), out / "results.json")
     release_lock(out / "run.lock")
@@ -205,54 +235,134 @@ def read_results(path) -> dict:
     return results
 
 
-def open_run(args, out: Path) -> dict | None:
-    """Check --out and hold its lock before any work; the killed run's state.pt when resuming, else None.
+def open_run(args) -> tuple[Path, dict | None]:
+    """Check --out and hold its lock before any work: (the run folder, the killed run's state.pt when resuming).
 
     A run folder belongs to one run: a new run is refused where one of other settings was made."""
-    check_output_folder(out)
+    out = check_output_folder(run_folder(args))
     take_lock(out / "run.lock", f"--out {out}")
     for name in ("state.pt", "model.pt", "results.json", "labeled.csv", "confusion.png"):
         remove_stale_temporaries(out / name)  # what a save killed half-way left behind
     if args.resume:
         state = load_state(out / "state.pt", STATE_FIELDS, "an active.py run")
         check_resume(state["args"], args, out / "state.pt", may_change=("device",))
-        return state
+        return out, state
     for made in (out / "results.json", out / "state.pt"):
         if made.exists():
             saved = read_results(made) if made.suffix == ".json" else load_state(made, STATE_FIELDS, "an active.py run")
             differs = other_settings(saved["args"], args, may_change=("device",))
             if differs is not None:
                 raise DataError(f"--out {out}: holds a run made {differs}; use another --out (or --resume it)")
+    return out, None
+
+
+def save_state(book: dict) -> None:
+    """state.pt after every round, written atomically: what `--resume` needs to go on exactly."""
+    state = {"args": vars(book["args"]), "derived": book["derived"], "fingerprint": book["fingerprint"]}
+    state.update(round=len(book["rounds"]) - 1, **book["pool"].state_dict(), rounds=book["rounds"])
+    state.update(model=book["model"].state_dict(), generator=book["generator"].get_state())
+    state.update(torch_rng=torch.get_rng_state(), class_names=book["dataset"].class_names, format=CHECKPOINT_FORMAT)
+    state["setup_seconds"] = book["setup_seconds"]
+    save_atomic(state, Path(book["derived"]["out"]) / "state.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretraining (train.py): the same bookkeeping, epoch by epoch; OUT.state beside the checkpoint OUT
+
+
+PRETRAINING_MAY_CHANGE = ("max_epochs", "patience", "device")
+PRETRAINING_FIELDS = {"args": dict, "fingerprint": dict, "model": dict, "optimizer": dict, "history": list}
+PRETRAINING_FIELDS.update(generator=torch.Tensor, torch_rng=torch.Tensor, epoch=int, best_loss=NUMBER, bad_epochs=int)
+PROGRESS = ("epoch", "best_loss", "bad_epochs", "history")  # what OUT.state holds of the epochs so far
+
+
+def _beside(out: Path, suffix: str) -> Path:
+    return out.with_name(out.name + suffix)
+
+
+def open_pretraining(args) -> dict | None:
+    """Check --out and hold its lock before any work; the killed run's OUT.state when resuming, else None.
+
+    A checkpoint of another kind at --out (active.py's model.pt, a campaign's) is never overwritten."""
+    out = check_output_file(args.out, "--out")
+    take_lock(_beside(out, ".lock"), f"--out {out}")
+    for path in (out, _beside(out, ".state")):  # what a save killed half-way left behind
+        remove_stale_temporaries(path)
+    if args.resume:
+        state = load_state(_beside(out, ".state"), PRETRAINING_FIELDS, "a train.py run")
+        check_resume(state["args"], args, _beside(out, ".state"), PRETRAINING_MAY_CHANGE)
+        return state
+    if out.exists():
+        kind = load_checkpoint(out, "--out")["derived"].get("data_kind", "source")
+        if kind != "source":
+            raise DataError(f"--out {out}: holds a {kind} checkpoint, not train.py's; choose another --out")
     return None
 
 
-def save_state(args, made, dataset, pool, rounds, model, generator, setup_seconds) -> None:
-    """state.pt after every round, written atomically: what `--resume` needs to go on exactly."""
-    state = {
-        "args": vars(args),
-        "derived": {key: value for key, value in made.items() if key != "fingerprint"},
-        "fingerprint": made["fingerprint"],
-        "round": len(rounds) - 1,
-        "labeled": pool.labeled,
-        "rounds": rounds,
-        "model": model.state_dict(),
-        "generator": generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "class_names": dataset.class_names,
-        "format": CHECKPOINT_FORMAT,
-        "setup_seconds": setup_seconds,
-    }
-    save_atomic(state, Path(made["out"]) / "state.pt")
-
-
-def restore(state: dict, made: dict, dataset, model, generator, pool, setup_seconds: float):
-    """Put a killed run's labels, weights and random states back; (its rounds, its setup time and this one's)."""
-    path = Path(state["derived"]["out"]) / "state.pt"
-    check_same_data(state["fingerprint"], made["fingerprint"], path)
-    check_same_precision(state["derived"], made, path)
+def start_pretraining(args, derived: dict, dataset, state: dict | None, model, optimizer, generator) -> dict:
+    """The pretraining's book: what every checkpoint holds, the epochs so far, and the objects OUT.state saves;
+    with a killed run's state, its weights, optimizer and random states put back."""
+    record = {"class_names": dataset.class_names, "args": vars(args), "derived": derived, "format": CHECKPOINT_FORMAT}
+    book = {"record": record, "fingerprint": data_fingerprint(dataset), "out": Path(args.out), "dataset": dataset}
+    book.update(model=model, optimizer=optimizer, generator=generator, epoch=0, best_loss=math.inf, bad_epochs=0)
+    book["history"] = []
+    if state is None:
+        return book
+    path = _beside(book["out"], ".state")
+    check_same_data(state["fingerprint"], book["fingerprint"], path)
+    check_same_precision(state.get("derived", {}), derived, path)
     model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
-    pool.labeled = state["labeled"]
-    print(f"resumed {state['derived']['out']} after round {state['round']} ({len(pool.labeled)} labeled)")
-    return state["rounds"], setup_seconds + state["setup_seconds"]
+    may_change = "a resume may change --max-epochs, --patience, --device"
+    print(f"resumed from {path} after epoch {state['epoch']} ({may_change})")
+    book.update({key: state[key] for key in PROGRESS})
+    return book
+
+
+def end_epoch(book: dict, record: dict, val: dict, seen: int) -> None:
+    """An epoch's record in the history; the checkpoint OUT when the validation loss is the lowest so far; OUT.state,
+    written atomically; and the epoch's progress line."""
+    improved = val["loss"] < book["best_loss"]
+    if improved:  # the best checkpoint: what active.py fine-tunes
+        book.update(best_loss=val["loss"], bad_epochs=0)
+        best = {**book["record"], "model": book["model"].state_dict(), "epoch": record["epoch"]}
+        save_atomic({**best, "metrics": {"val": val}}, book["out"])
+    else:
+        book["bad_epochs"] += 1
+    book["epoch"] = record["epoch"]
+    book["history"].append(record)
+    print(epoch_line(record, seen) + (" | saved" if improved else ""), flush=True)
+    state = {**book["record"], **{key: book[key] for key in PROGRESS}, "model": book["model"].state_dict()}
+    state.update(optimizer=book["optimizer"].state_dict(), fingerprint=book["fingerprint"])
+    state.update(generator=book["generator"].get_state(), torch_rng=torch.get_rng_state())
+    save_atomic(state, _beside(book["out"], ".state"))
+
+
+def finish_pretraining(book: dict, test_set, device) -> dict:
+    """The kept (lowest validation loss) network on the test split, once; OUT with its test metrics and history."""
+    history, out, dataset, model = book["history"], book["out"], book["dataset"], book["model"]
+    if book["best_loss"] == math.inf:  # no epoch improved on nothing: every validation loss was NaN
+        last = history[-1]["val_loss"] if history else "none"
+        kept = f"nothing was saved and {out} was left as it was"
+        raise DataError(f"no epoch gave a finite validation loss (last: {last}); {kept}")
+    best = load_checkpoint(out)
+    model.load_state_dict(best["model"])
+    metrics = dict(best["metrics"])
+    if len(test_set):
+        specimens = test_set.specimens if book["record"]["derived"]["split"] == "specimen" else None
+        probabilities = predict_probabilities(model, test_set.images, device)  # float32: exact, as evaluate.py
+        metrics["test"] = summarize(test_set.labels, probabilities, dataset.class_names, specimens)
+        picture = out.with_name(out.stem + "-confusion.png")  # beside --out, named after it
+        title = f"pretraining, test split of {dataset.source}"
+        draw_confusion(metrics["test"]["confusion"], dataset.class_names, picture, title)
+    save_atomic({**best, "metrics": metrics, "history": history}, out)
+    val = metrics["val"]
+    print(f"best epoch {best['epoch']}: validation MCA {100 * val['mca']:.2f}% ACA {100 * val['aca']:.2f}%")
+    if "test" in metrics:
+        split = book["record"]["derived"]["split"]
+        print(f"test split ({split}): " + format_report(metrics["test"], dataset.class_names))
+    release_lock(_beside(out, ".lock"))
+    print(f"checkpoint written to {out}")
+    return {"checkpoint": str(out), "metrics": metrics, "history": history}

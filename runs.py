@@ -1,8 +1,6 @@
-"""Run plumbing every script shares: device, seeds, flag checks, atomic files, checkpoints and the one resume design.
+"""What a run leaves on disk and reads back: atomic files, the lock, checkpoints and the one resume design.
 
 Not the paper (the workshop). What a reader of the method can skip:
-  * one device helper (cuda, then mps, then cpu) and one seed helper; nothing
-    behaves differently by device except speed;
   * every file a run writes is written beside its place and renamed into it, so a
     run killed at any moment leaves the old file or the new one, never half of one;
   * a checkpoint is one dict: weights, class names, `args` (what the run was given),
@@ -17,76 +15,12 @@ import contextlib
 import hashlib
 import json
 import os
-import random
-import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from data import IMAGE_SIZE, NORMALIZATIONS, DataError
 from model import ParallelResNet
-
-# ---------------------------------------------------------------------------------------------
-# Device, seeds, flags
-
-
-def add_device_flag(parser) -> None:
-    """The one --device flag of every script."""
-    help = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)"
-    parser.add_argument("--device", default="auto", help=help)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """--device auto: cuda, then mps, then cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DataError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise DataError(f"--device {name}: Apple's mps is not available on this machine")
-    return device
-
-
-def check_flags(args, positive_integers=()) -> None:
-    """One line per bad flag: these must be positive integers (None: not given); a --seed, one numpy and torch
-    both take (0 to 2**32 - 1)."""
-    seed = getattr(args, "seed", None)
-    if seed is not None and not 0 <= seed < 2**32:
-        raise DataError(f"--seed {seed}: expected a whole number from 0 to {2**32 - 1}")
-    for name in positive_integers:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise DataError(f"--{name.replace('_', '-')} {value}: expected a positive integer")
-
-
-def refuse_unused(args, parser, rules: list) -> None:
-    """A flag that cannot apply to this run is refused in one line, never ignored without a word: rules are
-    (flag's dest, whether it applies, why not); a flag left at its default is never refused."""
-    for dest, applies, why in rules:
-        if not applies and getattr(args, dest) != parser.get_default(dest):
-            raise DataError(f"--{dest.replace('_', '-')} {getattr(args, dest)}: {why}")
-
-
-def check_image_size(size: int) -> None:
-    """The network pools a Haar band (half the cell) twice: a side of at least 16 that 4 divides."""
-    if size < 16 or size % 4:
-        raise DataError(f"--image-size {size}: expected a multiple of 4, at least 16")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
 
 # ---------------------------------------------------------------------------------------------
 # Files written atomically, and read back with a one-line error
@@ -177,8 +111,9 @@ def read_json(path: str | Path) -> dict:
 # Checkpoints
 
 
-def load_checkpoint(path: str | Path, flag: str = "--checkpoint") -> dict:
-    """A checkpoint is data, never code: weights_only=True refuses pickled objects."""
+def load_checkpoint(path: str | Path, flag: str = "--checkpoint", fields: dict | None = None, what: str = "") -> dict:
+    """A checkpoint is data, never code: weights_only=True refuses pickled objects. With fields (a state file's), each
+    of them is checked first (check_fields), so that a file of another kind is named as such."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{flag} {path}: no such file (run `python train.py` first to create one)")
@@ -188,6 +123,8 @@ def load_checkpoint(path: str | Path, flag: str = "--checkpoint") -> dict:
         raise DataError(f"{flag} {path}: not a readable checkpoint ({error.__class__.__name__})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "class_names" not in checkpoint:
         raise DataError(f"{flag} {path}: expected a checkpoint dict with 'model' and 'class_names'")
+    if fields is not None:
+        check_fields(checkpoint, fields, path, what)
     return check_checkpoint(checkpoint, f"{flag} {path}")
 
 
@@ -204,11 +141,12 @@ def check_checkpoint(checkpoint: dict, where: str) -> dict:
     for key, kind in CHECKPOINT_TYPES.items():
         if key in checkpoint and not isinstance(checkpoint[key], kind):
             raise DataError(f"{where}: '{key}' is a {type(checkpoint[key]).__name__}; expected a {kind.__name__}")
+    if not isinstance(checkpoint.get("derived"), dict):  # this project has written `derived` since its first format
+        raise DataError(f"{where}: written by an older version of this project (no 'derived'); make it again")
     names = checkpoint["class_names"]
     if len(names) < 2 or not all(isinstance(name, str) and name for name in names) or len(set(names)) < len(names):
         raise DataError(f"{where}: 'class_names' is {names!r}; expected two or more distinct class names")
-    made = derived(checkpoint)
-    size, normalize = made.get("image_size", IMAGE_SIZE), made.get("normalize", "none")
+    size, normalize = preprocessing(checkpoint)
     if not isinstance(size, int) or isinstance(size, bool) or size < 16 or size % 4:
         raise DataError(f"{where}: image_size {size!r}; expected a whole number of pixels, a multiple of 4, >= 16")
     if normalize not in NORMALIZATIONS:
@@ -216,14 +154,9 @@ def check_checkpoint(checkpoint: dict, where: str) -> dict:
     return checkpoint
 
 
-def derived(checkpoint: dict) -> dict:
-    """What the checkpoint's run worked out (preprocessing, split, ...); older checkpoints kept it at the top level."""
-    return checkpoint.get("derived", checkpoint)
-
-
 def preprocessing(checkpoint: dict) -> tuple[int, str]:
     """(image size, normalisation) the checkpoint's cells were prepared with; cells fed to it must match."""
-    made = derived(checkpoint)
+    made = checkpoint["derived"]
     return made.get("image_size", IMAGE_SIZE), made.get("normalize", "none")
 
 
@@ -262,7 +195,7 @@ def load_state(path: str | Path, fields: dict, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"--resume: no {path.name} at {path.parent} to resume (run the command without --resume)")
-    return check_fields(load_checkpoint(path, "--resume"), fields, path, f"the state of {what}")
+    return load_checkpoint(path, "--resume", fields, f"the state of {what}")
 
 
 def _as_given(key: str, value) -> str:
@@ -331,27 +264,6 @@ def check_same_data(saved: dict, now: dict, path) -> None:
             raise DataError(f"{where}: {new} changed (its image, label or specimen)")
     if saved.get("cells") != now["cells"]:
         raise DataError(f"{where}: the cells' content changed")
-
-
-# ---------------------------------------------------------------------------------------------
-# Every command's main: one error line, never a traceback
-
-
-def run_command(run, args):
-    """Run a script's `run(args)`: bad input or a failed write ends in one `error:` line, Ctrl-C in how to resume."""
-    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once, even in a log file
-    for stream in (sys.stdout, sys.stderr):  # a console that cannot show a file's name gets it escaped, not a crash
-        stream.reconfigure(errors="backslashreplace")
-    try:
-        return run(args)
-    except DataError as error:
-        sys.exit(f"error: {error}")
-    except OSError as error:  # a write or read the checks before the work could not foresee (disk full, ...)
-        where = f"{error.filename}: " if error.filename else ""
-        sys.exit(f"error: {where}{error.strerror or error}")
-    except KeyboardInterrupt:
-        resume = " with --resume" if hasattr(args, "resume") else ""
-        sys.exit(f"interrupted: what was saved is kept; run the same command{resume} to continue")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,52 +367,3 @@ def take_lock(lock: Path, what: str) -> None:
 def release_lock(lock: Path) -> None:
     if _holder(lock)[0] == os.getpid():
         lock.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Precision: bfloat16 where the device computes in it, float32 everywhere else (docs/speed.md)
-
-
-def computes_bfloat16(device: torch.device) -> bool:
-    """Whether the device computes in bfloat16 rather than emulating it: CUDA GPUs with bf16, CPUs with
-    AVX512-BF16 or AMX. Elsewhere emulated bfloat16 is slower than float32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return False
-
-
-def pick_precision(device: torch.device, float32: bool) -> str:
-    """'bfloat16' (autocast) where the device computes in it, unless --float32 asks for the exact path."""
-    return "bfloat16" if not float32 and computes_bfloat16(device) else "float32"
-
-
-def precision_line(device: torch.device, precision: str) -> str:
-    """The run's first lines say how it computes, and why."""
-    if precision == "bfloat16":
-        return f"precision: bfloat16 autocast ({device.type} computes in it; --float32 for the exact path)"
-    why = "--float32" if computes_bfloat16(device) else f"this {device.type} does not compute in bfloat16"
-    return f"precision: float32 ({why})"
-
-
-def in_precision(forward, device: torch.device, precision: str):
-    """forward under bfloat16 autocast when precision says so, its output back in float32: the convolutions and
-    the linear layers compute in bfloat16, while the loss, the softmax and the entropy, the BatchNorm statistics
-    and the optimizer's state stay float32. With float32, forward itself: the exact path."""
-    if precision == "float32":
-        return forward
-
-    def autocast_forward(*inputs):
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-            return forward(*inputs).float()
-
-    return autocast_forward
-
-
-def check_same_precision(saved: dict, made: dict, path) -> None:
-    """A run resumes in the precision it ran in, or not at all: another one would give other numbers."""
-    before, now = saved.get("precision", "float32"), made["precision"]
-    if before != now:
-        advice = "resume it on a device like the run's, with the run's --float32"
-        raise DataError(f"--resume {path}: the run computed in {before}, this command would in {now}; {advice}")

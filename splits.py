@@ -12,6 +12,8 @@ chosen there, never on the test specimens.
 import torch
 
 from data import CellDataset, DataError
+from layouts import get_dataset, parse_class_list
+from runs import preprocessing
 
 def stratified_split(labels: torch.Tensor, fractions: list[float], seed: int) -> list[torch.Tensor]:
     """Split indices class by class into len(fractions) parts of those fractions (seeded).
@@ -290,3 +292,72 @@ def describe_split(dataset: CellDataset, by: str, parts: list[torch.Tensor], nam
         f"  (specimens (cells) per side; {names[-1]} specimens: {', '.join(specimens_of(dataset, parts[-1]))})"
     )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cells a checkpoint is evaluated on: its run's split made again (evaluate.py)
+
+
+def split_of_checkpoint(checkpoint: dict, dataset, split: str):
+    """Recreate the split the checkpoint's run made (same sides, fractions, seed and unit) and return one side."""
+    by, info = checkpoint["derived"].get("split") or "cells", checkpoint["derived"].get("split_parts")
+    if not info:
+        raise DataError("--split: this checkpoint records no split; use --split all")
+    if split not in info["names"]:
+        raise DataError(f"--split {split}: this checkpoint's run made the splits {', '.join(info['names'])}")
+    by = resolve_split(by, dataset)
+    if info["names"] == ["pool", "test"]:  # active.py's Step 1: 80/20 or a fold, --development's split
+        parts = pool_and_test(dataset, by, info)
+    else:
+        parts = split_dataset(dataset, by, info["fractions"], info["seed"], info["names"])
+    return dataset.subset(parts[info["names"].index(split)])
+
+
+def labeled_data_for(checkpoint: dict, data: str | None, split: str, classes=None, specimens=None):
+    """The cells to evaluate (only `classes` if given), with labels in the checkpoint's class order.
+
+    On the checkpoint's own data the run's classes are loaded and its split made again first, so
+    that `--split test` is the run's test side whatever `--classes` keeps of it."""
+    run_args = checkpoint.get("args", {})
+    class_names = checkpoint["class_names"]
+    own_data = data is None
+    if own_data and checkpoint["derived"].get("data_kind") == "campaign":
+        raise DataError("--checkpoint: a campaign's model has no labeled data of its own; pass --data or --predict")
+    if classes is not None:
+        unknown = [name for name in classes if name not in class_names]
+        if unknown:
+            raise DataError(
+                f"--classes: the model does not know {', '.join(unknown)}; it knows {', '.join(class_names)}"
+            )
+    dataset = get_dataset(
+        run_args.get("data") if own_data else data,
+        checkpoint["derived"].get("data_kind", "source"),
+        parse_class_list(run_args.get("classes")) if own_data else classes,
+        *preprocessing(checkpoint),
+        run_args.get("seed", 0),
+        run_args.get("synthetic_cells"),
+        specimens if specimens is not None else (run_args.get("specimens") if own_data else None),
+    )
+    unknown = [name for name in dataset.class_names if name not in class_names]
+    if unknown:
+        where = data or "the checkpoint's data"
+        raise DataError(
+            f"--checkpoint: the model knows {', '.join(class_names)}, but {where} also has {', '.join(unknown)}; "
+            "evaluate the classes it knows with --classes"
+        )
+    dataset.labels = torch.tensor([class_names.index(dataset.class_names[label]) for label in dataset.labels.tolist()])
+    dataset.class_names = list(class_names)
+    if split == "auto":
+        split = "test" if own_data and checkpoint["derived"].get("split") else "all"
+    if split != "all":
+        dataset = split_of_checkpoint(checkpoint, dataset, split)
+    if classes is not None and own_data:
+        keep = torch.tensor([class_names[label] in classes for label in dataset.labels.tolist()], dtype=torch.bool)
+        dataset = dataset.subset(torch.nonzero(keep).squeeze(1))
+    return dataset, split
+
+
+def known_specimens(dataset) -> list[str] | None:
+    """Each cell's specimen when every cell has one, else None (no specimen-level result)."""
+    specimens = dataset.specimens
+    return specimens if specimens is not None and all(s is not None for s in specimens) else None

@@ -7,8 +7,8 @@ import torch
 from conftest import TINY
 
 import active
-import runs
 import data
+import devices
 import evaluate
 import splits
 import synthetic
@@ -91,7 +91,7 @@ def test_four_cases_end_to_end(pretrained, tmp_path, extra, case):
         assert [r["labeled"] for r in rounds] == list(torch.tensor(round_sizes(pool, 0.5)).cumsum(0).tolist())
         assert rows[-1]["reason"].startswith("entropy=") and rows[0]["reason"] == "random"
     assert all(0 <= r["mca"] <= 1 and sum(r["queried"].values()) > 0 for r in rounds)
-    assert all(1 <= r["kept_epoch"] <= r["epochs"] for r in rounds)
+    assert all(1 <= r["epochs"] <= 10 for r in rounds)  # --max-epochs 10 at most, by default
     # evaluate.py on the run's model, by default on the run's own test split, gives the same numbers
     metrics = evaluate.main(["--checkpoint", str(out / "model.pt"), "--json", "--png", str(tmp_path / "e.png")])
     assert metrics["split"] == "test" and metrics["mca"] == pytest.approx(results["mca"])
@@ -260,20 +260,16 @@ def test_no_cli_prefix_matches_a_flag(tmp_path, capsys):
         assert "unrecognized arguments" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("stop_weights", ["best", "last"])
-def test_fine_tune_reports_the_epoch_it_keeps(pretrained, stop_weights):
-    """Stopped by patience, the kept epoch is the best one, exactly patience epochs before the last."""
+def test_fine_tune_stops_when_the_loss_stops_falling(pretrained):
+    """Sec. 3.1's rule: stopped by patience well before the cap, every epoch a pass over the labeled cells."""
     dataset = synthetic.synthetic_dataset("target", 120, seed=0, image_size=32)
     model = transfer(network_from_checkpoint(torch.load(pretrained, weights_only=True)), 6)
     forward = active.forward_fn(model, dataset.images, None, "cpu")
     labeled, generator = list(range(0, 120, 4)), torch.Generator().manual_seed(0)
-    epochs, kept, loss, seen = active.fine_tune(
-        model, forward, dataset.labels, labeled, generator, "cpu", lr=0.5, max_epochs=40, patience=2,
-        stop_weights=stop_weights, batchnorm="running",
-    )  # fmt: skip
-    assert seen == epochs * len(labeled) and math.isfinite(loss)
-    assert epochs < 40  # a large learning rate on 30 cells: the loss stalls well before 40 epochs
-    assert kept == (epochs - 2 if stop_weights == "best" else epochs)
+    settings = {**active.TRAINING, "lr": 0.5, "max_epochs": 40, "patience": 2}
+    fit = active.fine_tune(model, forward, dataset.labels, labeled, generator, {**settings, "stop_weights": "last"})
+    assert fit["seen"] == fit["epochs"] * len(labeled) and math.isfinite(fit["train_loss"])
+    assert fit["epochs"] < 40  # a large learning rate on 30 cells: the loss stalls well before 40 epochs
 
 
 def test_early_feature_cache_holds_every_cell_once_in_float16():
@@ -297,22 +293,22 @@ def test_early_feature_cache_holds_every_cell_once_in_float16():
 def test_precision_follows_what_the_device_computes_in():
     cpu = torch.device("cpu")
     computes = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert runs.computes_bfloat16(cpu) == computes
-    assert runs.pick_precision(cpu, float32=False) == ("bfloat16" if computes else "float32")
-    assert runs.pick_precision(cpu, float32=True) == "float32"
+    assert devices.computes_bfloat16(cpu) == computes
+    assert devices.pick_precision(cpu, float32=False) == ("bfloat16" if computes else "float32")
+    assert devices.pick_precision(cpu, float32=True) == "float32"
 
     def forward(x):
         return x @ x
 
-    assert runs.in_precision(forward, cpu, "float32") is forward  # the exact path is today's function itself
+    assert devices.in_precision(forward, cpu, "float32") is forward  # the exact path is today's function itself
     x = torch.randn(8, 8)
-    assert runs.in_precision(forward, cpu, "bfloat16")(x).dtype == torch.float32  # back in float32 for the loss
-    assert not torch.equal(runs.in_precision(forward, cpu, "bfloat16")(x), forward(x))  # computed in bfloat16
+    assert devices.in_precision(forward, cpu, "bfloat16")(x).dtype == torch.float32  # back in float32 for the loss
+    assert not torch.equal(devices.in_precision(forward, cpu, "bfloat16")(x), forward(x))  # computed in bfloat16
 
 
 def test_a_bfloat16_run_trains_learns_and_says_so(pretrained, tmp_path, monkeypatch, capsys):
     """On any CPU (emulated where the hardware lacks it): the precision is printed, recorded, and the run learns."""
-    monkeypatch.setattr(runs, "computes_bfloat16", lambda device: True)
+    monkeypatch.setattr(devices, "computes_bfloat16", lambda device: True)
     results, out = run_active(tmp_path, "bf16", SMALL_ROUNDS, pretrained)
     assert "precision: bfloat16 autocast" in capsys.readouterr().out
     assert results["derived"]["precision"] == "bfloat16" == torch.load(out / "model.pt")["derived"]["precision"]
@@ -321,7 +317,7 @@ def test_a_bfloat16_run_trains_learns_and_says_so(pretrained, tmp_path, monkeypa
     assert results["rounds"][0]["train_loss"] != exact["rounds"][0]["train_loss"]  # autocast was on
     assert results["rounds"][-1]["train_loss"] < results["rounds"][0]["train_loss"] * 1.5  # and it trained
     assert results["mca"] > 1 / 6 + 0.1  # better than chance on six classes
-    monkeypatch.setattr(runs, "computes_bfloat16", lambda device: False)
+    monkeypatch.setattr(devices, "computes_bfloat16", lambda device: False)
     with pytest.raises(SystemExit, match="computed in bfloat16, this command would in float32"):
         run_active(tmp_path, "bf16", SMALL_ROUNDS + ["--resume"], pretrained)
 
@@ -341,9 +337,7 @@ def test_weight_averaging_keeps_the_mean_of_the_later_epochs():
     active.running_mean = lambda mean, state, count: seen.append(count) or real(mean, state, count)
     try:
         labeled, generator = list(range(0, 120, 3)), torch.Generator().manual_seed(0)
-        epochs, kept, _, _ = active.fine_tune(
-            model, forward, dataset.labels, labeled, generator, "cpu", max_epochs=5, stop_weights="average"
-        )
+        fit = active.fine_tune(model, forward, dataset.labels, labeled, generator, {**active.TRAINING, "max_epochs": 5})
     finally:
         active.running_mean = real
-    assert epochs == kept == 5 and seen == [1, 2, 3]  # epochs 3, 4 and 5 averaged
+    assert fit["epochs"] == 5 and seen == [1, 2, 3]  # epochs 3, 4 and 5 averaged

@@ -15,6 +15,7 @@ import layouts
 import runs
 import evaluate
 import experiments
+import labeling
 import train
 
 
@@ -52,6 +53,10 @@ def test_weights_that_do_not_fit_and_a_state_without_args(pretrained, tmp_path):
     checkpoint["class_names"] = checkpoint["class_names"] + ["golgi"]  # 6 names for a 5-class head
     torch.save(checkpoint, tmp_path / "six.pt")
     fails(evaluate.main, ["--checkpoint", str(tmp_path / "six.pt")], str(tmp_path / "six.pt"), "do not fit")
+    checkpoint.pop("derived")  # what a checkpoint of an older version of the project lacks
+    torch.save(checkpoint, tmp_path / "old.pt")
+    fails(evaluate.main, ["--checkpoint", str(tmp_path / "old.pt")], "old.pt", "older version", "no 'derived'")
+    fails(active.main, ["--checkpoint", str(tmp_path / "old.pt"), "--out", str(tmp_path / "o")], "older version")
     (tmp_path / "run").mkdir()
     torch.save({"model": {}, "class_names": ["a", "b"]}, tmp_path / "run" / "state.pt")
     fails(active.main, ["--resume", "--out", str(tmp_path / "run")], "state.pt", "not the state of an active.py run")
@@ -61,6 +66,7 @@ def test_damaged_json_is_named(pretrained, tmp_path):
     (tmp_path / "campaign").mkdir()
     (tmp_path / "campaign" / "campaign.json").write_text('{"pool": ')
     fails(campaign.main, ["status", str(tmp_path / "campaign")], "campaign.json", "not readable JSON")
+    fails(labeling.main, [str(tmp_path / "campaign"), "--port", "0"], "campaign.json", "not readable JSON")  # no page
     (tmp_path / "grid" / "rs-limit0.5-seed0").mkdir(parents=True)
     (tmp_path / "grid" / "rs-limit0.5-seed0" / "results.json").write_text("{")
     flags = ["--cases", "rs", "--limits", "0.5", "--seeds", "0", "--out", str(tmp_path / "grid")]

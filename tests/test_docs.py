@@ -9,11 +9,12 @@ import bench
 import campaign
 import evaluate
 import experiments
+import labeling
 import train
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"active.py": active, "bench.py": bench, "campaign.py": campaign, "evaluate.py": evaluate}
-SCRIPTS.update({"experiments.py": experiments, "train.py": train})
+SCRIPTS.update({"experiments.py": experiments, "labeling.py": labeling, "train.py": train})
 
 
 def shown_commands():

@@ -1,4 +1,4 @@
-"""The labeling page (labeling.py, `campaign.py label`): its requests through the standard library's HTTP client,
+"""The labeling page (labeling.py, `python labeling.py CAMPAIGN`): its requests through the standard library's HTTP client,
 the same campaign done from the page and from the CSVs, and one test in a real browser (Chromium via Playwright)."""
 
 import csv
