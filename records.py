@@ -1,8 +1,8 @@
-"""What an active learning run records, prints, saves for a resume and leaves behind.
+"""What a run records, prints, saves for a resume and leaves behind: active.py's and train.py's, the same way.
 
-Not the paper (the workshop): active.py's loop calls these by name. After every
-round a run folder holds state.pt (what `--resume` needs to go on exactly); it
-ends with
+Not the paper (the workshop): both scripts' loops call these by name. train.py writes its best
+checkpoint OUT and, after every epoch, OUT.state (the section at the end). After every round an
+active.py run folder holds state.pt (what `--resume` needs to go on exactly); it ends with
   * results.json: the final test metrics (MCA, ACA, per class, confusion, by
     specimen), each round's record, the run's `args` (as given) and `derived`
     (what it worked out: preprocessing, split, folder);
