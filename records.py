@@ -135,15 +135,22 @@ def resume(book: dict, state: dict | None, run_started: float) -> None:
     book["setup_seconds"] = time.time() - run_started
     if state is None:
         return
-    path = Path(book["derived"]["out"]) / "state.pt"
-    check_same_data(state["fingerprint"], book["fingerprint"], path)
-    check_same_precision(state["derived"], book["derived"], path)
-    book["model"].load_state_dict(state["model"])
-    book["generator"].set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
+    restore(state, Path(book["derived"]["out"]) / "state.pt", book, book["model"], book["generator"])
     book["pool"].load_state_dict(state)
     print(f"resumed {state['derived']['out']} after round {state['round']} ({len(book['pool'].labeled)} labeled)")
     book.update(rounds=state["rounds"], setup_seconds=book["setup_seconds"] + state["setup_seconds"])
+
+
+def restore(state: dict, path: Path, now: dict, model, generator, optimizer=None) -> None:
+    """The one resume step of both scripts: refuse other data or another precision than the killed run's (now: this
+    command's fingerprint and derived), then put its weights, optimizer and random states back."""
+    check_same_data(state["fingerprint"], now["fingerprint"], path)
+    check_same_precision(state.get("derived", {}), now["derived"], path)
+    model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
 
 
 def end_round(book: dict, round_index: int, chosen, scored: int, fit: dict, metrics: dict, started: float) -> None:
@@ -309,12 +316,7 @@ def start_pretraining(args, derived: dict, dataset, state: dict | None, model, o
     if state is None:
         return book
     path = _beside(book["out"], ".state")
-    check_same_data(state["fingerprint"], book["fingerprint"], path)
-    check_same_precision(state.get("derived", {}), derived, path)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
+    restore(state, path, {"fingerprint": book["fingerprint"], "derived": derived}, model, generator, optimizer)
     may_change = "a resume may change --max-epochs, --patience, --device"
     print(f"resumed from {path} after epoch {state['epoch']} ({may_change})")
     book.update({key: state[key] for key in PROGRESS})
