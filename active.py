@@ -276,31 +276,6 @@ def recalibrate_batchnorm(model, forward, labeled, batch_size: int) -> None:
     model.eval()
 
 
-@torch.no_grad()
-def early_statistics_from(model, images: torch.Tensor, cells, device, batch_size: int = 64) -> None:
-    """Recompute the frozen early layers' BatchNorm statistics over `cells` (--early-statistics pool; issue #38).
-
-    Not the paper's: its frozen layers keep the statistics of their real source cells (SNPHEp-2). Here the source
-    is synthetic, and real cells reach those layers with about twice the variance the statistics expect
-    (docs/results-i3a.md). One pass over the pool's images, no label read (AdaBN, Li et al., 2016), before the
-    cache; the weights stay frozen. Every batch weighs the same (momentum None), in a fixed shuffle.
-    """
-    layers = [m for branch in (model.approximation_branch, model.details_branch) for m in branch.early.modules()]
-    layers = [m for m in layers if isinstance(m, torch.nn.BatchNorm2d)]
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # a cumulative average over the batches of this pass
-        layer.train()
-    order = torch.as_tensor(cells)[torch.randperm(len(cells), generator=torch.Generator().manual_seed(0))]
-    whole = len(order) // batch_size * batch_size or len(order)  # a small last batch would weigh as much
-    for start in range(0, whole, batch_size):
-        model.early_features(*model_inputs(images[order[start : start + batch_size]], device))
-    for layer, momentum in zip(layers, momenta):
-        layer.momentum = momentum
-    model.eval()  # ParallelResNet.train keeps the frozen early layers in eval mode from here on
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop (Table 1)
 
@@ -321,8 +296,6 @@ def run(args):
     derived = {"case": records.case_name(args), "out": str(out), "precision": precision, **preparation}
     derived.update(split=split, split_parts=parts)  # what the run worked out; args stay as given
     sizes = round_sizes(len(pool_side), args.limit, args.strategy, args.k_fraction, args.m_fraction)
-    if args.early_statistics == "pool":  # not the paper: the frozen layers' statistics of the pool's real cells
-        early_statistics_from(model, dataset.images, pool_side, device)
     cache = frozen_cache(model, dataset, device, args.no_cache, precision)
     forward = in_precision(forward_fn(model, dataset.images, cache, device), device, precision)
     generator = torch.Generator().manual_seed(args.seed)
@@ -440,9 +413,6 @@ def build_parser():
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning, or keep the running ones as the paper "
     batchnorm += "(default: recalibrate)"
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm)
-    statistics = "the frozen early layers' BatchNorm statistics: the pretraining's as the paper, or recomputed over "
-    statistics += "the pool's cells, no label read (default: source)"
-    add("--early-statistics", default="source", choices=["source", "pool"], help=statistics)
     development = "leave the test specimens out, split the pool again into a development pool and test (default: off)"
     add("--development", action="store_true", help=development)
     add("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")

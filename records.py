@@ -54,7 +54,6 @@ def unused_flags(args) -> list:
     at_once = "--strategy random labels the whole budget at once"
     return [
         ("checkpoint", not args.scratch, "--scratch trains from random weights, without a checkpoint"),
-        ("early_statistics", not args.scratch, "--scratch freezes no layers"),
         ("k_fraction", args.strategy != "random", at_once),
         ("m_fraction", args.strategy != "random", at_once),
         ("folds", args.fold is not None, "it counts the folds of --fold; add --fold F"),

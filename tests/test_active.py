@@ -169,36 +169,6 @@ def test_batchnorm_recalibration_averages_every_whole_batch():
     assert torch.allclose(first_bn.running_mean, torch.stack(seen).mean(dim=0), atol=1e-5)
 
 
-def test_early_statistics_from_the_pool_set_only_the_frozen_layers_statistics_to_the_pools():
-    torch.manual_seed(0)
-    model = transfer(ParallelResNet(5), 6)
-    images = torch.randint(0, 256, (100, 1, 32, 32), dtype=torch.uint8)
-    pool = torch.arange(20, 84)  # 64 cells: one whole batch; the other 36 never read
-    before = {key: value.clone() for key, value in model.state_dict().items()}
-    active.early_statistics_from(model, images, pool, torch.device("cpu"), batch_size=64)
-    after = model.state_dict()
-    changed = {key for key in before if not torch.equal(before[key], after[key])}
-    assert changed and all(".early." in key and "running_" in key or "num_batches" in key for key in changed)
-    first_bn = model.approximation_branch.early[1]
-    with torch.no_grad():  # the reference: the first BatchNorm's input over the pool's cells
-        approximation, _ = data.model_inputs(images[pool], torch.device("cpu"))
-        convolved = model.approximation_branch.early[0](approximation)
-    assert torch.allclose(first_bn.running_mean, convolved.mean(dim=(0, 2, 3)), atol=1e-5)
-    assert torch.allclose(first_bn.running_var, convolved.var(dim=(0, 2, 3)), rtol=1e-3)
-    assert first_bn.momentum == 0.1 and not model.training and not first_bn.training
-
-
-def test_early_statistics_pool_end_to_end_changes_the_frozen_statistics_alone(pretrained, tmp_path):
-    results, out = run_active(tmp_path, "pool-statistics", SMALL_ROUNDS + ["--early-statistics", "pool"], pretrained)
-    before = torch.load(pretrained, weights_only=True)["model"]
-    after = torch.load(out / "model.pt", weights_only=True)["model"]
-    frozen = [key for key in before if ".early." in key]
-    weights = [key for key in frozen if key.endswith(("weight", "bias"))]
-    assert weights and all(torch.equal(before[key], after[key]) for key in weights)  # still frozen
-    assert any(not torch.equal(before[key], after[key]) for key in frozen if "running_" in key)
-    assert results["args"]["early_statistics"] == "pool"
-
-
 def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrained, tmp_path, monkeypatch, capsys):
     whole, whole_dir = run_active(tmp_path, "whole", SMALL_ROUNDS, pretrained)
     real_fine_tune, calls = active.fine_tune, []
@@ -236,7 +206,6 @@ def test_active_bad_flags(tmp_path, pretrained):
         (["--m-fraction", "0"], "--m-fraction 0"),
         (["--checkpoint", str(tmp_path / "none.pt")], "no such file"),
         (["--resume"], "no state.pt"),
-        (["--scratch", "--early-statistics", "pool"], "--early-statistics pool: --scratch freezes no layers"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             active.main(TINY + ["--out", str(tmp_path / "x")] + flags)
