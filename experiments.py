@@ -231,6 +231,11 @@ def summary_line(case: str, limit: float, group: list[dict], mca: tuple, aca: tu
     )
 
 
+def confusion_runs(runs: int, folds: int | None) -> str:
+    """What a summed confusion matrix holds: seeds, or with --cv every fold of each seed (each cell once a seed)."""
+    return f"{runs // folds} seed(s) x {folds} folds" if folds else f"{runs} seed(s)"
+
+
 def write_grid_summary(rows, out: Path, folds: int | None = None) -> None:
     """summary.md (with --cv first the pooled table, then mean and std over runs), mca_aca.png,
     hardest_classes.png, and summed confusion matrices."""
@@ -257,7 +262,7 @@ def write_grid_summary(rows, out: Path, folds: int | None = None) -> None:
                 summed,
                 class_names,
                 out / f"confusion-{case}-limit{limit:g}.png",
-                f"{case.upper()} at limit {limit:g}, {len(group)} seed(s) summed",
+                f"{case.upper()} at limit {limit:g}, {confusion_runs(len(group), folds)} summed",
             )
     lines = cross_validation_table(rows, folds, class_names) + lines
     write_text_atomic("\n".join(lines) + "\n", out / "summary.md")

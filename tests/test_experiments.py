@@ -79,3 +79,8 @@ def test_grid_refuses_singular_and_abbreviated_flags(flags, message, tmp_path, c
         experiments.main(["--out", str(tmp_path / "grid")] + flags)
     assert message in str(exit_info.value) + capsys.readouterr().err
     assert not (tmp_path / "grid").exists()  # nothing ran
+
+
+def test_a_summed_confusion_says_what_it_sums():
+    assert experiments.confusion_runs(3, None) == "3 seed(s)"
+    assert experiments.confusion_runs(10, 5) == "2 seed(s) x 5 folds"  # with --cv: every cell once a seed
