@@ -276,6 +276,22 @@ def recalibrate_batchnorm(model, forward, labeled, batch_size: int) -> None:
     model.eval()
 
 
+def final_tune(model, images, labels, labeled, generator, settings, epochs: int, device, precision: str) -> dict:
+    """--final-tune N (issue #38; not the paper, whose early layers stay fixed): after the last round, every layer,
+    the frozen ones too, fine-tuned on the labeled cells for N epochs at a tenth of Sec. 3.1's learning rate, so
+    that the filters learned on the synthetic source adapt to real cells without the cost of doing so every round.
+    """
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    model.early_frozen = False  # their BatchNorm trains and is recalibrated with the rest
+    forward = in_precision(forward_fn(model, images, None, device), device, precision)  # the full network
+    tuning = {**settings, "lr": settings["lr"] / 10, "max_epochs": epochs, "stop_weights": "last"}
+    fit = fine_tune(model, forward, labels, labeled, generator, tuning)
+    print(f"final tuning: every layer, {fit['epochs']} epochs at lr {tuning['lr']:g}, loss {fit['train_loss']:.4f}, "
+          f"{fit['seen'] / fit['seconds']:.0f} img/s, {fit['seconds']:.1f}s")
+    return fit
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop (Table 1)
 
@@ -317,6 +333,10 @@ def run(args):
         metrics = summarize(dataset.labels[test], probabilities, dataset.class_names)
         records.end_round(book, round_index, chosen, scored, fit, metrics, started)  # state.pt: a kill resumes here
 
+    if args.final_tune:  # not the paper: a kill here resumes from the last round's state.pt and tunes again
+        images, labels, labeled = dataset.images, dataset.labels, pool.labeled_indices()
+        fit = final_tune(model, images, labels, labeled, generator, training, args.final_tune, device, precision)
+        book["final_tune_seconds"] = fit["seconds"]  # in results.json's seconds
     return records.finish(book, pool_side, test)
 
 
@@ -413,6 +433,9 @@ def build_parser():
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning, or keep the running ones as the paper "
     batchnorm += "(default: recalibrate)"
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm)
+    tune = "after the last round, fine-tune every layer, the frozen ones too, for this many epochs at a tenth of the "
+    tune += "learning rate (default: 0, off; the paper keeps them fixed)"
+    add("--final-tune", type=int, default=0, help=tune)
     development = "leave the test specimens out, split the pool again into a development pool and test (default: off)"
     add("--development", action="store_true", help=development)
     add("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")

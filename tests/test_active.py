@@ -169,6 +169,21 @@ def test_batchnorm_recalibration_averages_every_whole_batch():
     assert torch.allclose(first_bn.running_mean, torch.stack(seen).mean(dim=0), atol=1e-5)
 
 
+def test_final_tune_trains_every_layer_once_after_the_rounds(pretrained, tmp_path):
+    results, out = run_active(tmp_path, "final-tune", SMALL_ROUNDS + ["--final-tune", "2"], pretrained)
+    plain, plain_out = run_active(tmp_path, "plain", SMALL_ROUNDS, pretrained)
+    before = torch.load(pretrained, weights_only=True)["model"]
+    tuned = torch.load(out / "model.pt", weights_only=True)["model"]
+    frozen = [key for key in before if ".early." in key and key.endswith("weight")]
+    assert frozen and all(not torch.equal(before[key], tuned[key]) for key in frozen)  # the early layers moved
+    # the rounds themselves are the plain run's: the same cells labeled, the same round metrics
+    assert (out / "labeled.csv").read_bytes() == (plain_out / "labeled.csv").read_bytes()
+    assert [r["mca"] for r in results["rounds"]] == [r["mca"] for r in plain["rounds"]]
+    assert results["seconds"] > sum(r["seconds"] for r in results["rounds"])
+    again = evaluate.main(["--checkpoint", str(out / "model.pt"), "--json"])  # model.pt holds the tuned network
+    assert again["mca"] == pytest.approx(results["mca"])
+
+
 def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrained, tmp_path, monkeypatch, capsys):
     whole, whole_dir = run_active(tmp_path, "whole", SMALL_ROUNDS, pretrained)
     real_fine_tune, calls = active.fine_tune, []
@@ -206,6 +221,8 @@ def test_active_bad_flags(tmp_path, pretrained):
         (["--m-fraction", "0"], "--m-fraction 0"),
         (["--checkpoint", str(tmp_path / "none.pt")], "no such file"),
         (["--resume"], "no state.pt"),
+        (["--final-tune", "-1"], "--final-tune -1: expected a number of epochs"),
+        (["--scratch", "--final-tune", "2"], "--final-tune 2: --scratch trains every layer every round"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             active.main(TINY + ["--out", str(tmp_path / "x")] + flags)
