@@ -120,7 +120,7 @@ def test_other_uncertainty_strategies_end_to_end(pretrained, tmp_path, strategy)
 
 
 def test_fine_tuning_leaves_the_frozen_layers_alone(pretrained, tmp_path):
-    results, out = run_active(tmp_path, "frozen", SMALL_ROUNDS, pretrained)
+    results, out = run_active(tmp_path, "frozen", SMALL_ROUNDS + ["--final-tune", "0"], pretrained)  # the rounds
     before = torch.load(pretrained, weights_only=True)["model"]
     after = torch.load(out / "model.pt", weights_only=True)["model"]
     frozen = [key for key in before if ".early." in key]
@@ -171,7 +171,7 @@ def test_batchnorm_recalibration_averages_every_whole_batch():
 
 def test_final_tune_trains_every_layer_once_after_the_rounds(pretrained, tmp_path):
     results, out = run_active(tmp_path, "final-tune", SMALL_ROUNDS + ["--final-tune", "2"], pretrained)
-    plain, plain_out = run_active(tmp_path, "plain", SMALL_ROUNDS, pretrained)
+    plain, plain_out = run_active(tmp_path, "plain", SMALL_ROUNDS + ["--final-tune", "0"], pretrained)
     before = torch.load(pretrained, weights_only=True)["model"]
     tuned = torch.load(out / "model.pt", weights_only=True)["model"]
     frozen = [key for key in before if ".early." in key and key.endswith("weight")]
@@ -182,6 +182,14 @@ def test_final_tune_trains_every_layer_once_after_the_rounds(pretrained, tmp_pat
     assert results["seconds"] > sum(r["seconds"] for r in results["rounds"])
     again = evaluate.main(["--checkpoint", str(out / "model.pt"), "--json"])  # model.pt holds the tuned network
     assert again["mca"] == pytest.approx(results["mca"])
+
+
+def test_a_scratch_run_has_no_final_tuning(tmp_path, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("final_tune ran in a scratch run")
+
+    monkeypatch.setattr(active, "final_tune", never)  # the default --final-tune is for the frozen layers alone
+    run_active(tmp_path, "scratch", SMALL_ROUNDS + ["--scratch"])
 
 
 def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrained, tmp_path, monkeypatch, capsys):
@@ -223,6 +231,7 @@ def test_active_bad_flags(tmp_path, pretrained):
         (["--resume"], "no state.pt"),
         (["--final-tune", "-1"], "--final-tune -1: expected a number of epochs"),
         (["--scratch", "--final-tune", "2"], "--final-tune 2: --scratch trains every layer every round"),
+        (["--scratch", "--final-tune", "0"], "--final-tune 0: --scratch trains every layer every round"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             active.main(TINY + ["--out", str(tmp_path / "x")] + flags)
