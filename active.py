@@ -38,7 +38,7 @@ from data import NORMALIZATIONS, DataError, model_inputs
 from devices import add_device_flag, in_precision, pick_device, pick_precision, precision_line, seed_everything
 from evaluate import predict_probabilities, summarize
 from layouts import get_dataset, parse_class_list
-from model import ParallelResNet, trainable_parameters, transfer
+from model import ParallelResNet, trainable_parameters, transfer, unfreeze_early_layers
 from runs import load_checkpoint, network_from_checkpoint, preprocessing
 from splits import FOLDS, add_split_flags, describe_split, pool_and_test, resolve_split
 
@@ -287,14 +287,12 @@ def final_tune(model, images, labels, labeled, generator, settings, epochs: int,
     the frozen ones too, fine-tuned on the labeled cells for N epochs at a tenth of Sec. 3.1's learning rate, so
     that the filters learned on the synthetic source adapt to real cells without the cost of doing so every round.
     """
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    model.early_frozen = False  # their BatchNorm trains and is recalibrated with the rest
+    unfreeze_early_layers(model)  # their BatchNorm trains and is recalibrated with the rest
     forward = in_precision(forward_fn(model, images, None, device), device, precision)  # the full network
     tuning = {**settings, "lr": settings["lr"] / 10, "max_epochs": epochs, "stop_weights": "last"}
     fit = fine_tune(model, forward, labels, labeled, generator, tuning)
-    print(f"final tuning: every layer, {fit['epochs']} epochs at lr {tuning['lr']:g}, loss {fit['train_loss']:.4f}, "
-          f"{fit['seen'] / fit['seconds']:.0f} img/s, {fit['seconds']:.1f}s")
+    record = {"epoch": fit["epochs"], "max_epochs": epochs, "train_loss": fit["train_loss"], "seconds": fit["seconds"]}
+    print(f"final tuning of every layer at lr {tuning['lr']:g}: " + records.epoch_line(record, fit["seen"]))
     return fit
 
 

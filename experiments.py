@@ -233,7 +233,9 @@ def summary_line(case: str, limit: float, group: list[dict], mca: tuple, aca: tu
 
 def confusion_runs(runs: int, folds: int | None) -> str:
     """What a summed confusion matrix holds: seeds, or with --cv every fold of each seed (each cell once a seed)."""
-    return f"{runs // folds} seed(s) x {folds} folds" if folds else f"{runs} seed(s)"
+    if folds and runs % folds == 0:
+        return f"{runs // folds} seed(s) x {folds} folds"
+    return f"{runs} run(s)" if folds else f"{runs} seed(s)"  # a grid of some folds only (--only-folds)
 
 
 def write_grid_summary(rows, out: Path, folds: int | None = None) -> None:

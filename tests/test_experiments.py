@@ -84,3 +84,4 @@ def test_grid_refuses_singular_and_abbreviated_flags(flags, message, tmp_path, c
 def test_a_summed_confusion_says_what_it_sums():
     assert experiments.confusion_runs(3, None) == "3 seed(s)"
     assert experiments.confusion_runs(10, 5) == "2 seed(s) x 5 folds"  # with --cv: every cell once a seed
+    assert experiments.confusion_runs(2, 5) == "2 run(s)"  # --only-folds: not every fold of a seed
