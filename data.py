@@ -7,8 +7,8 @@ network as the two bands of a one-level Haar transform (Sec. 2.1, wavelets.py).
 
 A dataset is one CellDataset: every cell a 112x112 uint8 image in a single
 (N, 1, 112, 112) tensor, its label, its file and, where known, its specimen.
-Where the cells come from (folders, CSVs, the synthetic default) is layouts.py
-and synthetic.py; how they are split is splits.py.
+Where the cells come from (folders, CSVs, the synthetic default) is lab/layouts.py
+and lab/synthetic.py; how they are split is lab/splits.py.
 """
 
 import math
@@ -175,7 +175,7 @@ def model_inputs(images: torch.Tensor, device: torch.device, degrees: torch.Tens
 
     Channels-last memory: the convolutions then keep it, and the max-pooling of the 56x56 and 28x28 maps,
     the slowest step of the frozen layers on a CPU in the default layout, runs faster (the frozen layers'
-    cache 1.63x, `python bench.py --levers`, docs/speed.md). The values are the same.
+    cache 1.63x, `python -m lab.bench --levers`, docs/speed.md). The values are the same.
     """
     batch = images.to(device, non_blocking=True).float().div_(255.0)
     if degrees is not None:

@@ -19,12 +19,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from commands import check_flags, refuse_unused, run_command
 from data import model_inputs
-from devices import add_device_flag, in_precision, pick_device
-from layouts import load_unlabeled, parse_class_list, spreadsheet_cell
-from pictures import draw_confusion
-from runs import (
+from lab.commands import check_flags, refuse_unused, run_command
+from lab.devices import add_device_flag, pick_device
+from lab.layouts import load_unlabeled, parse_class_list, spreadsheet_cell
+from lab.pictures import draw_confusion
+from lab.recipe import in_precision
+from lab.runs import (
     check_not_an_input,
     check_output_file,
     load_checkpoint,
@@ -32,7 +33,7 @@ from runs import (
     preprocessing,
     write_text_atomic,
 )
-from splits import known_specimens, labeled_data_for
+from lab.splits import known_specimens, labeled_data_for
 
 # ---------------------------------------------------------------------------------------------
 # Metrics

@@ -16,7 +16,7 @@ specimens, so the validation loss that picks the epoch and the test result both 
 cells of specimens the network never saw (--split cells turns this off).
 
 Writes runs/pretrained.pt (read by active.py by default) and, after every epoch,
-runs/pretrained.pt.state so that a killed run resumes where it was (records.py).
+runs/pretrained.pt.state so that a killed run resumes where it was (lab/records.py).
 """
 
 import argparse
@@ -25,14 +25,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-import records
-from commands import check_flags, check_image_size, run_command
 from data import NORMALIZATIONS, DataError, model_inputs, rotation_angles
-from devices import add_device_flag, in_precision, pick_device, pick_precision, precision_line, seed_everything
 from evaluate import predict_probabilities, summarize
-from layouts import get_dataset, parse_class_list
+from lab import records
+from lab.commands import check_flags, check_image_size, run_command
+from lab.devices import add_device_flag, pick_device, pick_precision, precision_line, seed_everything
+from lab.layouts import get_dataset, parse_class_list
+from lab.recipe import PRETRAINING, in_precision, paper_flags, paper_settings
+from lab.splits import add_split_flags, describe_split, resolve_split, specimens_of, split_dataset
 from model import ParallelResNet, trainable_parameters
-from splits import add_split_flags, describe_split, resolve_split, specimens_of, split_dataset
 
 
 def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, generator=None, precision="float32"):
@@ -65,6 +66,7 @@ def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, g
 def run(args):
     """Sec. 3.1's initial learning: train epoch by epoch, keep the lowest validation loss, stop after patience."""
     check_train_flags(args)
+    paper_settings(args, build_parser(), PRETRAINING)  # --paper: the paper's preprocessing, precision (lab/recipe.py)
     device = pick_device(args.device)
     state = records.open_pretraining(args)  # --out checked and locked before any work; OUT.state with --resume
     seed_everything(args.seed)
@@ -155,6 +157,8 @@ def build_parser():
     add("--normalize", default="percentile", choices=NORMALIZATIONS, help=normalize)
     float32 = "compute in float32 everywhere, the exact path (default: bfloat16 autocast where the device computes "
     add("--float32", action="store_true", help=float32 + "in it: CPUs with AVX512-BF16 or AMX, CUDA GPUs)")
+    paper = "the paper's settings where the defaults depart from them: " + paper_flags(PRETRAINING)
+    add("--paper", action="store_true", help=paper + " (default: off)")
     add_device_flag(parser)
     add("--seed", type=int, default=0, help="seed for the split, initialisation and order (default: 0)")
     resume = "continue the killed run from OUT.state: the same command; --max-epochs, --patience may change "

@@ -8,14 +8,12 @@ from conftest import TINY
 
 import active
 import data
-import devices
 import evaluate
-import splits
-import synthetic
 from active import entropy, least_confidence, margin, round_sizes, select_most_uncertain
 from evaluate import predict_probabilities
+from lab import devices, recipe, splits, synthetic
+from lab.runs import network_from_checkpoint
 from model import ParallelResNet, transfer
-from runs import network_from_checkpoint
 
 # With 120 synthetic cells at --limit 0.5 the budget is 48: a seed set of 8, then rounds of 10.
 SMALL_ROUNDS = ["--k-fraction", "0.17", "--m-fraction", "0.21"]
@@ -132,7 +130,7 @@ def test_batchnorm_recalibration_makes_eval_mode_match_the_batch_statistics():
     torch.manual_seed(0)
     model = ParallelResNet(6)
     images = torch.randint(0, 256, (48, 1, 32, 32), dtype=torch.uint8)
-    forward = active.forward_fn(model, images, None, torch.device("cpu"))
+    forward = recipe.forward_fn(model, images, None, torch.device("cpu"))
     for layer in model.modules():  # running statistics far from the truth, as after a lagging average
         if isinstance(layer, torch.nn.BatchNorm2d):
             layer.running_mean.fill_(3.0)
@@ -144,7 +142,7 @@ def test_batchnorm_recalibration_makes_eval_mode_match_the_batch_statistics():
     model.train()
     with torch.no_grad():
         batch_statistics = forward(labeled)  # one batch: train mode normalises with its own statistics
-    active.recalibrate_batchnorm(model, forward, labeled, batch_size=64)
+    recipe.recalibrate_batchnorm(model, forward, labeled, batch_size=64)
     assert not model.training
     with torch.no_grad():
         recalibrated = forward(labeled)
@@ -159,11 +157,11 @@ def test_batchnorm_recalibration_averages_every_whole_batch():
     torch.manual_seed(0)
     model = ParallelResNet(6)
     images = torch.randint(0, 256, (70, 1, 32, 32), dtype=torch.uint8)
-    forward = active.forward_fn(model, images, None, torch.device("cpu"))
+    forward = recipe.forward_fn(model, images, None, torch.device("cpu"))
     first_bn = next(layer for layer in model.modules() if isinstance(layer, torch.nn.BatchNorm2d))
     seen = []
     hook = first_bn.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].mean(dim=(0, 2, 3))))
-    active.recalibrate_batchnorm(model, forward, torch.arange(70), batch_size=16)
+    recipe.recalibrate_batchnorm(model, forward, torch.arange(70), batch_size=16)
     hook.remove()
     assert len(seen) == 4  # 70 cells: four whole batches of 16, the last 6 left out
     assert torch.allclose(first_bn.running_mean, torch.stack(seen).mean(dim=0), atol=1e-5)
@@ -186,10 +184,11 @@ def test_final_tune_trains_every_layer_once_after_the_rounds(pretrained, tmp_pat
 
 def test_a_scratch_run_has_no_final_tuning(tmp_path, monkeypatch):
     def never(*args, **kwargs):
-        raise AssertionError("final_tune ran in a scratch run")
+        raise AssertionError("the final tuning ran in a scratch run")
 
-    monkeypatch.setattr(active, "final_tune", never)  # the default --final-tune is for the frozen layers alone
-    run_active(tmp_path, "scratch", SMALL_ROUNDS + ["--scratch"])
+    monkeypatch.setattr(recipe, "unfreeze_early_layers", never)  # the default --final-tune is for the frozen layers
+    results, _ = run_active(tmp_path, "scratch", SMALL_ROUNDS + ["--scratch"])
+    assert results["seconds"] > 0
 
 
 def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrained, tmp_path, monkeypatch, capsys):
@@ -208,7 +207,7 @@ def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrai
     monkeypatch.setattr(active, "fine_tune", real_fine_tune)
     killed_dir = tmp_path / "killed"
     assert torch.load(killed_dir / "state.pt", weights_only=True)["round"] == 1
-    for other in (["--limit", "0.3"], ["--max-epochs", "3"], ["--batch-size", "8"], ["--patience", "2"]):
+    for other in (["--limit", "0.3"], ["--max-epochs", "3"], ["--batch-size", "8"], ["--stop-weights", "last"]):
         with pytest.raises(SystemExit) as exit_info:  # a resume that would run otherwise is refused, in one line
             run_active(tmp_path, "killed", SMALL_ROUNDS + ["--resume"] + other, pretrained)
         assert str(exit_info.value).startswith("error: --resume") and other[0] in str(exit_info.value)
@@ -240,7 +239,7 @@ def test_active_bad_flags(tmp_path, pretrained):
 
 def test_epoch_lines_show_progress_in_a_long_round_and_change_nothing(tmp_path, monkeypatch, capsys):
     """A round at 100% of I3A trains for 23 to 25 minutes on 2 cores: fine_tune prints epoch lines meanwhile."""
-    common = TINY + ["--synthetic-cells", "100", "--max-epochs", "3", "--patience", "10", "--limit", "1", "--scratch"]
+    common = TINY + ["--synthetic-cells", "100", "--max-epochs", "3", "--limit", "1", "--scratch"]
     quiet = active.main(common + ["--out", str(tmp_path / "quiet")])
     assert "  epoch " not in capsys.readouterr().out  # a tiny round is well under PROGRESS_SECONDS
     monkeypatch.setattr(active, "PROGRESS_SECONDS", 0)
@@ -253,14 +252,18 @@ def test_epoch_lines_show_progress_in_a_long_round_and_change_nothing(tmp_path, 
     )
 
 
-def test_cached_loop_matches_the_full_network_loop(pretrained, tmp_path):
-    """The optimised path (cached frozen layers, float16) against --no-cache (whole network every step).
+def test_cached_loop_matches_the_full_network_loop(pretrained, tmp_path, monkeypatch):
+    """The optimised path (cached frozen layers, float16) against the whole network every step.
 
     Only what must agree on any machine is compared: a tiny run's test metrics and later queries hinge on
     close calls that float16 rounding can flip, and then the two runs drift apart as two seeds do."""
     common = TINY + ["--synthetic-cells", "300", "--limit", "0.3", "--max-epochs", "3", "--checkpoint", str(pretrained)]
     cached = active.main(common + ["--out", str(tmp_path / "cached")])
-    full = active.main(common + ["--no-cache", "--out", str(tmp_path / "full")])
+    def full_network(model, images, device, precision):
+        return recipe.in_precision(recipe.forward_fn(model, images, None, device), device, precision)
+
+    monkeypatch.setattr(recipe, "run_forward", full_network)
+    full = active.main(common + ["--out", str(tmp_path / "full")])
     cached_rows = list(csv.DictReader((tmp_path / "cached" / "labeled.csv").open()))
     full_rows = list(csv.DictReader((tmp_path / "full" / "labeled.csv").open()))
     seed_set = [row["index"] for row in cached_rows if row["round"] == "0"]
@@ -272,8 +275,8 @@ def test_cached_loop_matches_the_full_network_loop(pretrained, tmp_path):
     model = network_from_checkpoint(torch.load(tmp_path / "cached" / "model.pt", weights_only=True))
     dataset = synthetic.synthetic_dataset("target", 300, seed=0, image_size=32)
     everything = torch.arange(len(dataset))
-    cache = active.early_feature_cache(model, dataset.images, "cpu")
-    cached_forward = active.forward_fn(model, None, cache, "cpu")
+    cache = recipe.early_feature_cache(model, dataset.images, "cpu")
+    cached_forward = recipe.forward_fn(model, None, cache, "cpu")
     through_cache = predict_probabilities(model, everything, "cpu", forward=cached_forward)
     through_network = predict_probabilities(model, dataset.images, "cpu")
     assert (entropy(through_cache) - entropy(through_network)).abs().max() < 0.01
@@ -290,10 +293,11 @@ def test_fine_tune_stops_when_the_loss_stops_falling(pretrained):
     """Sec. 3.1's rule: stopped by patience well before the cap, every epoch a pass over the labeled cells."""
     dataset = synthetic.synthetic_dataset("target", 120, seed=0, image_size=32)
     model = transfer(network_from_checkpoint(torch.load(pretrained, weights_only=True)), 6)
-    forward = active.forward_fn(model, dataset.images, None, "cpu")
+    forward = recipe.forward_fn(model, dataset.images, None, "cpu")
     labeled, generator = list(range(0, 120, 4)), torch.Generator().manual_seed(0)
     settings = {**active.TRAINING, "lr": 0.5, "max_epochs": 40, "patience": 2}
-    fit = active.fine_tune(model, forward, dataset.labels, labeled, generator, {**settings, "stop_weights": "last"})
+    cells = torch.tensor(labeled)
+    fit = active.fine_tune(model, forward, cells, dataset.labels[cells], generator, {**settings, "stop_weights": "last"})
     assert fit["seen"] == fit["epochs"] * len(labeled) and math.isfinite(fit["train_loss"])
     assert fit["epochs"] < 40  # a large learning rate on 30 cells: the loss stalls well before 40 epochs
 
@@ -303,7 +307,7 @@ def test_early_feature_cache_holds_every_cell_once_in_float16():
     torch.manual_seed(0)
     model = ParallelResNet(6).eval()
     images = torch.randint(0, 256, (37, 1, 32, 32), dtype=torch.uint8)
-    approximations, details = active.early_feature_cache(model, images, "cpu", batch_size=16)
+    approximations, details = recipe.early_feature_cache(model, images, "cpu", batch_size=16)
     with torch.no_grad():
         expected = model.early_features(*data.model_inputs(images, "cpu"))
     assert approximations.dtype == details.dtype == torch.float16 and approximations.shape == (
@@ -326,10 +330,10 @@ def test_precision_follows_what_the_device_computes_in():
     def forward(x):
         return x @ x
 
-    assert devices.in_precision(forward, cpu, "float32") is forward  # the exact path is today's function itself
+    assert recipe.in_precision(forward, cpu, "float32") is forward  # the exact path is today's function itself
     x = torch.randn(8, 8)
-    assert devices.in_precision(forward, cpu, "bfloat16")(x).dtype == torch.float32  # back in float32 for the loss
-    assert not torch.equal(devices.in_precision(forward, cpu, "bfloat16")(x), forward(x))  # computed in bfloat16
+    assert recipe.in_precision(forward, cpu, "bfloat16")(x).dtype == torch.float32  # back in float32 for the loss
+    assert not torch.equal(recipe.in_precision(forward, cpu, "bfloat16")(x), forward(x))  # computed in bfloat16
 
 
 def test_a_bfloat16_run_trains_learns_and_says_so(pretrained, tmp_path, monkeypatch, capsys):
@@ -352,18 +356,19 @@ def test_weight_averaging_keeps_the_mean_of_the_later_epochs():
     weights = [{"w": torch.tensor([float(i), 2.0 * i]), "n": torch.tensor(i)} for i in range(1, 5)]
     mean = None
     for count, state in enumerate(weights, start=1):
-        mean = active.running_mean(mean, state, count)
+        mean = recipe.running_mean(mean, state, count)
     assert torch.allclose(mean["w"], torch.tensor([2.5, 5.0])) and mean["n"] == 4  # counters: the latest
     dataset = synthetic.synthetic_dataset("target", 120, seed=0, image_size=32)
     torch.manual_seed(0)
     model = ParallelResNet(6)
     seen = []
-    forward = active.forward_fn(model, dataset.images, None, "cpu")
-    real = active.running_mean
-    active.running_mean = lambda mean, state, count: seen.append(count) or real(mean, state, count)
+    forward = recipe.forward_fn(model, dataset.images, None, "cpu")
+    real = recipe.running_mean
+    recipe.running_mean = lambda mean, state, count: seen.append(count) or real(mean, state, count)
     try:
-        labeled, generator = list(range(0, 120, 3)), torch.Generator().manual_seed(0)
-        fit = active.fine_tune(model, forward, dataset.labels, labeled, generator, {**active.TRAINING, "max_epochs": 5})
+        cells, generator = torch.arange(0, 120, 3), torch.Generator().manual_seed(0)
+        settings = {**active.TRAINING, "max_epochs": 5}
+        fit = active.fine_tune(model, forward, cells, dataset.labels[cells], generator, settings)
     finally:
-        active.running_mean = real
+        recipe.running_mean = real
     assert fit["epochs"] == 5 and seen == [1, 2, 3]  # epochs 3, 4 and 5 averaged

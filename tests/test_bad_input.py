@@ -9,14 +9,10 @@ from conftest import TINY, fails
 from PIL import Image
 
 import active
-import campaign
 import data
-import layouts
-import runs
 import evaluate
-import experiments
-import labeling
 import train
+from lab import campaign, experiments, labeling, layouts, runs
 
 
 @pytest.mark.parametrize(
@@ -30,7 +26,8 @@ import train
 )
 def test_training_flags_are_checked_in_train_and_active(flags, flag, tmp_path):
     fails(train.main, TINY + ["--out", str(tmp_path / "p.pt")] + flags, flag)
-    fails(active.main, TINY + ["--scratch", "--out", str(tmp_path / "run")] + flags, flag)
+    if flags[0] != "--patience":  # active.py's patience is Sec. 3.1's five, not a flag
+        fails(active.main, TINY + ["--scratch", "--out", str(tmp_path / "run")] + flags, flag)
 
 
 def test_device_that_is_not_there():
@@ -179,6 +176,5 @@ def test_predict_lists_unreadable_images_and_classifies_the_rest(pretrained, tmp
 def test_data_that_is_a_file_but_not_a_csv_and_bench_counts(tmp_path):
     (tmp_path / "labels.txt").write_text("a.png,golgi\n")
     fails(train.main, ["--data", str(tmp_path / "labels.txt")], "--data", "labels.txt", "expected a folder")
-    import bench
-
+    from lab import bench
     fails(bench.main, ["--quick", "--epochs", "0"], "--epochs 0")

@@ -4,7 +4,7 @@ import pytest
 from conftest import TINY
 
 import active
-import bench
+from lab import bench
 
 
 def test_bench_quick_prints_a_table_and_a_speedup(pretrained, capsys):

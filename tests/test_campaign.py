@@ -8,10 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-import campaign
 import data
-import layouts
-import synthetic
+from lab import campaign, layouts, synthetic
 
 
 @pytest.fixture()

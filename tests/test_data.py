@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 import data
-import synthetic
 from data import DataError
-from layouts import canonical_class, load_dataset
-from splits import stratified_split
+from lab import synthetic
+from lab.layouts import canonical_class, load_dataset
+from lab.splits import stratified_split
 from wavelets import haar_split
 
 

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 import active
-import synthetic
 import evaluate
 from evaluate import confusion_matrix, mca_aca
+from lab import synthetic
 
 
 def test_mca_aca_on_a_hand_built_confusion_matrix():

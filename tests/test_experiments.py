@@ -1,4 +1,4 @@
-"""The experiment grid (experiments.py): tables, plots, resuming a half-finished grid, and its flags."""
+"""The experiment grid (lab/experiments.py): tables, plots, resuming a half-finished grid, and its flags."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 from conftest import TINY
 
 import active
-import experiments
+from lab import experiments
 
 
 def test_grid_writes_tables_and_plots_and_completes_a_half_finished_grid(pretrained, tmp_path, monkeypatch):
@@ -35,7 +35,7 @@ def test_grid_writes_tables_and_plots_and_completes_a_half_finished_grid(pretrai
         path.unlink()
     (out / "rs-limit1-seed1").rmdir()
     resumes, real_run = [], active.run  # each run the grid starts: whether it resumes
-    monkeypatch.setattr(active, "run", lambda args: resumes.append(args.resume) or real_run(args))
+    monkeypatch.setattr(active, "run", lambda job: resumes.append(job["settings"]["resume"]) or real_run(job))
     summarized = experiments.main(flags + ["--summarize-only"])  # runs nothing, tabulates the six finished runs
     assert len(summarized) == 6 and not resumes
     assert len((out / "results.csv").read_text().splitlines()) == 7

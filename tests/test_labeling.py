@@ -1,4 +1,4 @@
-"""The labeling page (labeling.py, `python labeling.py CAMPAIGN`): its requests through the standard library's HTTP client,
+"""The labeling page (lab/labeling.py, `python -m lab.labeling CAMPAIGN`): its requests through the standard library's HTTP client,
 the same campaign done from the page and from the CSVs, and one test in a real browser (Chromium via Playwright)."""
 
 import csv
@@ -15,10 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-import campaign
 import data
-import labeling
-import synthetic
+from lab import campaign, labeling, synthetic
+
 
 def make_pool(folder: Path, count: int, seed: int = 11) -> dict:
     folder.mkdir()

@@ -14,13 +14,9 @@ from conftest import TINY, fails
 from PIL import Image
 
 import active
-import bench
-import campaign
-import experiments
-import layouts
-import runs
 import train
 from data import DataError, read_cell
+from lab import bench, campaign, experiments, layouts, runs
 
 
 def write_folder(root, per_class=8, seed=0):

@@ -10,8 +10,7 @@ import pytest
 from conftest import TINY, fails
 
 import active
-import runs
-
+from lab import runs
 
 # 8. A stale lock whose process id is alive again -------------------------------------------------------------------
 
@@ -43,8 +42,7 @@ def test_the_cache_is_keyed_on_contents_checks_its_entries_and_cleans_killed_wri
     import torch
     from PIL import Image
 
-    import layouts
-
+    from lab import layouts
     root = tmp_path / "cells"
     for folder, value in (("Homogeneous", 40), ("Golgi", 200)):
         (root / folder).mkdir(parents=True)
@@ -95,8 +93,7 @@ def _pool_of(folder, names, tmp_path):
     from PIL import Image
 
     import data
-    import synthetic
-
+    from lab import synthetic
     folder.mkdir()
     rng, truth = np.random.default_rng(7), {}
     for index, name in enumerate(names):
@@ -110,7 +107,7 @@ def _fill(csv_path, truth, encoding="utf-8", delimiter=","):
     """Fill the label column as a person in a spreadsheet would: the cells as shown (a leading ' kept)."""
     import csv
 
-    from layouts import read_csv_rows
+    from lab.layouts import read_csv_rows
 
     rows, _ = read_csv_rows(csv_path)  # the file names as the campaign meant them
     with open(csv_path, newline="") as handle:
@@ -123,15 +120,13 @@ def _fill(csv_path, truth, encoding="utf-8", delimiter=","):
 
 
 def _campaign(pool, pretrained, folder, n=6):
-    import campaign
-
+    from lab import campaign
     flags = ["query", "--pool", str(pool), "--checkpoint", str(pretrained), "--n", str(n), "--out", str(folder)]
     return campaign.main(flags + ["--max-epochs", "1", "--device", "cpu", "--holdout", "0"])
 
 
 def test_every_labeled_cell_is_checked_at_each_step_and_can_be_dropped(tmp_path, pretrained):
-    import campaign
-
+    from lab import campaign
     truth = _pool_of(tmp_path / "pool", [f"cell{i:02d}.png" for i in range(12)], tmp_path)
     folder = tmp_path / "campaign"
     _campaign(tmp_path / "pool", pretrained, folder)
@@ -141,11 +136,11 @@ def test_every_labeled_cell_is_checked_at_each_step_and_can_be_dropped(tmp_path,
     _fill(folder / "round-001.csv", truth)
     other = next(name for name in truth if name not in labeled and truth[name] != truth[labeled[0]])
     (tmp_path / "pool" / labeled[0]).write_bytes((tmp_path / "pool" / other).read_bytes())  # another class's cell
-    fails(campaign.main, ["ingest", str(folder), "--device", "cpu"], labeled[0], "changed", "campaign.py drop")
+    fails(campaign.main, ["ingest", str(folder), "--device", "cpu"], labeled[0], "changed", "python -m lab.campaign drop")
     (tmp_path / "pool" / labeled[1]).unlink()
     fails(campaign.main, ["drop", str(folder), "nothing.png"], "nothing.png", "not in the ledger")
     campaign.main(["drop", str(folder), labeled[0]])
-    fails(campaign.main, ["ingest", str(folder), "--device", "cpu"], labeled[1], "is gone", "campaign.py drop")
+    fails(campaign.main, ["ingest", str(folder), "--device", "cpu"], labeled[1], "is gone", "python -m lab.campaign drop")
     campaign.main(["drop", str(folder), labeled[1]])
     state = campaign.main(["ingest", str(folder), "--device", "cpu"])
     exported = (folder / "export" / "labels.csv").read_text()
@@ -154,8 +149,7 @@ def test_every_labeled_cell_is_checked_at_each_step_and_can_be_dropped(tmp_path,
 
 
 def test_a_campaign_step_happens_whole_or_not_at_all_and_removes_only_its_own_files(tmp_path, pretrained):
-    import campaign
-
+    from lab import campaign
     truth = _pool_of(tmp_path / "pool", [f"cell{i:02d}.png" for i in range(12)], tmp_path)
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -177,8 +171,7 @@ def test_a_campaign_step_happens_whole_or_not_at_all_and_removes_only_its_own_fi
 
 
 def test_file_names_as_users_make_them(tmp_path, pretrained):
-    import campaign
-
+    from lab import campaign
     names = [" lead.png", "new\nline.png", "=cmd.png", "+plus.png", "-minus.png", "@at.png", "plain.png", "é.png"]
     truth = _pool_of(tmp_path / "pool", names, tmp_path)
     folder = tmp_path / "campaign"
@@ -199,7 +192,7 @@ def test_file_names_as_users_make_them(tmp_path, pretrained):
     shown = tmp_path / "é-campaign"
     folder.rename(shown)
     env = dict(os.environ, PYTHONIOENCODING="ascii")
-    done = subprocess.run([sys.executable, "campaign.py", "status", str(shown)], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "lab.campaign", "status", str(shown)], env=env, capture_output=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0 and b"\\xe9-campaign" in done.stdout
 
@@ -285,8 +278,9 @@ def test_no_command_writes_over_a_file_it_reads_or_another_runs_records(tmp_path
 
 
 def test_a_grid_takes_a_finished_run_only_on_the_same_data_and_names_each_value_once(tmp_path, pretrained):
-    import experiments
     from test_specimens import write_cells, write_specimens_csv
+
+    from lab import experiments
 
     root = tmp_path / "cells"
     root.mkdir()

@@ -9,15 +9,12 @@ import torch
 from PIL import Image
 
 import active
-import campaign
-import data
-import splits
-import synthetic
 import evaluate
 import train
 from data import DataError
-from layouts import load_dataset
-from splits import SPLIT_TOLERANCE, resolve_split, specimen_split
+from lab import campaign, splits, synthetic
+from lab.layouts import load_dataset
+from lab.splits import SPLIT_TOLERANCE, resolve_split, specimen_split
 
 
 def sides_of(parts, specimens):

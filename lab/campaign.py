@@ -2,11 +2,11 @@
 
 The paper simulates the annotator with stored labels; a lab has unlabeled cells and one expert:
 
-    python campaign.py query --pool DIR --checkpoint runs/pretrained.pt --n 50 --out CAMPAIGN
+    python -m lab.campaign query --pool DIR --checkpoint runs/pretrained.pt --n 50 --out CAMPAIGN
     (fill the label column of CAMPAIGN/round-000.csv, looking at CAMPAIGN/round-000.png)
-    python campaign.py ingest CAMPAIGN      # validates, adds the labels, fine-tunes, writes the next query
-    python campaign.py status CAMPAIGN
-    python labeling.py CAMPAIGN             # the same steps on a local web page
+    python -m lab.campaign ingest CAMPAIGN      # validates, adds the labels, fine-tunes, writes the next query
+    python -m lab.campaign status CAMPAIGN
+    python -m lab.labeling CAMPAIGN             # the same steps on a local web page
 
 Round 0 is a random sample (the seed set); later rounds ask the most uncertain
 cells (entropy, Eq. 3) after fine-tuning on every label so far (Sec. 3.1), with
@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 
-from active import MAX_EPOCHS, TRAINING, early_feature_cache, entropy, fine_tune, forward_fn, select_most_uncertain
-from commands import check_flags, run_command
+from active import TRAINING, entropy, fine_tune, select_most_uncertain
 from data import SHORT_NAMES, TARGET_CLASSES, DataError, read_cell
-from devices import add_device_flag, pick_device, seed_everything
 from evaluate import predict_probabilities, summarize
-from layouts import canonical_class, load_unlabeled, parse_class_list, read_csv_rows, specimens_in, spreadsheet_cell
-from model import ParallelResNet, freeze_early_layers, transfer
-from pictures import draw_contact_sheet
-from runs import (
+from lab.commands import check_flags, run_command
+from lab.devices import add_device_flag, pick_device, seed_everything
+from lab.layouts import canonical_class, load_unlabeled, parse_class_list, read_csv_rows, specimens_in, spreadsheet_cell
+from lab.pictures import draw_contact_sheet
+from lab.recipe import MAX_EPOCHS, early_feature_cache, forward_fn
+from lab.runs import (
     CHECKPOINT_FORMAT,
     NUMBER,
     check_fields,
@@ -48,6 +48,7 @@ from runs import (
     read_json,
     write_all_atomic,
 )
+from model import ParallelResNet, freeze_early_layers, transfer
 
 SKIP = "skip"
 
@@ -76,7 +77,7 @@ ENTRY_FIELDS["history"].update(validation=(dict, type(None)))
 def load_campaign(folder: Path) -> dict:
     path = folder / "campaign.json"
     if not path.is_file():
-        raise DataError(f"{folder}: not a campaign folder (no campaign.json); start one with `campaign.py query`")
+        raise DataError(f"{folder}: not a campaign folder (no campaign.json); start one with `python -m lab.campaign query`")
     state = check_fields(read_json(path), CAMPAIGN_FIELDS, path, "a campaign's state")
     for key, fields in ENTRY_FIELDS.items():
         for entry in state[key]:
@@ -166,7 +167,7 @@ def campaign_model(state: dict, folder: Path, device) -> ParallelResNet:
 def start_campaign(args) -> dict:
     folder, pool = Path(args.out), Path(args.pool)
     if (folder / "campaign.json").exists():
-        raise DataError(f"--out {folder}: a campaign is already there; continue it with `campaign.py ingest {folder}`")
+        raise DataError(f"--out {folder}: a campaign is already there; continue it with `python -m lab.campaign ingest {folder}`")
     foreign = sorted(path.name for path in folder.iterdir() if not MADE.match(path.name)) if folder.is_dir() else []
     if foreign:  # a campaign writes and removes only files of its own
         raise DataError(f"--out {folder}: holds files of its own (e.g. {foreign[0]}); start the campaign in a new folder")
@@ -212,7 +213,7 @@ def start_campaign(args) -> dict:
     commit(folder, state, writes, campaign_checkpoint(model, state, None), previous_model=None)
     print(f"round 0: {len(chosen)} cells picked at random from {len(names)} in {pool}")
     print(
-        f"label them in {folder / 'round-000.csv'} (see {folder / 'round-000.png'}), then `campaign.py ingest {folder}`"
+        f"label them in {folder / 'round-000.csv'} (see {folder / 'round-000.png'}), then `python -m lab.campaign ingest {folder}`"
     )
     return state
 
@@ -348,7 +349,7 @@ def check_ledger(folder: Path, state: dict) -> None:
             what = "is gone" if gone else "changed"
             raise DataError(
                 f"{path}: labeled '{entry['label']}' in round {entry['round']}, but the file {what} since; put it back "
-                f"as it was, or drop its label with `campaign.py drop {folder} {entry['file']}` (a cell still in the "
+                f"as it was, or drop its label with `python -m lab.campaign drop {folder} {entry['file']}` (a cell still in the "
                 "pool is then asked again)"
             )
 
@@ -421,7 +422,9 @@ def train_and_check(model, forward, labels, training: list[int], held_out: list[
     epochs, kept, training_loss = 0, 0, None
     if training:
         generator = torch.Generator().manual_seed(state["seed"] * 100_003 + state["round"] + 1)
-        fit = fine_tune(model, forward, labels, training, generator, {**TRAINING, "max_epochs": state["max_epochs"]})
+        cells = torch.tensor(training, dtype=torch.int64)
+        settings = {**TRAINING, "max_epochs": state["max_epochs"]}
+        fit = fine_tune(model, forward, cells, labels[cells], generator, settings)
         epochs, kept, training_loss = fit["epochs"], fit["epochs"], fit["train_loss"]  # the last epoch's weights
     validation = None
     if held_out:

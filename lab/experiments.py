@@ -1,6 +1,6 @@
 """The paper's experiment grid (Sec. 3.2, 3.3, Figs. 11-17): cases x limits x seeds through active.py's run.
 
-    python experiments.py --data ../shared/data/i3a --cases rs al in-rs in-al --limits 0.1 0.2 0.4 1 \\
+    python -m lab.experiments --data ../shared/data/i3a --cases rs al in-rs in-al --limits 0.1 0.2 0.4 1 \\
         --seeds 0 1 2 --out runs/grid-i3a [any active.py flag, e.g. --max-epochs 10]
 
 Runs every (case, limit, seed) into OUT/<case>-limit<limit>-seed<seed> with
@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 import active
-import records
-from commands import run_command
 from data import SHORT_NAMES, DataError
 from evaluate import mca_aca_of, per_class_accuracy
-from pictures import draw_bar_chart, draw_confusion, draw_line_chart
-from records import read_results
-from runs import data_fingerprint, fingerprint_digest, other_settings, write_text_atomic
+from lab import records
+from lab.commands import run_command
+from lab.pictures import draw_bar_chart, draw_confusion, draw_line_chart
+from lab.records import read_results
+from lab.runs import data_fingerprint, fingerprint_digest, other_settings, write_text_atomic
 
 CASES = {
     "rs": ["--scratch", "--strategy", "random"],
@@ -137,7 +137,7 @@ def run_grid(grid_args, run_flags: list[str]) -> list[dict]:
         else:  # the same command resumes a run killed half-way (and refuses other flags than its own)
             args.resume = (run_dir / "state.pt").exists()
             print(f"grid: {'resuming' if args.resume else 'running'} {run_dir.name}")
-            results = active.run(args)
+            results = active.run(records.open_run(args, active.build_parser()))
         rows.append({"case": case, "limit": limit, "seed": seed, "fold": fold, "results": results})
         if list(results["per_class"]) != list(rows[0]["results"]["per_class"]):  # one table holds one set of classes
             raise DataError(f"--out {out}: {run_dir.name} has other classes than the grid's first run; did the data change?")
@@ -170,10 +170,10 @@ def pooled_runs(rows, folds: int | None) -> list[dict]:
 
 def data_digest(args, digests: dict) -> str:
     """The fingerprint digest of the data this run would read now (runs.fingerprint_digest), once per kind of data."""
-    key = (args.data, args.classes, args.specimens, args.scratch, args.checkpoint, args.image_size, args.normalize)
+    key = (args.data, args.specimens, args.scratch, args.checkpoint, args.image_size, args.normalize)
     key += (args.synthetic_cells, args.seed if args.data is None else None)  # the synthetic cells depend on the seed
     if key not in digests:
-        digests[key] = fingerprint_digest(data_fingerprint(active.target_data(args)[0]))
+        digests[key] = fingerprint_digest(data_fingerprint(records.target_data(args, active.build_parser())[0]))
     return digests[key]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from runs import write_bytes_atomic
+from lab.runs import write_bytes_atomic
 
 
 def font_of_size(size: int):

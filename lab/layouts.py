@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from data import IMAGE_SIZE, CellDataset, DataError, prepare_cell, read_cell
-from runs import remove_stale_temporaries, save_atomic
-from synthetic import synthetic_dataset
+from lab.runs import remove_stale_temporaries, save_atomic
+from lab.synthetic import synthetic_dataset
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"}
 

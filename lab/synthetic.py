@@ -14,7 +14,6 @@ import torch
 
 from data import IMAGE_SIZE, SOURCE_CLASSES, TARGET_CLASSES, CellDataset, prepare_cell
 
-
 # LSHEp-2's imbalance (Sec. 3.2: 375 Golgi and 814 nuclear membrane among 10,152 random cells).
 TARGET_PROPORTIONS = {
     "homogeneous": 0.22,

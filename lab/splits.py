@@ -12,8 +12,9 @@ chosen there, never on the test specimens.
 import torch
 
 from data import CellDataset, DataError
-from layouts import get_dataset, parse_class_list
-from runs import preprocessing
+from lab.layouts import get_dataset, parse_class_list
+from lab.runs import preprocessing
+
 
 def stratified_split(labels: torch.Tensor, fractions: list[float], seed: int) -> list[torch.Tensor]:
     """Split indices class by class into len(fractions) parts of those fractions (seeded).
@@ -128,8 +129,9 @@ def specimen_split(
     return [torch.tensor(sorted(part), dtype=torch.int64) for part in parts]
 
 
-def add_split_flags(parser, sides: str) -> None:
-    """--specimens and --split, the same in every script that splits data."""
+def add_split_flags(parser, sides: str, folds: bool = False) -> None:
+    """--specimens and --split, the same in every script that splits data; with folds (active.py) --fold, --folds
+    and --development too."""
     parser.add_argument(
         "--specimens",
         default=None,
@@ -142,6 +144,36 @@ def add_split_flags(parser, sides: str) -> None:
         help=f"keep each specimen whole on one side of {sides}, or split cells (default: specimen when every "
         "cell's specimen is known, else cells)",
     )
+    if not folds:
+        return
+    fold = "test on this fold of --folds (cross-validation by specimen: each specimen tested in one fold; the "
+    fold += "folds fixed by the data, whatever --seed) instead of the seeded 80/20 split (default: off)"
+    parser.add_argument("--fold", type=int, default=None, help=fold)
+    parser.add_argument("--folds", type=int, default=FOLDS, help=f"how many folds --fold counts (default: {FOLDS})")
+    development = "leave the test specimens out, split the pool again into a development pool and test (default: off)"
+    parser.add_argument("--development", action="store_true", help=development)
+
+
+TEST_FRACTION = 0.2  # Sec. 3.1: "A 80-20% splitting was performed"
+
+
+def split_parts(args) -> dict:
+    """How Step 1 splits: 80/20 by --seed, or fold --fold of --folds (fixed by the data; pool_and_test).
+    --development: the pool side split again, the test side set aside unseen."""
+    fractions = [1 - TEST_FRACTION, TEST_FRACTION]
+    parts = {"names": ["pool", "test"], "fractions": fractions, "seed": args.seed, "development": args.development}
+    return {**parts, "fold": args.fold, "folds": args.folds}
+
+
+def run_split(dataset: CellDataset, args) -> tuple:
+    """active.py's Step 1: (how, its parts, the pool, the test side), each specimen whole on one side whenever
+    specimens are known; printed. The test side is only ever evaluated, never trained on or scored for selection
+    (Sec. 3.1: "the testing set was just used for validation, not for fine-tuning")."""
+    split, parts = resolve_split(args.split, dataset), split_parts(args)
+    pool, test = pool_and_test(dataset, split, parts)
+    sides = ["dev pool", "dev test"] if args.development else ["pool", "test"]
+    print(describe_split(dataset, split, [pool, test], sides, args.seed, args.fold, args.folds))
+    return split, parts, pool, test
 
 
 def resolve_split(requested: str | None, dataset: CellDataset) -> str:

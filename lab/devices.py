@@ -1,8 +1,8 @@
 """The device a run computes on, its seeds and its precision: the one helper of each every script shares.
 
 Not the paper (the workshop): --device auto picks cuda, then mps, then cpu, and nothing behaves
-differently by device except speed; bfloat16 autocast where the device computes in it, float32
-(--float32, the exact path) everywhere else (docs/speed.md).
+differently by device except speed; which precision a run computes in: bfloat16 autocast where the device
+computes in it (the recipe's, lab/recipe.in_precision), float32 (--float32, the exact path) everywhere else.
 """
 
 import random
@@ -65,20 +65,6 @@ def precision_line(device: torch.device, precision: str) -> str:
         return f"precision: bfloat16 autocast ({device.type} computes in it; --float32 for the exact path)"
     why = "--float32" if computes_bfloat16(device) else f"this {device.type} does not compute in bfloat16"
     return f"precision: float32 ({why})"
-
-
-def in_precision(forward, device: torch.device, precision: str):
-    """forward under bfloat16 autocast when precision says so, its output back in float32: the convolutions and
-    the linear layers compute in bfloat16, while the loss, the softmax and the entropy, the BatchNorm statistics
-    and the optimizer's state stay float32. With float32, forward itself: the exact path."""
-    if precision == "float32":
-        return forward
-
-    def autocast_forward(*inputs):
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-            return forward(*inputs).float()
-
-    return autocast_forward
 
 
 def check_same_precision(saved: dict, made: dict, path) -> None:

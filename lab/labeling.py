@@ -1,13 +1,13 @@
 """A local web page for a labeling campaign: the person in the loop labels the pending query in a browser.
 
-Not the paper (the workshop): the paper's oracle reveals stored labels; campaign.py puts a person in its
+Not the paper (the workshop): the paper's oracle reveals stored labels; lab/campaign.py puts a person in its
 place, and this page is that person's screen. Started by
 
-    python labeling.py CAMPAIGN                # prints the page's address, on the loopback address only
+    python -m lab.labeling CAMPAIGN                # prints the page's address, on the loopback address only
 
 The page shows the pending query's cells one at a time, large, with the model's two most probable classes and
 the cell's entropy (Eq. 3); a key per class (1 to 6), s to skip, u to undo, arrows to move; a button starts the
-next round, the same step as `campaign.py ingest`. Each label is one cell's update of the round's CSV, written
+next round, the same step as `python -m lab.campaign ingest`. Each label is one cell's update of the round's CSV, written
 atomically before the page shows it saved, so the page and the CSV are two views of one state.
 
 Security: the server listens on 127.0.0.1 only and answers only Host headers naming it (no DNS rebinding);
@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import campaign
 from data import DataError, read_cell
-from commands import run_command
-from devices import add_device_flag, pick_device
-from layouts import canonical_class, read_csv_rows, spreadsheet_cell
-from runs import write_text_atomic
+from lab import campaign
+from lab.commands import run_command
+from lab.devices import add_device_flag, pick_device
+from lab.layouts import canonical_class, read_csv_rows, spreadsheet_cell
+from lab.runs import write_text_atomic
 
 HEADER = ["number", "file", "round", "entropy", "first", "p_first", "second", "p_second", "label"]
 
@@ -105,7 +105,7 @@ class Labeling:
             return rows[number - 1]
 
     def next_round(self) -> None:
-        """Start `campaign.py ingest` in the background; refused while one runs."""
+        """Start `python -m lab.campaign ingest` in the background; refused while one runs."""
         with self.lock:
             if self.training is not None and self.training.is_alive():
                 raise DataError("the next round is already being trained")
@@ -212,7 +212,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    parser.add_argument("campaign", help="campaign folder (made by `python campaign.py query`)")
+    parser.add_argument("campaign", help="campaign folder (made by `python -m lab.campaign query`)")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: 0, any free one)")
     add_device_flag(parser)
     return parser

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
-from commands import check_flags, check_image_size, refuse_unused
 from data import SHORT_NAMES, DataError
-from devices import check_same_precision
 from evaluate import format_report, predict_probabilities, summarize
-from layouts import spreadsheet_cell
-from pictures import draw_confusion
-from runs import (
+from lab.commands import check_flags, check_image_size, refuse_unused
+from lab.devices import check_same_precision, pick_device, pick_precision, precision_line, seed_everything
+from lab.layouts import get_dataset, spreadsheet_cell
+from lab.pictures import draw_confusion
+from lab.recipe import paper_settings
+from lab.runs import (
     CHECKPOINT_FORMAT,
     NUMBER,
     check_fields,
@@ -38,7 +39,9 @@ from runs import (
     fingerprint_digest,
     load_checkpoint,
     load_state,
+    network_from_checkpoint,
     other_settings,
+    preprocessing,
     read_json,
     release_lock,
     remove_stale_temporaries,
@@ -46,7 +49,7 @@ from runs import (
     take_lock,
     write_text_atomic,
 )
-from splits import specimens_of
+from lab.splits import run_split, specimens_of
 
 
 def unused_flags(args) -> list:
@@ -70,15 +73,11 @@ def check_run_flags(args, parser) -> None:
         raise DataError(f"--folds {args.folds}: expected at least 2")
     if args.fold is not None and not 0 <= args.fold < args.folds:
         raise DataError(f"--fold {args.fold}: expected a fold from 0 to {args.folds - 1} (--folds {args.folds})")
-    if args.fold is not None and args.test_fraction != 0.2:
-        raise DataError(f"--test-fraction {args.test_fraction}: --fold {args.fold} tests one fold of --folds instead")
-    if not 0 < args.test_fraction < 1:
-        raise DataError(f"--test-fraction {args.test_fraction}: expected a fraction in (0, 1)")
     for flag in ("k_fraction", "m_fraction"):
         if not 0 < getattr(args, flag) <= 1:
             name = flag.replace("_", "-")
             raise DataError(f"--{name} {getattr(args, flag)}: expected a fraction of the budget in (0, 1]")
-    check_flags(args, ("max_epochs", "patience", "batch_size", "synthetic_cells"))
+    check_flags(args, ("max_epochs", "batch_size", "synthetic_cells"))
     if args.final_tune < 0:
         raise DataError(f"--final-tune {args.final_tune}: expected a number of epochs, 0 (off) or more")
     if args.scratch:  # else the cells are prepared as the checkpoint's were
@@ -126,29 +125,78 @@ def round_line(record: dict, budget: int, seen: int) -> str:
     )
 
 
-def start_run(args, derived: dict, dataset, model, generator, pool, budget: int) -> dict:
-    """The run's book: what every round records, saves in state.pt and prints, and the objects it saves."""
-    book = {"args": args, "derived": derived, "dataset": dataset, "model": model, "generator": generator, "pool": pool}
-    book.update(fingerprint=data_fingerprint(dataset), budget=budget, rounds=[], setup_seconds=0.0)
-    return book  # the fingerprint: what state.pt records, so that a resume reads the same data
+def open_run(args, parser) -> dict:
+    """active.py's edge, before Table 1's first step: the flags checked (--paper applied), the device and seeds,
+    --out checked and locked, the target cells prepared as the checkpoint's source cells were, Step 1's split, and
+    with --resume the killed run's state.pt, refused where its data or precision differ from this command's.
+
+    Returns the job that active.run reads: settings (the flags, plain values), device, precision, dataset,
+    pretrained (the checkpoint's network, or None with --scratch), pool and test (Step 1's two sides), state; and
+    for this file's books args, derived (what the run worked out; args stay as given), fingerprint, started."""
+    started = time.time()
+    check_run_flags(args, parser)
+    paper_settings(args, parser)  # lab/recipe.py: the paper's value of each flag where the defaults depart
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    out, state = open_folder(args)
+    precision = pick_precision(device, args.float32)  # bfloat16 where the device computes in it
+    print(precision_line(device, precision))
+    dataset, checkpoint, preparation = target_data(args, parser)
+    split, parts, pool, test = run_split(dataset, args)  # Step 1: whole specimens on each side where known
+    derived = {"case": case_name(args), "out": str(out), "precision": precision, **preparation}
+    derived.update(split=split, split_parts=parts)
+    fingerprint = data_fingerprint(dataset)  # what state.pt records, so that a resume reads the same data
+    if state is not None:  # a resume goes on only with the data and the precision it ran with
+        check_resumable(state, fingerprint, derived, out / "state.pt")
+    pretrained = None if checkpoint is None else network_from_checkpoint(checkpoint)
+    job = {"settings": dict(vars(args)), "device": device, "precision": precision, "dataset": dataset}
+    job.update(pretrained=pretrained, pool=pool, test=test, state=state)
+    return {**job, "args": args, "derived": derived, "fingerprint": fingerprint, "started": started}
 
 
-def resume(book: dict, state: dict | None, run_started: float) -> None:
-    """Put a killed run's labels, weights and random states back (state: open_run's), and count the setup time."""
-    book["setup_seconds"] = time.time() - run_started
-    if state is None:
-        return
-    restore(state, Path(book["derived"]["out"]) / "state.pt", book, book["model"], book["generator"])
-    book["pool"].load_state_dict(state)
-    print(f"resumed {state['derived']['out']} after round {state['round']} ({len(book['pool'].labeled)} labeled)")
-    book.update(rounds=state["rounds"], setup_seconds=book["setup_seconds"] + state["setup_seconds"])
+def target_data(args, parser):
+    """(the target cells, the pretrained checkpoint or None, their preprocessing): the cells prepared as the
+    checkpoint's source cells were, so that target cells meet the network as source cells did, or as --image-size
+    and --normalize say with --scratch."""
+    pretrained = None if args.scratch else load_checkpoint(args.checkpoint)
+    image_size, normalize = (args.image_size, args.normalize) if args.scratch else preprocessing(pretrained)
+    if args.paper and normalize != "none":
+        why = f"--checkpoint {args.checkpoint} prepares its cells with the {normalize} stretch, not the paper's"
+        raise DataError(f"--paper: {why}; pretrain with `python train.py --paper` first (or add --scratch)")
+    for flag, value in (("image_size", image_size), ("normalize", normalize)):
+        given = getattr(args, flag)
+        if given != parser.get_default(flag) and given != value:  # a flag this run cannot use, refused in one line
+            why = f"a pretrained run prepares its cells as its --checkpoint's were ({value}; add --scratch to set it)"
+            raise DataError(f"--{flag.replace('_', '-')} {given}: {why}")
+    dataset = get_dataset(args.data, "target", None, image_size, normalize, args.seed, args.synthetic_cells, args.specimens)
+    return dataset, pretrained, {"image_size": image_size, "normalize": normalize}
 
 
-def restore(state: dict, path: Path, now: dict, model, generator, optimizer=None) -> None:
-    """The one resume step of both scripts: refuse other data or another precision than the killed run's (now: this
-    command's fingerprint and derived), then put its weights, optimizer and random states back."""
-    check_same_data(state["fingerprint"], now["fingerprint"], path)
-    check_same_precision(state.get("derived", {}), now["derived"], path)
+def start_run(job: dict, model, pool, generator, sizes: list[int]) -> dict:
+    """The run's book: what every round records, saves in state.pt and prints, and the objects it saves; with a
+    killed run's state (job["state"]), its labels, weights and random states put back."""
+    book = {key: job[key] for key in ("args", "derived", "dataset", "test", "fingerprint")}
+    book.update(model=model, generator=generator, pool=pool, budget=sum(sizes), rounds=[])
+    book["setup_seconds"] = time.time() - job["started"]
+    state = job["state"]
+    if state is not None:
+        restore(state, model, generator)
+        pool.load_state_dict(state)
+        print(f"resumed {state['derived']['out']} after round {state['round']} ({len(pool.ledger)} labeled)")
+        book.update(rounds=state["rounds"], setup_seconds=book["setup_seconds"] + state["setup_seconds"])
+    print(plan_line(book["derived"]["case"], len(pool), len(job["test"]), sizes))
+    return book
+
+
+def check_resumable(state: dict, fingerprint: dict, derived: dict, path: Path) -> None:
+    """The first half of the one resume step of both scripts: refuse other data or another precision than the
+    killed run's (this command's fingerprint and derived)."""
+    check_same_data(state["fingerprint"], fingerprint, path)
+    check_same_precision(state.get("derived", {}), derived, path)
+
+
+def restore(state: dict, model, generator, optimizer=None) -> None:
+    """The second half: put the killed run's weights, optimizer and random states back."""
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -160,19 +208,21 @@ def end_round(book: dict, round_index: int, chosen, scored: int, fit: dict, metr
     """A round's record (results.json keeps them all), state.pt written atomically, and its progress line."""
     dataset, pool = book["dataset"], book["pool"]
     queried = torch.bincount(dataset.labels[chosen], minlength=len(dataset.class_names)).tolist()
-    record = {"round": round_index, "labeled": len(pool.labeled), "queried": dict(zip(dataset.class_names, queried))}
+    record = {"round": round_index, "labeled": len(pool.ledger), "queried": dict(zip(dataset.class_names, queried))}
     record.update(mca=metrics["mca"], aca=metrics["aca"], per_class=metrics["per_class"], epochs=fit["epochs"])
     record.update(train_loss=fit["train_loss"], scored=scored, train_seconds=fit["seconds"])
     record.update(score_seconds=fit["started"] - started if scored else 0.0, seconds=time.time() - started)
     book["rounds"].append(record)
+    line = round_line(record, book["budget"], fit["seen"])
     save_state(book)
-    print(round_line(record, book["budget"], fit["seen"]), flush=True)
+    print(line, flush=True)
 
 
-def finish(book: dict, pool, test) -> dict:
+def finish(book: dict) -> dict:
     """The final test with the full network, then results.json, labeled.csv, model.pt and confusion.png."""
     args, made, dataset, model = book["args"], book["derived"], book["dataset"], book["model"]
-    labeled = book["pool"].labeled
+    pool, test = book["pool"], book["test"]
+    labeled = pool.ledger
     out, device, rounds = Path(made["out"]), next(model.parameters()).device, book["rounds"]
     # The final test metrics with the full network, in float32 whatever the run trained in: the published numbers
     # are exact, and evaluate.py on model.pt gives them again.
@@ -227,7 +277,7 @@ def labeled_csv(dataset, labeled: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The run's state: what --resume reads (the one resume design: runs.py)
+# The run's state: what --resume reads (the one resume design: lab/runs.py)
 
 
 STATE_FIELDS = {"args": dict, "derived": dict, "fingerprint": dict, "labeled": list, "rounds": list, "model": dict}
@@ -246,7 +296,7 @@ def read_results(path) -> dict:
     return results
 
 
-def open_run(args) -> tuple[Path, dict | None]:
+def open_folder(args) -> tuple[Path, dict | None]:
     """Check --out and hold its lock before any work: (the run folder, the killed run's state.pt when resuming).
 
     A run folder belongs to one run: a new run is refused where one of other settings was made."""
@@ -320,7 +370,8 @@ def start_pretraining(args, derived: dict, dataset, state: dict | None, model, o
     if state is None:
         return book
     path = _beside(book["out"], ".state")
-    restore(state, path, {"fingerprint": book["fingerprint"], "derived": derived}, model, generator, optimizer)
+    check_resumable(state, book["fingerprint"], derived, path)
+    restore(state, model, generator, optimizer)
     may_change = "a resume may change --max-epochs, --patience, --device"
     print(f"resumed from {path} after epoch {state['epoch']} ({may_change})")
     book.update({key: state[key] for key in PROGRESS})

@@ -14,14 +14,14 @@ again. This script measures, in one run and on the same data:
         in large inference batches;
   * a whole IN-AL run of active.py end to end: wall time, peak memory, MCA.
 
-    python bench.py --data ../shared/data/i3a --checkpoint runs/pretrained.pt
-    python bench.py --quick                       # about a minute, synthetic cells
+    python -m lab.bench --data ../shared/data/i3a --checkpoint runs/pretrained.pt
+    python -m lab.bench --quick                       # about a minute, synthetic cells
 
 It ends with `speedup: N.Nx`, the labeling round optimised over straightforward.
 Two more jobs of the same kind, each on its own:
 
-    python bench.py --levers                      # the upper layers' img/s under each speed lever
-    python bench.py --curve runs/scale            # a run's round time against its labeled cells, as a PNG
+    python -m lab.bench --levers                      # the upper layers' img/s under each speed lever
+    python -m lab.bench --curve runs/scale            # a run's round time against its labeled cells, as a PNG
 """
 
 import argparse
@@ -38,16 +38,17 @@ import torch
 import torch.nn.functional as F
 
 import active
-from commands import check_flags, run_command
 from data import DataError, model_inputs, prepare_cell, read_cell
-from devices import add_device_flag, computes_bfloat16, pick_device, seed_everything
 from evaluate import predict_probabilities
-from layouts import get_dataset, load_dataset
+from lab import recipe
+from lab.commands import check_flags, run_command
+from lab.devices import add_device_flag, computes_bfloat16, pick_device, seed_everything
+from lab.layouts import get_dataset, load_dataset
+from lab.pictures import draw_round_times
+from lab.records import ROUND_FIELDS, STATE_FIELDS, read_results
+from lab.runs import check_fields, load_checkpoint, network_from_checkpoint, preprocessing
+from lab.splits import stratified_split
 from model import ParallelResNet, freeze_early_layers, trainable_parameters, transfer
-from pictures import draw_round_times
-from records import ROUND_FIELDS, STATE_FIELDS, read_results
-from runs import check_fields, load_checkpoint, network_from_checkpoint, preprocessing
-from splits import stratified_split
 
 
 def straightforward_round(model, dataset, labeled, unlabeled, epochs, batch_size, device, from_files):
@@ -85,13 +86,14 @@ def straightforward_round(model, dataset, labeled, unlabeled, epochs, batch_size
 
 def optimised_round(model, dataset, labeled, unlabeled, epochs, batch_size, device, cache):
     """The same round the way active.py runs it: from the cached output of the frozen layers."""
-    forward = active.forward_fn(model, dataset.images, cache, device)
+    forward = recipe.forward_fn(model, dataset.images, cache, device)
     # The same work as straightforward_round: no BatchNorm recalibration pass (both would add one).
     started = time.time()
     generator = torch.Generator().manual_seed(0)
     fixed = dict(max_epochs=epochs, patience=epochs + 1, batch_size=batch_size, stop_weights="last")
     fixed["batchnorm"] = "running"
-    active.fine_tune(model, forward, dataset.labels, labeled, generator, {**active.TRAINING, **fixed})
+    cells = torch.as_tensor(labeled, dtype=torch.int64)
+    active.fine_tune(model, forward, cells, dataset.labels[cells], generator, {**active.TRAINING, **fixed})
     train_seconds = time.time() - started
     started = time.time()
     active.entropy(predict_probabilities(model, unlabeled, device, 64, forward=forward))
@@ -379,7 +381,7 @@ def time_one_round(args, checkpoint: dict, dataset, device, rows: list) -> float
     torch.manual_seed(0)
     model = transfer(network_from_checkpoint(checkpoint), len(dataset.class_names)).to(device)
     started = time.time()
-    cache = active.early_feature_cache(model, dataset.images, device)
+    cache = recipe.early_feature_cache(model, dataset.images, device)
     cache_seconds = time.time() - started
     print(f"bench: straightforward round took {slow_train + slow_score:.1f} s; optimised round...")
     fast_train, fast_score = optimised_round(model, dataset, labeled, unlabeled, epochs, args.batch_size, device, cache)
@@ -398,7 +400,7 @@ def time_one_round(args, checkpoint: dict, dataset, device, rows: list) -> float
 def time_end_to_end(args) -> list[tuple[str, str]]:
     """A whole IN-AL run of active.py in a child process, its progress lines streamed: wall time, memory, result."""
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, str(Path(__file__).with_name("active.py")), "--limit", str(args.limit)]
+        command = [sys.executable, str(Path(__file__).resolve().parent.parent / "active.py"), "--limit", str(args.limit)]
         command += ["--checkpoint", args.checkpoint, "--out", out, "--device", args.device]
         command += ["--data", args.data] if args.data else []
         started = time.time()
