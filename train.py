@@ -25,14 +25,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from data import NORMALIZATIONS, DataError, model_inputs, rotation_angles
+from data import NORMALIZATIONS, model_inputs, rotation_angles
 from evaluate import predict_probabilities, summarize
 from lab import records
-from lab.commands import check_flags, check_image_size, run_command
-from lab.devices import add_device_flag, pick_device, pick_precision, precision_line, seed_everything
-from lab.layouts import get_dataset, parse_class_list
-from lab.recipe import PRETRAINING, in_precision, paper_flags, paper_settings
-from lab.splits import add_split_flags, describe_split, resolve_split, specimens_of, split_dataset
+from lab.commands import run_command
+from lab.devices import add_device_flag
+from lab.recipe import PRETRAINING, in_precision, paper_flags
+from lab.splits import add_split_flags
 from model import ParallelResNet, trainable_parameters
 
 
@@ -63,31 +62,27 @@ def train_epoch(model, optimizer, images, labels, batch_size, device, views=1, g
     return total_loss / len(order), correct / len(order), len(order)
 
 
-def run(args):
-    """Sec. 3.1's initial learning: train epoch by epoch, keep the lowest validation loss, stop after patience."""
-    check_train_flags(args)
-    paper_settings(args, build_parser(), PRETRAINING)  # --paper: the paper's preprocessing, precision (lab/recipe.py)
-    device = pick_device(args.device)
-    state = records.open_pretraining(args)  # --out checked and locked before any work; OUT.state with --resume
-    seed_everything(args.seed)
-    dataset, derived, (train_set, val_set, test_set) = source_and_split(args)
-    derived["precision"] = pick_precision(device, args.float32)  # bfloat16 where the device computes in it
-    print(precision_line(device, derived["precision"]))
+def run(job: dict) -> dict:
+    """Sec. 3.1's initial learning: train epoch by epoch, keep the lowest validation loss, stop after patience.
+    job: what the workshop opened at the edge (lab/records.open_pretraining): the settings, device, source cells
+    and their train, validation and test sides, a killed run's state."""
+    settings, device, precision, dataset = job["settings"], job["device"], job["precision"], job["dataset"]
+    train_set, val_set, test_set = job["sides"]
     model = ParallelResNet(len(dataset.class_names)).to(device)  # Fig. 5, from random weights
     # Sec. 3.1: "The learning rate is set to be 0.001"
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=1e-3)
-    generator = torch.Generator().manual_seed(args.seed)
-    book = records.start_pretraining(args, derived, dataset, state, model, optimizer, generator)
+    generator = torch.Generator().manual_seed(settings["seed"])
+    book = records.start_pretraining(job, model, optimizer, generator)  # with a killed run's state: its epochs
 
-    for epoch in range(book["epoch"] + 1, args.max_epochs + 1):
-        if book["bad_epochs"] >= args.patience:  # Sec. 3.1: "training is terminated when the validation loss
+    for epoch in range(book["epoch"] + 1, settings["max_epochs"] + 1):
+        if book["bad_epochs"] >= settings["patience"]:  # Sec. 3.1: "training is terminated when the validation loss
             break  # did not surpass the reached minimum 5 times in a row"
         started = time.time()
         train_loss, train_acc, seen = train_epoch(
-            model, optimizer, train_set.images, train_set.labels, args.batch_size, device, args.rotations, generator,
-            derived["precision"],
+            model, optimizer, train_set.images, train_set.labels, settings["batch_size"], device,
+            settings["rotations"], generator, precision,
         )  # fmt: skip
-        probabilities = predict_probabilities(model, val_set.images, device, precision=derived["precision"])
+        probabilities = predict_probabilities(model, val_set.images, device, precision=precision)
         val = summarize(val_set.labels, probabilities, dataset.class_names)
         # The lowest validation loss so far is the checkpoint active.py fine-tunes; OUT.state is saved every epoch.
         record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"]}
@@ -96,38 +91,6 @@ def run(args):
 
     # The test split is looked at once, after training, by the chosen (lowest validation loss) network.
     return records.finish_pretraining(book, test_set, device)
-
-
-def check_train_flags(args) -> None:
-    check_flags(args, ("max_epochs", "batch_size", "rotations", "patience", "synthetic_cells"))
-    check_image_size(args.image_size)
-    if not (0 < args.val_fraction < 1 and 0 <= args.test_fraction < 1 and args.val_fraction + args.test_fraction < 1):
-        raise DataError("--val-fraction/--test-fraction: expected fractions in (0, 1) that sum to less than 1")
-
-
-def source_and_split(args):
-    """The source cells, and train, validation and test on different specimens when specimens are known.
-
-    Sec. 3.1 selects on "the five different validation folds of the SNPHEp-2 dataset"; the validation loss picks
-    the epoch, so it must measure what generalises to unseen specimens, not what recognises the training ones.
-    Returns (dataset, what the run derived, the three sides)."""
-    classes = parse_class_list(args.classes)
-    dataset = get_dataset(
-        args.data, "source", classes, args.image_size, args.normalize, args.seed, args.synthetic_cells, args.specimens
-    )
-    names = ["train", "val", "test"]
-    fractions = [1 - args.val_fraction - args.test_fraction, args.val_fraction, args.test_fraction]
-    split = resolve_split(args.split, dataset)
-    parts = split_dataset(dataset, split, fractions, args.seed, names)
-    if len(parts[0]) == 0 or len(parts[1]) == 0:
-        raise DataError(f"--data: {len(dataset)} cells are too few to split into train and validation sets")
-    print(f"data: {dataset.source}, {len(dataset)} cells, classes {', '.join(dataset.class_names)}")
-    print(describe_split(dataset, split, parts, names, args.seed))
-    print(f"training on {len(parts[0])} cells x {args.rotations} rotations")
-    derived = {"data_kind": "source", "image_size": args.image_size, "normalize": args.normalize, "split": split}
-    derived.update(split_parts={"names": names, "fractions": fractions, "seed": args.seed})
-    derived["test_specimens"] = specimens_of(dataset, parts[2])
-    return dataset, derived, [dataset.subset(part) for part in parts]
 
 
 def build_parser():
@@ -167,7 +130,9 @@ def build_parser():
 
 
 def main(argv=None):
-    return run_command(run, build_parser().parse_args(argv))
+    """The command line: the workshop opens the run (flags, device, --out, the source cells, the split), then run."""
+    parser = build_parser()
+    return run_command(lambda args: run(records.open_pretraining(args, parser)), parser.parse_args(argv))
 
 
 if __name__ == "__main__":

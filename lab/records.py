@@ -26,7 +26,7 @@ from lab.commands import check_flags, check_image_size, refuse_unused
 from lab.devices import check_same_precision, pick_device, pick_precision, precision_line, seed_everything
 from lab.layouts import get_dataset, spreadsheet_cell
 from lab.pictures import draw_confusion
-from lab.recipe import paper_settings
+from lab.recipe import PRETRAINING, paper_settings
 from lab.runs import (
     CHECKPOINT_FORMAT,
     NUMBER,
@@ -49,7 +49,7 @@ from lab.runs import (
     take_lock,
     write_text_atomic,
 )
-from lab.splits import run_split, specimens_of
+from lab.splits import run_split, source_split, specimens_of
 
 
 def unused_flags(args) -> list:
@@ -341,7 +341,31 @@ def _beside(out: Path, suffix: str) -> Path:
     return out.with_name(out.name + suffix)
 
 
-def open_pretraining(args) -> dict | None:
+def open_pretraining(args, parser) -> dict:
+    """train.py's edge, before its first epoch: the flags checked (--paper applied), the device and seeds, --out
+    checked and locked (the killed run's OUT.state read with --resume), the source cells and their train,
+    validation and test sides. Returns the job that train.run reads: settings (the flags, plain values), device,
+    precision, dataset, sides, state; and for this file's books args and derived."""
+    check_pretraining_flags(args)
+    paper_settings(args, parser, PRETRAINING)  # lab/recipe.py: the paper's preprocessing and precision
+    device = pick_device(args.device)
+    state = open_checkpoint_file(args)
+    seed_everything(args.seed)
+    dataset, derived, sides = source_split(args)
+    derived["precision"] = pick_precision(device, args.float32)  # bfloat16 where the device computes in it
+    print(precision_line(device, derived["precision"]))
+    job = {"settings": dict(vars(args)), "device": device, "precision": derived["precision"], "dataset": dataset}
+    return {**job, "sides": sides, "state": state, "args": args, "derived": derived}
+
+
+def check_pretraining_flags(args) -> None:
+    check_flags(args, ("max_epochs", "batch_size", "rotations", "patience", "synthetic_cells"))
+    check_image_size(args.image_size)
+    if not (0 < args.val_fraction < 1 and 0 <= args.test_fraction < 1 and args.val_fraction + args.test_fraction < 1):
+        raise DataError("--val-fraction/--test-fraction: expected fractions in (0, 1) that sum to less than 1")
+
+
+def open_checkpoint_file(args) -> dict | None:
     """Check --out and hold its lock before any work; the killed run's OUT.state when resuming, else None.
 
     A checkpoint of another kind at --out (active.py's model.pt, a campaign's) is never overwritten."""
@@ -360,9 +384,10 @@ def open_pretraining(args) -> dict | None:
     return None
 
 
-def start_pretraining(args, derived: dict, dataset, state: dict | None, model, optimizer, generator) -> dict:
+def start_pretraining(job: dict, model, optimizer, generator) -> dict:
     """The pretraining's book: what every checkpoint holds, the epochs so far, and the objects OUT.state saves;
     with a killed run's state, its weights, optimizer and random states put back."""
+    args, derived, dataset, state = job["args"], job["derived"], job["dataset"], job["state"]
     record = {"class_names": dataset.class_names, "args": vars(args), "derived": derived, "format": CHECKPOINT_FORMAT}
     book = {"record": record, "fingerprint": data_fingerprint(dataset), "out": Path(args.out), "dataset": dataset}
     book.update(model=model, optimizer=optimizer, generator=generator, epoch=0, best_loss=math.inf, bad_epochs=0)

@@ -154,6 +154,31 @@ def add_split_flags(parser, sides: str, folds: bool = False) -> None:
     parser.add_argument("--development", action="store_true", help=development)
 
 
+def source_split(args) -> tuple:
+    """train.py's source cells, and train, validation and test on different specimens when specimens are known.
+
+    Sec. 3.1 selects on "the five different validation folds of the SNPHEp-2 dataset"; the validation loss picks
+    the epoch, so it must measure what generalises to unseen specimens, not what recognises the training ones.
+    Returns (dataset, what the run derived, the three sides as datasets)."""
+    classes = parse_class_list(args.classes)
+    dataset = get_dataset(
+        args.data, "source", classes, args.image_size, args.normalize, args.seed, args.synthetic_cells, args.specimens
+    )
+    names = ["train", "val", "test"]
+    fractions = [1 - args.val_fraction - args.test_fraction, args.val_fraction, args.test_fraction]
+    split = resolve_split(args.split, dataset)
+    parts = split_dataset(dataset, split, fractions, args.seed, names)
+    if len(parts[0]) == 0 or len(parts[1]) == 0:
+        raise DataError(f"--data: {len(dataset)} cells are too few to split into train and validation sets")
+    print(f"data: {dataset.source}, {len(dataset)} cells, classes {', '.join(dataset.class_names)}")
+    print(describe_split(dataset, split, parts, names, args.seed))
+    print(f"training on {len(parts[0])} cells x {args.rotations} rotations")
+    derived = {"data_kind": "source", "image_size": args.image_size, "normalize": args.normalize, "split": split}
+    derived.update(split_parts={"names": names, "fractions": fractions, "seed": args.seed})
+    derived["test_specimens"] = specimens_of(dataset, parts[2])
+    return dataset, derived, [dataset.subset(part) for part in parts]
+
+
 TEST_FRACTION = 0.2  # Sec. 3.1: "A 80-20% splitting was performed"
 
 
