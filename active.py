@@ -140,13 +140,15 @@ PROGRESS_SECONDS = 30  # fine_tune prints an epoch line at most this often (a ro
 # Sec. 3.1: "The same learning approach was used for all the fine-tuning processes: a learning rate of 0.001 was
 # utilized, training is stopped when the loss does not decrease five times in a row." The mini-batch size is not
 # given for fine-tuning: 64 as for pretraining. The rest are the recipe's departures (lab/recipe.py; --paper).
-TRAINING = {"lr": 1e-3, "patience": 5, "batch_size": 64, "max_epochs": recipe.MAX_EPOCHS}
+TRAINING = {"lr": 1e-3, "patience": 5, "batch_size": 64, "max_epochs": recipe.MAX_EPOCHS, "min_decrease": 1e-4}
 TRAINING.update(stop_weights="average", batchnorm="recalibrate", final_tune=recipe.FINAL_TUNE)
 
 
 def fine_tune(model, forward, cells: torch.Tensor, labels: torch.Tensor, generator, settings=TRAINING) -> dict:
-    """Step 3: Adam on the labeled cells until the training loss has not decreased for `patience` epochs (Sec. 3.1),
-    or `max_epochs`; forward maps a batch of dataset indices to logits (Eq. 1), the loss is Eq. 2's cross-entropy.
+    """Step 3: fine-tune on the labeled cells until the loss has not decreased for `patience` epochs (Sec. 3.1), or
+    `max_epochs`. The paper says "the loss": the training loss here, a choice that keeps the test side out of
+    training; the optimizer is not named: Adam (a choice). forward maps a batch of dataset indices to logits (Eq. 1),
+    the loss is Eq. 2's cross-entropy.
     Returns the epochs run, the last one's training loss, images seen and seconds."""
     started = last_line = time.time()
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=settings["lr"])
@@ -164,7 +166,7 @@ def fine_tune(model, forward, cells: torch.Tensor, labels: torch.Tensor, generat
             optimizer.step()
             total += loss.item() * len(batch)
         epoch_loss, seen = total / len(order), seen + len(order)
-        if epoch_loss < best - 1e-4:  # "decrease": by more than 1e-4
+        if epoch_loss < best - settings["min_decrease"]:  # the recipe: by more than 1e-4; the paper: at all
             best, bad = epoch_loss, 0
         else:
             bad += 1  # Sec. 3.1: "training is stopped when the loss does not decrease five times in a row"
@@ -196,8 +198,8 @@ def run(job: dict) -> dict:
     settings, dataset, device, precision = job["settings"], job["dataset"], job["device"], job["precision"]
     model = network(job["pretrained"], len(dataset.class_names)).to(device)  # IN, or from scratch
     pool, test = Pool(job["pool"], dataset.labels), job["test"]  # Step 1: the unlabeled pool, the test side
-    strategy, fractions = settings["strategy"], (settings["k_fraction"], settings["m_fraction"])
-    sizes = round_sizes(len(pool), settings["limit"], strategy, *fractions)  # Sec. 3.1: k, then m per round
+    strategy = settings["strategy"]
+    sizes = round_sizes(len(pool), settings["limit"], strategy, *settings["fractions"])  # Sec. 3.1: k, then m a round
     forward = recipe.run_forward(model, dataset.images, device, precision)  # the recipe: cached, bfloat16
     generator = torch.Generator().manual_seed(settings["seed"])
     training = {key: settings.get(key, value) for key, value in TRAINING.items()}  # lr: Sec. 3.1's 0.001
@@ -240,15 +242,16 @@ def build_parser():
     add("--scratch", action="store_true", help="train the whole network from random weights (AL, RS; default: off)")
     strategies = [*UNCERTAINTY, "random"]
     add("--strategy", default="entropy", choices=strategies, help="what to label (default: entropy, Eq. 3)")
-    share = "random seed-set size as a fraction of the budget (default: 0.15, Sec. 3.1)"
-    add("--k-fraction", type=float, default=0.15, help=share)
-    per_round = "images labeled per round as a fraction of the budget (default: 0.10, Sec. 3.1)"
-    add("--m-fraction", type=float, default=0.10, help=per_round)
-    add("--batch-size", type=int, default=64, help="mini-batch size (default: 64; the paper gives none)")
+    fractions = "k and m: the random seed set and each round's labels as fractions of the budget (default: 0.15 "
+    add("--fractions", type=float, nargs=2, default=[0.15, 0.10], metavar=("K", "M"), help=fractions + "0.10, Sec. 3.1)")
+    batch = "mini-batch size (default: 64, a choice: the paper gives none for its method, 128 for its comparisons)"
+    add("--batch-size", type=int, default=64, help=batch)
     paper = "the paper's settings where the defaults depart from them: " + recipe.paper_flags() + " (default: off)"
     add("--paper", action="store_true", help=paper)
-    cap = f"most epochs per fine-tuning (default: {recipe.MAX_EPOCHS}, the recipe; 30 never binds: the paper's)"
+    cap = f"most epochs per fine-tuning (default: {recipe.MAX_EPOCHS}, the recipe; the paper has no cap: {recipe.NO_CAP})"
     add("--max-epochs", type=int, default=recipe.MAX_EPOCHS, help=cap)
+    decrease = "a training loss counts as decreased when it falls by more than this (default: 1e-4, the recipe; 0: "
+    add("--min-decrease", type=float, default=1e-4, help=decrease + "any decrease, the paper's rule)")
     stop = f"keep the mean of the weights of epochs {recipe.AVERAGE_FROM} to the last (the recipe), or the last "
     add("--stop-weights", default="average", choices=["average", "last"], help=stop + "epoch's (the paper's)")
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning (the recipe), or keep the running ones "

@@ -100,7 +100,7 @@ def normalize_cell(array: np.ndarray, normalize: str = "none") -> np.ndarray:
     'max' divides by the cell's brightest pixel; 'percentile' maps the cell's 1st
     and 99th percentiles to 0 and 1 (clipped), so that a few hot pixels and the
     background level of one specimen's exposure set neither end. Both remove
-    the positive/intermediate intensity difference before the network sees the
+    the positive/negative intensity difference (Sec. 2.1) before the network sees the
     cell. The paper does neither: it argues that the wavelet approximation
     homogenises intensity by itself (Sec. 2.1); 'none' is that literal reading. The
     scripts default to 'percentile', chosen on unseen specimens' development split.

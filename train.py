@@ -2,12 +2,14 @@
 
 The paper's "initial learning": the network of Fig. 5 is trained from scratch
 on SNPHEp-2 (5 classes) with rotation augmentation (18 degree steps, 20 views
-per image), Adam at learning rate 0.001, stopping when the validation loss has
-not improved for 5 epochs in a row. The best checkpoint (lowest validation
-loss) is what active.py fine-tunes on the target.
+per image), learning rate 0.001, stopping when the validation loss has not
+improved for 5 epochs in a row. The paper names no optimizer: Adam here (a
+choice). The best checkpoint (lowest validation loss) is what active.py
+fine-tunes on the target.
 
     python train.py                                      # embedded synthetic 5-class source
     python train.py --data DIR [--classes homogeneous coarse_speckled ...]
+    python train.py --data SNPHEP2_DIR --split-file FOLD.csv --paper   # as the paper: its split, its settings
     python train.py --resume                             # the same command continues a killed run
 
 When the specimen of each cell is known (a specimens.csv at the data root, --specimens FILE,
@@ -69,7 +71,7 @@ def run(job: dict) -> dict:
     settings, device, precision, dataset = job["settings"], job["device"], job["precision"], job["dataset"]
     train_set, val_set, test_set = job["sides"]
     model = ParallelResNet(len(dataset.class_names)).to(device)  # Fig. 5, from random weights
-    # Sec. 3.1: "The learning rate is set to be 0.001"
+    # Sec. 3.1: "The learning rate is set to be 0.001"; the optimizer is not named (Adam: a choice)
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=1e-3)
     generator = torch.Generator().manual_seed(settings["seed"])
     book = records.start_pretraining(job, model, optimizer, generator)  # with a killed run's state: its epochs
@@ -104,8 +106,12 @@ def build_parser():
     synthetic = "size of the synthetic source when no --data is given (default: 200)"
     add("--synthetic-cells", type=int, default=200, help=synthetic)
     add_split_flags(parser, "train/validation/test")
+    given = "the data's own train/val/test lists, as SNPHEp-2's folds: a CSV of file,split (train, val or test; "
+    given += "default: the labels CSV's split column if it has one, else a seeded split by --val/--test-fraction)"
+    add("--split-file", default=None, help=given)
     add("--out", default="runs/pretrained.pt", help="best checkpoint (default: runs/pretrained.pt)")
-    add("--max-epochs", type=int, default=30, help="most epochs (default: 30; the paper stopped at 32)")
+    cap = "most epochs (default: 30, a choice; the paper has none: its rule stopped it after 32; --paper: 1000)"
+    add("--max-epochs", type=int, default=30, help=cap)
     patience = "stop after this many epochs without a lower validation loss (default: 5, Sec. 3.1)"
     add("--patience", type=int, default=5, help=patience)
     add("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")

@@ -1,10 +1,11 @@
 """One-level 2D Haar wavelet split of a batch of cell images (paper Sec. 2.1, Figs. 2 to 4).
 
 The paper feeds two parallel networks: one with the approximation coefficients
-of a one-level 2D discrete wavelet transform, the other with the sum of the
-three detail bands (horizontal + vertical + diagonal). For the Haar wavelet a
-one-level transform is a fixed 2x2, stride-2 filter bank, so it runs batched
-on any device as a single strided convolution.
+of a one-level "2D-DWT", the other with the sum of the three detail bands
+(horizontal + vertical + diagonal). The paper does not name the wavelet: Haar
+here, a choice (docs/paper-notes.md). For Haar a one-level transform is a fixed
+2x2, stride-2 filter bank, so it runs batched on any device as a single strided
+convolution.
 
 The coefficients match PyWavelets exactly (`pywt.dwt2(image, 'haar')`): for
 each 2x2 block [[a, b], [c, d]] of the image,

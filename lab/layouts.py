@@ -52,16 +52,16 @@ CLASS_ALIASES = {
 _ALIAS_TO_CLASS = {alias: name for name, aliases in CLASS_ALIASES.items() for alias in aliases}
 
 
-def _squash(name: str) -> str:
+def squash(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 def canonical_class(name: str) -> str | None:
     """'NuMem', 'nuclear membrane', 'Nuclear_Membrane' -> 'nuclear_membrane'; None if unknown."""
-    squashed = _squash(name)
+    squashed = squash(name)
     if squashed in _ALIAS_TO_CLASS:
         return _ALIAS_TO_CLASS[squashed]
-    return next((canonical for canonical in CLASS_ALIASES if _squash(canonical) == squashed), None)
+    return next((canonical for canonical in CLASS_ALIASES if squash(canonical) == squashed), None)
 
 
 def parse_class_list(names: list[str] | None, flag: str = "--classes") -> list[str] | None:
@@ -168,7 +168,7 @@ def _csv_columns(rows: list[list[str]]) -> tuple[int, int, int | None, bool]:
     file column by FILE_COLUMNS (else the first column), the specimen column by
     SPECIMEN_COLUMNS. Without one, the file is the first column and the class the second.
     """
-    header = [_squash(cell) for cell in rows[0]] if rows else []
+    header = [squash(cell) for cell in rows[0]] if rows else []
     class_column = next((i for i, name in enumerate(header) if name in CLASS_COLUMNS), None)
     if class_column is None:
         return 0, 1, None, False
@@ -192,7 +192,7 @@ def _holds_classes(csv_path: Path) -> bool:
     )
 
 
-def _find_csv(root: Path) -> Path | None:
+def find_labels_csv(root: Path) -> Path | None:
     """The labels CSV: --data itself, or the one CSV in the folder whose class column holds class names.
 
     A folder may hold other CSVs beside it (ICPR 2012: gt_training.csv with `ID;pattern` and
@@ -265,7 +265,7 @@ def read_specimens(specimens_csv: Path, root: Path, paths: list[Path]) -> list[s
         rows, _ = read_csv_rows(specimens_csv)
     except OSError as error:
         raise DataError(f"--specimens {specimens_csv}: cannot read ({error.strerror})") from None
-    header = bool(rows) and [_squash(cell) for cell in rows[0][:2]] == ["file", "specimen"]
+    header = bool(rows) and [squash(cell) for cell in rows[0][:2]] == ["file", "specimen"]
     listed: dict[Path, str] = {}
     first_line: dict[Path, int] = {}
     for line_number, row in enumerate(rows[header:], start=1 + header):
@@ -304,7 +304,7 @@ def find_labeled_images(root: Path, specimens_csv: str | Path | None = None) -> 
     """
     if not root.exists():
         raise DataError(f"--data {root}: no such file or folder")
-    csv_path = _find_csv(root)
+    csv_path = find_labels_csv(root)
     if csv_path is not None:
         triples = _labeled_files_from_csv(csv_path)
     else:

@@ -58,8 +58,7 @@ def unused_flags(args) -> list:
     return [
         ("checkpoint", not args.scratch, "--scratch trains from random weights, without a checkpoint"),
         ("final_tune", not args.scratch, "--scratch trains every layer every round"),
-        ("k_fraction", args.strategy != "random", at_once),
-        ("m_fraction", args.strategy != "random", at_once),
+        ("fractions", args.strategy != "random", at_once),
         ("folds", args.fold is not None, "it counts the folds of --fold; add --fold F"),
         ("synthetic_cells", args.data is None, "--data reads the cells; the synthetic default is not made"),
     ]
@@ -73,10 +72,12 @@ def check_run_flags(args, parser) -> None:
         raise DataError(f"--folds {args.folds}: expected at least 2")
     if args.fold is not None and not 0 <= args.fold < args.folds:
         raise DataError(f"--fold {args.fold}: expected a fold from 0 to {args.folds - 1} (--folds {args.folds})")
-    for flag in ("k_fraction", "m_fraction"):
-        if not 0 < getattr(args, flag) <= 1:
-            name = flag.replace("_", "-")
-            raise DataError(f"--{name} {getattr(args, flag)}: expected a fraction of the budget in (0, 1]")
+    for name, fraction in zip("KM", args.fractions):
+        if not 0 < fraction <= 1:
+            given = " ".join(f"{value:g}" for value in args.fractions)
+            raise DataError(f"--fractions {given}: expected {name}, a fraction of the budget in (0, 1]")
+    if args.min_decrease < 0:
+        raise DataError(f"--min-decrease {args.min_decrease}: expected 0 or more")
     check_flags(args, ("max_epochs", "batch_size", "synthetic_cells"))
     if args.final_tune < 0:
         raise DataError(f"--final-tune {args.final_tune}: expected a number of epochs, 0 (off) or more")
@@ -351,7 +352,7 @@ def open_pretraining(args, parser) -> dict:
     device = pick_device(args.device)
     state = open_checkpoint_file(args)
     seed_everything(args.seed)
-    dataset, derived, sides = source_split(args)
+    dataset, derived, sides = source_split(args, parser)
     derived["precision"] = pick_precision(device, args.float32)  # bfloat16 where the device computes in it
     print(precision_line(device, derived["precision"]))
     job = {"settings": dict(vars(args)), "device": device, "precision": derived["precision"], "dataset": dataset}

@@ -167,7 +167,7 @@ def _photograph(image: np.ndarray, cell: _Nucleus, rng) -> np.ndarray:
         dy, dx = (cell.grid_y - cell.cy - ny) / cell.ry, (cell.grid_x - cell.cx - nx) / cell.rx
         neighbour = np.sqrt(dy**2 + dx**2)
         image = image + 0.5 / (1 + np.exp((neighbour - 1) / 0.06))
-    # Positive or intermediate fluorescence (Sec. 2, Fig. 1), background, blur, noise.
+    # Positive or negative (dim) fluorescence (Sec. 2.1, Fig. 1), background, blur, noise.
     gain = rng.uniform(0.55, 1.0) if rng.random() < 0.5 else rng.uniform(0.12, 0.3)
     image = gain * image / max(image.max(), 1e-6) + rng.uniform(0.03, 0.1)
     image = image + 0.01 * _smooth_noise(rng, (cell.side, cell.side), 0.7)

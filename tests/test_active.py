@@ -16,7 +16,7 @@ from lab.runs import network_from_checkpoint
 from model import ParallelResNet, transfer
 
 # With 120 synthetic cells at --limit 0.5 the budget is 48: a seed set of 8, then rounds of 10.
-SMALL_ROUNDS = ["--k-fraction", "0.17", "--m-fraction", "0.21"]
+SMALL_ROUNDS = ["--fractions", "0.17", "0.21"]
 
 UNIFORM = torch.full((1, 4), 0.25)
 ONE_HOT = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
@@ -96,7 +96,7 @@ def test_four_cases_end_to_end(pretrained, tmp_path, extra, case):
 
 
 def test_k_and_m_fractions_set_the_seed_set_and_rounds_as_shares_of_the_budget(pretrained, tmp_path):
-    results, out = run_active(tmp_path, "half", ["--k-fraction", "0.5", "--m-fraction", "0.25"], pretrained)
+    results, out = run_active(tmp_path, "half", ["--fractions", "0.5", "0.25"], pretrained)
     rows = list(csv.DictReader((out / "labeled.csv").open()))
     seed_set = [row for row in rows if row["reason"] == "random"]
     assert len(seed_set) == results["rounds"][0]["labeled"] == round(0.5 * results["budget"])
@@ -223,9 +223,10 @@ def test_active_bad_flags(tmp_path, pretrained):
     for flags, message in [
         (["--limit", "0"], "--limit 0"),
         (["--limit", "1.5"], "--limit 1.5"),
-        (["--k-fraction", "0"], "--k-fraction 0"),
-        (["--k-fraction", "1.5"], "--k-fraction 1.5"),
-        (["--m-fraction", "0"], "--m-fraction 0"),
+        (["--fractions", "0", "0.1"], "--fractions 0 0.1: expected K"),
+        (["--fractions", "1.5", "0.1"], "--fractions 1.5 0.1: expected K"),
+        (["--fractions", "0.15", "0"], "--fractions 0.15 0: expected M"),
+        (["--min-decrease", "-1"], "--min-decrease -1"),
         (["--checkpoint", str(tmp_path / "none.pt")], "no such file"),
         (["--resume"], "no state.pt"),
         (["--final-tune", "-1"], "--final-tune -1: expected a number of epochs"),

@@ -33,7 +33,7 @@ def test_bench_levers_time_every_lever_against_float32(capsys):
 
 def test_bench_curve_plots_a_run_and_gives_its_rates(pretrained, tmp_path):
     out = tmp_path / "run"
-    rounds = ["--k-fraction", "0.2", "--m-fraction", "0.3"]
+    rounds = ["--fractions", "0.2", "0.3"]
     active.main(TINY + ["--checkpoint", str(pretrained), "--synthetic-cells", "120", "--limit", "0.5", *rounds,
                         "--max-epochs", "2", "--out", str(out)])  # fmt: skip
     rounds = json.loads((out / "results.json").read_text())["rounds"]

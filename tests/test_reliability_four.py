@@ -306,7 +306,7 @@ def test_a_flag_that_cannot_apply_is_refused(tmp_path, pretrained):
     fails(active.main, base + with_checkpoint + ["--image-size", "64"], "--image-size 64", "--checkpoint", "--scratch")
     fails(active.main, base + with_checkpoint + ["--normalize", "none"], "--normalize none", "--scratch")
     fails(active.main, base + ["--scratch", "--checkpoint", "x.pt"], "--checkpoint x.pt", "--scratch")
-    fails(active.main, base + with_checkpoint + ["--strategy", "random", "--k-fraction", "0.3"], "--k-fraction")
+    fails(active.main, base + with_checkpoint + ["--strategy", "random", "--fractions", "0.3", "0.1"], "--fractions")
     fails(active.main, base + with_checkpoint + ["--folds", "4"], "--folds 4", "--fold")
     fails(active.main, ["--data", str(tmp_path), "--synthetic-cells", "50", "--out", str(tmp_path / "r")],
           "--synthetic-cells 50", "--data")

@@ -265,7 +265,7 @@ def test_train_stops_when_a_class_has_too_few_specimens_and_test_fraction_zero_h
 def test_active_run_keeps_test_specimens_unseen(specimen_folder, pretrained, tmp_path, capsys):
     out = tmp_path / "run"
     flags = ["--data", str(specimen_folder), "--checkpoint", str(pretrained), "--device", "cpu", "--limit", "0.6"]
-    flags += ["--k-fraction", "0.2", "--m-fraction", "0.15"]
+    flags += ["--fractions", "0.2", "0.15"]
     results = active.main(flags + ["--max-epochs", "1", "--out", str(out)])
     assert "split: by specimen" in capsys.readouterr().out
     written = json.loads((out / "results.json").read_text())
