@@ -257,7 +257,7 @@ def build_parser():
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning (the recipe), or keep the running ones "
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm + "(the paper's)")
     tune = "after the last round, fine-tune every layer, the frozen ones too, for this many epochs at a tenth of the "
-    tune += f"learning rate (default: {recipe.FINAL_TUNE}, the recipe; 0 keeps them fixed as the paper)"
+    tune += f"learning rate (default: {recipe.FINAL_TUNE}: kept fixed, as the paper; 3 was the default in #38-#47)"
     add("--final-tune", type=int, default=recipe.FINAL_TUNE, help=tune)
     add("--image-size", type=int, default=112, help="with --scratch: cell size (default: 112; else the checkpoint's)")
     normalize = "with --scratch: per-cell intensity stretch (default: percentile, the recipe; none is the paper's)"

@@ -182,13 +182,16 @@ def test_final_tune_trains_every_layer_once_after_the_rounds(pretrained, tmp_pat
     assert again["mca"] == pytest.approx(results["mca"])
 
 
-def test_a_scratch_run_has_no_final_tuning(tmp_path, monkeypatch):
-    def never(*args, **kwargs):
-        raise AssertionError("the final tuning ran in a scratch run")
+def test_a_scratch_run_has_no_final_tuning(monkeypatch):
+    """--final-tune is for the frozen layers alone: a network trained from scratch has none, so nothing is tuned."""
 
-    monkeypatch.setattr(recipe, "unfreeze_early_layers", never)  # the default --final-tune is for the frozen layers
-    results, _ = run_active(tmp_path, "scratch", SMALL_ROUNDS + ["--scratch"])
-    assert results["seconds"] > 0
+    def never(*args, **kwargs):
+        raise AssertionError("the final tuning ran on a network with no frozen layers")
+
+    monkeypatch.setattr(recipe, "unfreeze_early_layers", never)
+    model, settings = ParallelResNet(6), {**active.TRAINING, "final_tune": 2}
+    cells = torch.arange(4)
+    assert recipe.final_tune(never, model, None, cells, cells, None, settings, "cpu", "float32") == 0.0
 
 
 def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrained, tmp_path, monkeypatch, capsys):
@@ -231,7 +234,7 @@ def test_active_bad_flags(tmp_path, pretrained):
         (["--resume"], "no state.pt"),
         (["--final-tune", "-1"], "--final-tune -1: expected a number of epochs"),
         (["--scratch", "--final-tune", "2"], "--final-tune 2: --scratch trains every layer every round"),
-        (["--scratch", "--final-tune", "0"], "--final-tune 0: --scratch trains every layer every round"),
+        (["--scratch", "--final-tune", "1"], "--final-tune 1: --scratch trains every layer every round"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             active.main(TINY + ["--out", str(tmp_path / "x")] + flags)

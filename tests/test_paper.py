@@ -10,7 +10,7 @@ import active
 import train
 from lab import recipe
 
-TYPED_OUT = shlex.split(recipe.paper_flags())  # --normalize none --float32 --max-epochs 30 ... --final-tune 0
+TYPED_OUT = shlex.split(recipe.paper_flags())  # --normalize none --float32 --max-epochs 1000 ... --final-tune 0
 
 
 def parsed(script, argv):
