@@ -8,13 +8,13 @@ from pathlib import Path
 import active
 import evaluate
 import train
-from lab import bench, campaign, experiments, labeling
+from lab import bench, campaign, ceiling, experiments, labeling
 
 ROOT = Path(__file__).resolve().parent.parent
 # The paper's scripts run as `python SCRIPT.py`, the workshop's as `python -m lab.NAME` from the repository root.
 SCRIPTS = {"train.py": train, "active.py": active, "evaluate.py": evaluate}
 SCRIPTS.update({"-m lab.bench": bench, "-m lab.campaign": campaign, "-m lab.experiments": experiments})
-SCRIPTS["-m lab.labeling"] = labeling
+SCRIPTS.update({"-m lab.labeling": labeling, "-m lab.ceiling": ceiling})
 
 
 def shown_commands():

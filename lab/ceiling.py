@@ -1,0 +1,153 @@
+"""Diagnostics of the ceiling (issue #48): what limits every-label accuracy on specimens never seen. Not the paper.
+
+They report and choose nothing. Each is RS at 100% (the network from scratch on every cell of the pool side) on the
+specimen folds of `python -m lab.experiments --cv 5`, the same test sides, varied one way:
+
+    python -m lab.ceiling --data ../shared/data/i3a --shares 0.25 0.5 0.75 --out runs/ceiling
+        # specimens: trained on a share of each fold's training specimens (whole specimens drawn at random,
+        # every class kept); the curve of pooled MCA against the number of training specimens
+    python -m lab.ceiling --data ../shared/data/i3a --ensemble runs/ceiling-seeds --out runs/ceiling
+        # variance: the average of the probabilities of the networks of a grid's seeds, fold by fold
+        # (the grid: python -m lab.experiments ... --cases rs --limits 1 --seeds 0 1 2 --out runs/ceiling-seeds)
+
+Writes OUT/specimens.csv (one row a share and fold, and the pooled rows), OUT/specimens.png, OUT/ensemble.csv.
+"""
+
+import argparse
+import csv
+import io
+from pathlib import Path
+
+import torch
+
+import active
+from data import DataError
+from evaluate import confusion_matrix, mca_aca_of, predict_probabilities
+from lab import records
+from lab.commands import run_command
+from lab.devices import add_device_flag, pick_device
+from lab.pictures import draw_line_chart
+from lab.runs import load_checkpoint, network_from_checkpoint, write_text_atomic
+from lab.splits import labeled_data_for, specimens_by_class
+
+FOLDS = 5
+
+
+def specimens_share(dataset, pool: torch.Tensor, share: float, seed: int) -> torch.Tensor:
+    """The pool cells of a seeded draw of `share` of the pool's specimens of each class (at least one a class)."""
+    if dataset.specimens is None:
+        raise DataError(f"--data {dataset.source}: the specimens diagnostic needs each cell's specimen")
+    pool_specimens = [dataset.specimens[i] for i in pool.tolist()]
+    members, by_class = specimens_by_class(dataset.labels[pool], pool_specimens)
+    generator = torch.Generator().manual_seed(seed)
+    kept = []
+    for label in sorted(by_class):
+        names = sorted(by_class[label])
+        order = torch.randperm(len(names), generator=generator).tolist()
+        for position in order[: max(1, round(share * len(names)))]:
+            kept += members[names[position]]
+    return pool[torch.tensor(sorted(kept), dtype=torch.int64)]
+
+
+def rs_every_label(args, fold: int, share: float, out: Path) -> dict:
+    """One RS at 100% run on `fold` with `share` of its training specimens (its results, read back if finished)."""
+    if (out / "results.json").exists():
+        return records.read_results(out / "results.json")
+    flags = ["--data", args.data, "--scratch", "--strategy", "random", "--limit", "1", "--fold", str(fold)]
+    flags += ["--seed", str(args.seed), "--out", str(out), "--device", args.device]
+    parser = active.build_parser()
+    job = records.open_run(parser.parse_args(flags), parser)
+    if share < 1:
+        job["pool"] = specimens_share(job["dataset"], job["pool"], share, args.seed)
+        job["derived"]["pool_specimens_share"] = share  # in results.json: this run saw only part of its pool
+        print(f"ceiling: {share:g} of the training specimens: {len(job['pool'])} cells")
+    return active.run(job)
+
+
+def specimen_curve(args, out: Path) -> list[dict]:
+    """The specimens diagnostic: every share on every fold, then the pooled rows, CSV and picture."""
+    rows = []
+    for share in args.shares:
+        for fold in range(FOLDS):
+            results = rs_every_label(args, fold, share, out / f"rs-limit1-seed{args.seed}-fold{fold}-share{share:g}")
+            rows.append({"share": share, "fold": fold, "results": results})
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["share", "fold", "pool_cells", "mca", "aca"])
+    curve = []
+    for share in args.shares:
+        group = [row for row in rows if row["share"] == share]
+        for row in group:
+            results = row["results"]
+            writer.writerow([share, row["fold"], results["pool"], f"{results['mca']:.4f}", f"{results['aca']:.4f}"])
+        summed = sum(torch.tensor(row["results"]["confusion"]) for row in group)
+        mca, aca = mca_aca_of(summed)
+        writer.writerow([share, "pooled", sum(row["results"]["pool"] for row in group), f"{mca:.4f}", f"{aca:.4f}"])
+        curve.append((share, mca, 0.0))
+        print(f"ceiling: {share:g} of the training specimens: pooled MCA {100 * mca:.2f}% ACA {100 * aca:.2f}%")
+    write_text_atomic(table.getvalue(), out / "specimens.csv")
+    title = "RS at 100%: pooled MCA against the share of training specimens"
+    draw_line_chart(out / "specimens.png", title, [("pooled MCA", {"RS 100%": curve})], "share of training specimens")
+    return rows
+
+
+@torch.inference_mode()
+def ensemble(args, out: Path) -> dict:
+    """The variance diagnostic: each seed's pooled MCA, and that of the mean of the seeds' probabilities."""
+    grid, device = Path(args.ensemble), pick_device(args.device)
+    runs = sorted(grid.glob("rs-limit1-seed*-fold*"))
+    seeds = sorted({int(run.name.split("-seed")[1].split("-")[0]) for run in runs})
+    if not runs:
+        raise DataError(f"--ensemble {grid}: no rs-limit1-seedS-foldF run folders")
+    confusions: dict[str, torch.Tensor] = {}
+    for fold in range(FOLDS):
+        probabilities, test = {}, None
+        for seed in seeds:
+            checkpoint = load_checkpoint(grid / f"rs-limit1-seed{seed}-fold{fold}" / "model.pt")
+            if test is None:  # the fold's test side, as evaluate.py makes it again
+                test, _ = labeled_data_for(checkpoint, None, "test")
+            model = network_from_checkpoint(checkpoint).to(device)
+            probabilities[f"seed {seed}"] = predict_probabilities(model, test.images, device, 64)
+        probabilities["mean of the seeds"] = torch.stack(list(probabilities.values())).mean(dim=0)
+        for name, values in probabilities.items():
+            matrix = confusion_matrix(test.labels, values.argmax(dim=1), len(test.class_names))
+            confusions[name] = confusions.get(name, 0) + matrix
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["networks", "pooled_mca", "pooled_aca"])
+    pooled = {}
+    for name, matrix in confusions.items():
+        pooled[name] = mca_aca_of(matrix)
+        writer.writerow([name, f"{pooled[name][0]:.4f}", f"{pooled[name][1]:.4f}"])
+        print(f"ceiling: {name}: pooled MCA {100 * pooled[name][0]:.2f}% ACA {100 * pooled[name][1]:.2f}%")
+    write_text_atomic(table.getvalue(), out / "ensemble.csv")
+    return pooled
+
+
+def run(args):
+    out = Path(args.out)
+    if args.ensemble:
+        return ensemble(args, out)
+    if not args.shares or not all(0 < share <= 1 for share in args.shares):
+        raise DataError("--shares: expected shares of the training specimens in (0, 1]")
+    return specimen_curve(args, out)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="labeled target cells with specimens (default: the synthetic set)")
+    shares = "shares of each fold's training specimens to train on (default: 0.25 0.5 0.75)"
+    parser.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75], help=shares)
+    parser.add_argument("--ensemble", default=None, help="a grid folder of RS at 100% runs of several seeds instead")
+    parser.add_argument("--seed", type=int, default=0, help="training seed, and the draw of the specimens (default: 0)")
+    parser.add_argument("--out", default="runs/ceiling", help="folder of the runs and tables (default: runs/ceiling)")
+    add_device_flag(parser)
+    return parser
+
+
+def main(argv=None):
+    return run_command(run, build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
