@@ -442,13 +442,22 @@ def train_and_check(model, forward, labels, training: list[int], held_out: list[
     }
 
 
+FEWEST_FOR_A_PERCENTAGE = 10  # fewer held-out labels give no percentage: one cell moves it by ten points or more
+
+
+def held_out_quality(validation: dict | None) -> str:
+    """What a round's held-out labels say, with their count; a percentage only on enough of them."""
+    if not validation:
+        return "no held-out labels yet"
+    count = validation["count"]
+    if count < FEWEST_FOR_A_PERCENTAGE:
+        right = round(validation["aca"] * count)
+        return f"held-out: {right} of {count} labels right (too few for a percentage)"
+    return f"held-out MCA {100 * validation['mca']:.1f}% ACA {100 * validation['aca']:.1f}% ({count} labels)"
+
+
 def print_round(folder: Path, state: dict, record: dict, unfilled: int, asked: int) -> None:
-    validation = record["validation"]
-    quality = (
-        f"held-out MCA {100 * validation['mca']:.1f}% ACA {100 * validation['aca']:.1f}% ({record['held_out']} labels)"
-        if validation
-        else "no held-out labels yet"
-    )
+    quality = held_out_quality(record["validation"])
     print(
         f"round {record['round']}: +{record['new_labels']} labels ({unfilled} unfilled, asked again), "
         f"{record['labels']} in all; trained on {record['trained_on']} for {record['epochs']} epochs"
@@ -477,15 +486,7 @@ def print_status(folder: Path, state: dict) -> None:
     )
     print("labels per class: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     for entry in state["history"]:
-        validation = entry["validation"]
-        quality = (
-            (
-                f"held-out MCA {100 * validation['mca']:.1f}% ACA {100 * validation['aca']:.1f}% "
-                f"({validation['count']} labels)"
-            )
-            if validation
-            else "no held-out labels"
-        )
+        quality = held_out_quality(entry["validation"])
         print(
             f"  round {entry['round']}: +{entry['new_labels']} labels, {entry['labels']} in all, trained on "
             f"{entry['trained_on']} ({entry['epochs']} epochs"

@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import secrets
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +34,7 @@ from data import DataError, read_cell
 from lab import campaign
 from lab.commands import run_command
 from lab.devices import add_device_flag, pick_device
-from lab.layouts import canonical_class, read_csv_rows, spreadsheet_cell
+from lab.layouts import canonical_class, read_csv_rows, squash, unescaped
 from lab.runs import write_text_atomic
 
 HEADER = ["number", "file", "round", "entropy", "first", "p_first", "second", "p_second", "label"]
@@ -59,7 +60,7 @@ class Labeling:
         path = self.query_path(state)
         lines, _ = read_csv_rows(path) if path.is_file() else ([], ",")
         header = [cell.strip() for cell in lines[0]] if lines else []
-        found = {row.get("file"): row for row in (dict(zip(header, line)) for line in lines[1:])}
+        found = {unescaped(row.get("file", "")): row for row in (dict(zip(header, line)) for line in lines[1:])}
         rows = []
         for number, entry in enumerate(state["pending"], start=1):
             row = found.get(entry["file"], {})
@@ -94,15 +95,8 @@ class Labeling:
             canonical = "" if not label else campaign.SKIP if label.lower() == campaign.SKIP else canonical_class(label)
             if canonical is None or canonical not in state["classes"] + [campaign.SKIP, ""]:
                 raise DataError(f"'{label}': expected one of {', '.join(state['classes'] + [campaign.SKIP])}")
-            rows = self.rows(state)
-            rows[number - 1]["label"] = canonical
-            buffer = io.StringIO()
-            writer = csv.writer(buffer)
-            writer.writerow(HEADER)
-            for row in rows:
-                writer.writerow([spreadsheet_cell(str(row[key])) if key == "file" else row[key] for key in HEADER])
-            write_text_atomic(buffer.getvalue(), self.query_path(state))  # saved before the page says so
-            return rows[number - 1]
+            set_label(self.query_path(state), state["pending"][number - 1]["file"], canonical)
+            return self.rows(state)[number - 1]
 
     def next_round(self) -> None:
         """Start `python -m lab.campaign ingest` in the background; refused while one runs."""
@@ -134,10 +128,33 @@ class Labeling:
         return buffer.getvalue()
 
 
+def set_label(path: Path, file: str, label: str) -> None:
+    """Change the label of one row of the round's CSV, and nothing else: the other columns (a note a spreadsheet
+    added), their order, the rows' order and the delimiter stay as the file has them; written atomically."""
+    if not path.is_file():
+        raise DataError(f"{path.name} is gone from the campaign folder; `python -m lab.campaign status` shows the round")
+    lines, delimiter = read_csv_rows(path)
+    header = [squash(cell) for cell in lines[0]] if lines else []
+    if "file" not in header or "label" not in header:
+        raise DataError(f"{path.name}: expected its file and label columns in the first line")
+    file_column, label_column = header.index("file"), header.index("label")
+    rows = [line for line in lines[1:] if len(line) > file_column and unescaped(line[file_column].strip()) == file]
+    if not rows:
+        raise DataError(f"{path.name}: has no row for {file} any more; put it back, or ingest the round")
+    for line in rows:
+        line.extend([""] * (label_column + 1 - len(line)))
+        line[label_column] = label
+    buffer = io.StringIO()
+    csv.writer(buffer, delimiter=delimiter).writerows(lines)
+    write_text_atomic(buffer.getvalue(), path)  # saved before the page says so
+
+
 def handler_for(labeling: Labeling, port_holder: dict):
     """The request handler: the page, its state as JSON, one cell's image, a label, the next round."""
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = READ_SECONDS  # every read of a request has a deadline: a short body cannot hold a thread
+
         def log_message(self, *args):  # quiet: the terminal shows the address and errors only
             pass
 
@@ -157,6 +174,11 @@ def handler_for(labeling: Labeling, port_holder: dict):
             host = self.headers.get("Host", "")
             return host in (f"127.0.0.1:{port_holder['port']}", f"localhost:{port_holder['port']}")
 
+        def trusted_origin(self) -> bool:
+            """A browser names the page that sent a POST: only this server's own page may (beside the token)."""
+            origin = self.headers.get("Origin")
+            return origin is None or origin in (f"http://{host}:{port_holder['port']}" for host in LOOPBACK_NAMES)
+
         def do_GET(self):
             if not self.trusted_host():
                 return self.answer(HTTPStatus.FORBIDDEN, {"error": "unknown host"})
@@ -172,32 +194,77 @@ def handler_for(labeling: Labeling, port_holder: dict):
             return self.answer(HTTPStatus.NOT_FOUND, {"error": "no such page"})
 
         def do_POST(self):
-            if not self.trusted_host():
-                return self.answer(HTTPStatus.FORBIDDEN, {"error": "unknown host"})
+            if not self.trusted_host() or not self.trusted_origin():
+                return self.answer(HTTPStatus.FORBIDDEN, {"error": "unknown host or origin"})
             if not secrets.compare_digest(self.headers.get("X-Token", ""), labeling.token):
                 return self.answer(HTTPStatus.FORBIDDEN, {"error": "missing or wrong token"})
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(min(length, 10_000)) or b"{}")
-                if self.path == "/api/label" and isinstance(body.get("number"), int):
-                    return self.answer(HTTPStatus.OK, labeling.label(body["number"], str(body.get("label", ""))))
+                body = self.json_body()
+                if self.path == "/api/label":
+                    number = body.get("number")
+                    if type(number) is not int or not isinstance(body.get("label", ""), str):  # true is no number
+                        raise ValueError("expected {\"number\": an integer, \"label\": a class name}")
+                    return self.answer(HTTPStatus.OK, labeling.label(number, body.get("label", "")))
                 if self.path == "/api/next":
                     labeling.next_round()
                     return self.answer(HTTPStatus.ACCEPTED, {"started": True})
-            except ValueError:
-                return self.answer(HTTPStatus.BAD_REQUEST, {"error": "expected a JSON body"})
+            except ValueError as error:
+                return self.answer(HTTPStatus.BAD_REQUEST, {"error": str(error)})
             except DataError as error:
                 return self.answer(HTTPStatus.CONFLICT, {"error": str(error)})
             return self.answer(HTTPStatus.BAD_REQUEST, {"error": "expected /api/label {number, label} or /api/next"})
 
+        def json_body(self) -> dict:
+            """The request's JSON object; anything else is a ValueError with one line."""
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise ValueError("Content-Length: expected a whole number") from None
+            if not 0 <= length <= MAX_BODY:
+                raise ValueError(f"Content-Length {length}: expected 0 to {MAX_BODY} bytes")
+            try:
+                raw = self.rfile.read(length)
+            except TimeoutError:
+                raise ValueError(f"the body did not arrive within {READ_SECONDS} s") from None
+            if len(raw) < length:
+                raise ValueError(f"Content-Length {length}: the body has {len(raw)} bytes")
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                raise ValueError("expected a JSON body") from None
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+            return body
+
     return Handler
+
+
+READ_SECONDS = 10  # how long a request may take to arrive
+MAX_BODY = 10_000  # bytes of a POST body: a label is a few dozen
+LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+
+
+class QuietServer(ThreadingHTTPServer):
+    """A request that fails outside the handler's own answers (a client gone mid-answer) is one line, not a
+    traceback on the labeler's terminal."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        error = sys.exc_info()[1]
+        print(f"labeling: a request from {client_address[0]} failed ({error.__class__.__name__}: {error})")
 
 
 def serve(folder: Path, port: int = 0, device="auto", ready=None) -> None:
     """Serve the campaign's page on 127.0.0.1 until Ctrl-C; ready(server, labeling) is called once it listens."""
+    if not 0 <= port <= 65535:
+        raise DataError(f"--port {port}: expected a port from 0 (any free one) to 65535")
     labeling = Labeling(folder, device)
     port_holder = {"port": port}
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler_for(labeling, port_holder))
+    try:
+        server = QuietServer(("127.0.0.1", port), handler_for(labeling, port_holder))
+    except OSError as error:
+        raise DataError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({error.strerror}); choose another") from None
     port_holder["port"] = server.server_address[1]
     print(f"labeling {folder}: open http://127.0.0.1:{port_holder['port']}/ (Ctrl-C stops; every label is saved)")
     if ready is not None:
@@ -225,7 +292,7 @@ def main(argv=None):
 
 def page(token: str) -> str:
     """The page: plain HTML and JavaScript, no outside resources."""
-    return PAGE.replace("__TOKEN__", token)
+    return PAGE.replace("__TOKEN__", token).replace("__FEWEST__", str(campaign.FEWEST_FOR_A_PERCENTAGE))
 
 
 PAGE = """<!doctype html>
@@ -253,13 +320,23 @@ button.chosen { background: #2a7; color: white; }
       <button id="prev">&larr; back</button> <button id="nextcell">&rarr; next</button></div>
     <div style="margin-top:1em"><button id="train">Train and ask the next round</button></div>
     <div id="status"></div>
+    <div id="saving"></div>
     <div id="log"></div>
   </div>
 </div>
 <div id="strip"></div>
 <script>
 const TOKEN = "__TOKEN__";
-let view = null, current = 0, history = [], polling = null;
+let view = null, current = 0, history = [], polling = null, queue = Promise.resolve(), unsaved = 0, failed = null;
+const FEWEST_FOR_A_PERCENTAGE = __FEWEST__;  // lab/campaign.py's: fewer held-out labels give no percentage
+function quality(validation) {
+  if (!validation) return "";
+  if (validation.count < FEWEST_FOR_A_PERCENTAGE)
+    return "held-out: " + Math.round(validation.aca * validation.count) + " of " + validation.count +
+           " labels right (too few for a percentage)";
+  return "held-out MCA " + (100 * validation.mca).toFixed(1) + "%, ACA " + (100 * validation.aca).toFixed(1) +
+         "% (" + validation.count + " labels)";
+}
 async function post(path, body) {
   const response = await fetch(path, {method: "POST", headers: {"X-Token": TOKEN, "Content-Type": "application/json"},
                                       body: JSON.stringify(body)});
@@ -283,9 +360,7 @@ function draw(strip) {
   document.getElementById("progress").textContent = view.labeled + " of " + view.cells.length + " labeled";
   const cell = view.cells[current];
   const status = document.getElementById("status");
-  status.textContent = view.running ? "training the next round..." :
-    (view.error ? "" : (view.validation ? "held-out MCA " + (100 * view.validation.mca).toFixed(1) + "%, ACA " +
-     (100 * view.validation.aca).toFixed(1) + "%" : ""));
+  status.textContent = view.running ? "training the next round..." : (view.error ? "" : quality(view.validation));
   if (view.error) { status.textContent = view.error; status.className = "error"; } else status.className = "";
   document.getElementById("log").textContent = view.log;
   const buttons = document.getElementById("buttons");
@@ -324,28 +399,43 @@ function draw(strip) {
     thumb.className = (view.cells[index].label ? "done " : "") + (index === current ? "current" : "");
   });
 }
-async function give(label) {
-  const cell = view.cells[current];
-  if (!cell || view.running) return;
-  try {
-    await post("/api/label", {number: cell.number, label: label});
-    history.push({index: current, before: cell.label});
-    cell.label = label;
-    view.labeled = view.cells.filter(c => c.label).length;
-    if (current < view.cells.length - 1) current += 1;
-    draw(false);
-  } catch (error) { document.getElementById("status").textContent = error.message; }
+function send(number, label) {
+  // Labels reach the server one at a time, in the order they were given: a key press labels the cell on screen
+  // when it was pressed, whatever the server's latency (the page moves on at once, the saving follows).
+  unsaved += 1; showSaving();
+  queue = queue.then(() => post("/api/label", {number: number, label: label}))
+    .catch((error) => { failed = error.message; return load(); })
+    .finally(() => { unsaved -= 1; showSaving(); });
+  return queue;
 }
-async function undo() {
+function showSaving() {
+  const saving = document.getElementById("saving");
+  saving.textContent = failed ? "not saved: " + failed : (unsaved ? "saving " + unsaved + "..." : "every label saved");
+  saving.className = failed ? "error" : "";
+}
+function give(label) {
+  const index = current, cell = view.cells[index];
+  if (!cell || view.running) return;
+  failed = null;
+  history.push({index: index, before: cell.label});
+  cell.label = label;
+  view.labeled = view.cells.filter(c => c.label).length;
+  if (current < view.cells.length - 1) current += 1;
+  draw(false);
+  send(cell.number, label);
+}
+function undo() {
   const last = history.pop();
   if (!last) return;
-  await post("/api/label", {number: view.cells[last.index].number, label: last.before || ""});
-  view.cells[last.index].label = last.before || "";
+  const cell = view.cells[last.index];
+  cell.label = last.before || "";
   view.labeled = view.cells.filter(c => c.label).length;
   current = last.index;
   draw(false);
+  send(cell.number, cell.label);
 }
 async function train() {
+  await queue;  // every label given reaches the file before the round starts
   try { await post("/api/next", {}); view.running = true; draw(false); polling = setInterval(poll, 1000); }
   catch (error) { document.getElementById("status").textContent = error.message; }
 }

@@ -106,11 +106,15 @@ def specimen_split(
     for label in sorted(by_class):
         group = sorted(by_class[label])
         if len(group) < len(sides_needed):
+            advice = (  # train.py can leave its test side out or drop a class; active.py's 80/20 split has two sides
+                "drop it with --classes, use --test-fraction 0 or --split-file when the data comes with its own test set"
+                if "train" in names else "drop its cells from the data"
+            )
             raise DataError(
                 f"--split specimen: class '{class_names[label]}' has {len(group)} specimen(s), too few to put a whole "
-                f"one on each of the {len(sides_needed)} sides ({', '.join(sides_needed)}); add specimens of it, drop "
-                "it with --classes, use --test-fraction 0 when the data comes with its own test set, or pass "
-                "--split cells (which lets one specimen's cells sit on both sides and flatters every result)"
+                f"one on each of the {len(sides_needed)} sides ({', '.join(sides_needed)}); add specimens of it, "
+                f"{advice}, or pass --split cells (which lets one specimen's cells sit on both sides and flatters "
+                "every result)"
             )
         sizes = [len(members[specimen]) for specimen in group]
         class_total, best = sum(sizes), None
@@ -291,7 +295,25 @@ def resolve_split(requested: str | None, dataset: CellDataset) -> str:
             f"--specimens: {len(unknown)} of {len(specimens)} cells have no specimen listed (e.g. {unknown[0]}); "
             "list them, or pass --split cells"
         )
+    check_one_pattern(dataset)
     return "specimen"
+
+
+def check_one_pattern(dataset: CellDataset) -> None:
+    """A specimen counts for the class most of its cells have; a class whose every cell sits in specimens of
+    another class has none of its own, and no split by specimen can test it: one line that says where its cells
+    are (a specimen is one patient's serum, one pattern: the specimens file is likely wrong)."""
+    members, by_class = specimens_by_class(dataset.labels, dataset.specimens)
+    for label in sorted(set(dataset.labels.tolist()) - set(by_class)):
+        hosts = sorted({dataset.specimens[i] for i in torch.nonzero(dataset.labels == label).squeeze(1).tolist()})
+        host = hosts[0]
+        mine = sum(int(dataset.labels[i]) == label for i in members[host])
+        raise DataError(
+            f"--specimens: class '{dataset.class_names[label]}' has no specimen of its own: its "
+            f"{int((dataset.labels == label).sum())} cells sit in {len(hosts)} specimen(s) where another class has "
+            f"most cells (e.g. {host}: {mine} of {len(members[host])} cells); a specimen holds one pattern, so check "
+            "the specimens file, or pass --split cells"
+        )
 
 
 def split_dataset(dataset: CellDataset, by: str, fractions: list[float], seed: int, names: list[str]):
@@ -338,10 +360,10 @@ def specimen_folds(labels: torch.Tensor, specimens: list[str], folds: int, class
     fewest = min(range(len(class_names)), key=lambda label: len(by_class.get(label, [])))
     if len(by_class.get(fewest, [])) < folds:
         count = len(by_class.get(fewest, []))
-        fewer = f"use --folds {count} or fewer, or drop it" if count >= 2 else "drop it"
+        fewer = f"use --folds {count} or fewer, or drop its cells" if count >= 2 else "drop its cells"
         raise DataError(
             f"--folds {folds}: class '{class_names[fewest]}' has {count} specimen(s), too few to put one on the test "
-            f"side of each of {folds} folds; {fewer} with --classes"
+            f"side of each of {folds} folds; {fewer} from the data"
         )
     parts: list[list[int]] = [[] for _ in range(folds)]
     for label in range(len(class_names)):

@@ -39,3 +39,15 @@ def pretrained(tmp_path_factory):
 def private_cache(tmp_path_factory, monkeypatch):
     """Keep the preprocessed-data cache of every test out of the user's ~/.cache."""
     monkeypatch.setenv("HEP2_CACHE", str(tmp_path_factory.getbasetemp() / "hep2-cache"))
+
+
+@pytest.fixture()
+def server(tmp_path, pretrained):
+    """A labeling campaign and its page's server on a free port (tests/test_labeling.py): (folder, truth, port,
+    labeling)."""
+    from test_labeling import serve_in_background, start
+
+    folder, truth = start(tmp_path, pretrained)
+    http_server, state = serve_in_background(folder)
+    yield folder, truth, http_server.server_address[1], state
+    http_server.shutdown()

@@ -50,15 +50,6 @@ def serve_in_background(folder):
     return held["server"], held["labeling"]
 
 
-@pytest.fixture()
-def server(tmp_path, pretrained):
-    """A campaign and its page's server on a free port; (folder, truth, port, labeling)."""
-    folder, truth = start(tmp_path, pretrained)
-    http_server, state = serve_in_background(folder)
-    yield folder, truth, http_server.server_address[1], state
-    http_server.shutdown()
-
-
 def request(port, method, path, body=None, token=None, host=None):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     headers = {"Host": host or f"127.0.0.1:{port}", "Content-Type": "application/json"}
@@ -204,6 +195,7 @@ def label_round_with_the_keyboard(page, port, classes, truth, round_index, skip_
         page.keyboard.press("s" if label == "skip" else str(classes.index(label) + 1))
         given.append((cell["file"], label))
     page.wait_for_function(f"document.getElementById('progress').textContent.startsWith('{len(cells)} of ')")
+    page.wait_for_function("document.getElementById('saving').textContent === 'every label saved'")
     return given
 
 
@@ -233,6 +225,7 @@ def test_a_campaign_done_with_the_keyboard_in_a_real_browser_equals_one_typed_in
                     page.wait_for_function("document.getElementById('progress').textContent.startsWith('9 of 10')")
                     page.keyboard.press(str(classes.index(given[-1][1]) + 1))
                     page.wait_for_function("document.getElementById('progress').textContent.startsWith('10 of 10')")
+                    page.wait_for_function("document.getElementById('saving').textContent === 'every label saved'")
                     page.screenshot(path=str(tmp_path / "labeling-page.png"))
                 labels = query_labels(folder, round_index)
                 assert [labels[file] for file, _ in given] == [label for _, label in given]  # the CSV is the page
