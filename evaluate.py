@@ -11,8 +11,6 @@ and JSON and as percentages on the console.
 """
 
 import argparse
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -20,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from data import model_inputs
+from lab import reports
 from lab.commands import check_flags, refuse_unused, run_command
 from lab.devices import add_device_flag, pick_device
-from lab.layouts import load_unlabeled, parse_class_list, spreadsheet_cell
+from lab.layouts import load_unlabeled, parse_class_list, unlabeled_specimens
 from lab.pictures import draw_confusion
 from lab.recipe import in_precision
 from lab.runs import (
@@ -31,7 +30,6 @@ from lab.runs import (
     load_checkpoint,
     network_from_checkpoint,
     preprocessing,
-    write_text_atomic,
 )
 from lab.splits import known_specimens, labeled_data_for
 
@@ -72,21 +70,24 @@ def mca_aca_of(confusion: torch.Tensor) -> tuple[float, float]:
     return mca, aca
 
 
-def specimen_vote(labels: torch.Tensor, predictions: torch.Tensor, specimens: list[str], num_classes: int) -> dict:
-    """Specimen-level result, as a lab reports a slide: each specimen's pattern is the majority vote of its
-    cells' predictions, compared with the majority of its cells' true classes (ties: the lower class index)."""
+def specimen_votes(predictions: torch.Tensor, specimens: list[str], num_classes: int) -> dict:
+    """{specimen: (its cells' positions, how many of them were predicted as each class)}, specimens sorted. A lab
+    reports a slide's pattern: here the majority vote of its cells' predictions (argmax: ties, the lower class)."""
     members: dict[str, list[int]] = {}
     for index, specimen in enumerate(specimens):
         members.setdefault(specimen, []).append(index)
+    cells = {specimen: torch.tensor(members[specimen]) for specimen in sorted(members)}
+    return {specimen: (at, torch.bincount(predictions[at], minlength=num_classes)) for specimen, at in cells.items()}
+
+
+def specimen_vote(labels: torch.Tensor, predictions: torch.Tensor, specimens: list[str], num_classes: int) -> dict:
+    """Specimen-level result: each specimen's vote (specimen_votes) against the majority of its cells' true classes."""
     rows = []
-    for specimen in sorted(members):
-        cells = torch.tensor(members[specimen])
-        votes = torch.bincount(predictions[cells], minlength=num_classes)
+    for specimen, (cells, votes) in specimen_votes(predictions, specimens, num_classes).items():
         true = int(torch.bincount(labels[cells], minlength=num_classes).argmax())
         predicted = int(votes.argmax())
-        share = float(votes[predicted]) / len(cells)
         rows.append({"specimen": specimen, "cells": len(cells), "true": true, "predicted": predicted})
-        rows[-1]["vote_share"] = share
+        rows[-1]["vote_share"] = float(votes[predicted]) / len(cells)
     correct = sum(row["true"] == row["predicted"] for row in rows)
     return {"specimen_accuracy": correct / len(rows) if rows else 0.0, "specimen_count": len(rows), "specimens": rows}
 
@@ -174,12 +175,15 @@ def build_parser():
     add("--data", default=None, help="labeled cells (default: the checkpoint's own data)")
     classes = "evaluate only these classes, e.g. the 5 a checkpoint knows on data with a sixth (default: all found)"
     add("--classes", nargs="+", default=None, help=classes)
-    specimens = "CSV of file,specimen for --data (default: specimens.csv at the data root, if any)"
+    specimens = "CSV of file,specimen for --data or --predict (default: specimens.csv at the folder's root, if any)"
     add("--specimens", default=None, help=specimens)
     split = "which cells of the data (default: auto = the checkpoint's test split on its own data, all cells of --data)"
     add("--split", default="auto", choices=["auto", "all", "train", "val", "test", "pool"], help=split)
     add("--predict", default=None, help="folder of unlabeled cells to classify instead (default: off)")
-    add("--out", default="predictions.csv", help="CSV written by --predict (default: predictions.csv)")
+    out = "CSV written by --predict, with OUT-specimens.csv where specimens are known (default: predictions.csv)"
+    add("--out", default="predictions.csv", help=out)
+    one = "with --predict: a flat folder is this one specimen (default: off; its specimens come as --data's do)"
+    add("--one-specimen", default=None, metavar="NAME", help=one)
     add("--png", default=None, help="confusion matrix PNG (default: CHECKPOINT-evaluated.png beside the checkpoint)")
     add("--json", action="store_true", help="print the metrics as JSON instead of text (default: off)")
     add("--batch-size", type=int, default=32, help="inference batch size (default: 32)")
@@ -201,6 +205,7 @@ def run(args):
         ("data", args.predict is None, f"{with_predict}; --data names labeled cells to score"),
         ("split", args.predict is None, f"{with_predict}; nothing is split"),
         ("classes", args.predict is None, f"{with_predict}; every class of the model is predicted"),
+        ("one_specimen", args.predict is not None, "it names the one specimen of a flat --predict folder"),
     ])
     inputs = {"--checkpoint": args.checkpoint, "--data": args.data, "--specimens": args.specimens}
     if args.predict:
@@ -233,28 +238,20 @@ def run(args):
 
 
 def predict_folder(model, checkpoint: dict, args, device) -> list[dict]:
-    """Classify every image of a folder: file, predicted class, each class's probability, entropy (Eq. 3)."""
+    """Classify every image of a folder: file, predicted class, each class's probability, entropy (Eq. 3); with
+    specimens known (as --data knows them), each specimen's call too (lab/records.write_predictions)."""
     unreadable: list[tuple[str, str]] = []
-    images, files = load_unlabeled(args.predict, *preprocessing(checkpoint), unreadable=unreadable)
+    paths, specimens = unlabeled_specimens(args.predict, args.specimens, args.one_specimen)
+    images, files = load_unlabeled(args.predict, *preprocessing(checkpoint), unreadable=unreadable, paths=paths)
+    if specimens is not None:  # the cells read, each with its specimen
+        of_path = dict(zip(map(str, paths), specimens))
+        specimens = [of_path[file] for file in files]
     probabilities = predict_probabilities(model, images, device, args.batch_size)
     uncertainty = -torch.special.xlogy(probabilities, probabilities).sum(dim=1)  # entropy, Eq. 3 (active.entropy)
-    class_names = checkpoint["class_names"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["file", "predicted", *[f"p_{name}" for name in class_names], "entropy", "error"])
-    rows = []
-    for file, row, value in zip(files, probabilities.tolist(), uncertainty.tolist()):
-        predicted = class_names[max(range(len(row)), key=row.__getitem__)]
-        writer.writerow([spreadsheet_cell(file), predicted, *[f"{p:.6f}" for p in row], f"{value:.6f}", ""])
-        rows.append({"file": file, "predicted": predicted, "entropy": value})
-    for file, error in unreadable:  # listed, not classified
-        writer.writerow([spreadsheet_cell(file), "", *[""] * len(class_names), "", error])
-    write_text_atomic(buffer.getvalue(), args.out)
-    print(f"classified {len(files)} cells from {args.predict}; predictions written to {args.out}")
-    if unreadable:
-        example = unreadable[0][0]
-        print(f"{len(unreadable)} image(s) could not be read, e.g. {example}; their rows in {args.out} say why")
-    return rows
+    names = checkpoint["class_names"]
+    votes = None if specimens is None else specimen_votes(probabilities.argmax(dim=1), specimens, len(names))
+    cells = (files, specimens, probabilities, uncertainty)
+    return reports.write_predictions(args.out, args.predict, names, cells, votes, unreadable)
 
 
 if __name__ == "__main__":

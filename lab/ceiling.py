@@ -6,6 +6,10 @@ specimen folds of `python -m lab.experiments --cv 5`, the same test sides, varie
     python -m lab.ceiling --data ../shared/data/i3a --shares 0.25 0.5 0.75 --out runs/ceiling
         # specimens: trained on a share of each fold's training specimens (whole specimens drawn at random,
         # every class kept); the curve of pooled MCA against the number of training specimens
+    python -m lab.ceiling --data ../shared/data/i3a --shares 1 --width 128 --out runs/ceiling-width
+        # capacity: each branch's channels doubled (the paper's 64 stays active.py's); its time and memory
+    python -m lab.ceiling --data ../shared/data/i3a --shares 1 --label-smoothing 0.1 --out runs/ceiling-smoothing
+        # regularisation: label smoothing of Eq. 2's targets
     python -m lab.ceiling --data ../shared/data/i3a --ensemble runs/ceiling-seeds --out runs/ceiling
         # variance: the average of the probabilities of the networks of a grid's seeds, fold by fold
         # (the grid: python -m lab.experiments ... --cases rs --limits 1 --seeds 0 1 2 --out runs/ceiling-seeds)
@@ -57,6 +61,8 @@ def rs_every_label(args, fold: int, share: float, out: Path) -> dict:
     flags += ["--seed", str(args.seed), "--out", str(out), "--device", args.device]
     parser = active.build_parser()
     job = records.open_run(parser.parse_args(flags), parser)
+    job["settings"].update(width=args.width, label_smoothing=args.label_smoothing)  # active.run reads both
+    job["derived"].update(width=args.width, label_smoothing=args.label_smoothing)  # and results.json says so
     if share < 1:
         job["pool"] = specimens_share(job["dataset"], job["pool"], share, args.seed)
         job["derived"]["pool_specimens_share"] = share  # in results.json: this run saw only part of its pool
@@ -70,19 +76,23 @@ def specimen_curve(args, out: Path) -> list[dict]:
     for share in args.shares:
         for fold in range(FOLDS):
             results = rs_every_label(args, fold, share, out / f"rs-limit1-seed{args.seed}-fold{fold}-share{share:g}")
+            print(f"ceiling: fold {fold}: MCA {100 * results['mca']:.2f}% in {results['seconds']:.0f} s")
             rows.append({"share": share, "fold": fold, "results": results})
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerow(["share", "fold", "pool_cells", "mca", "aca"])
+    writer.writerow(["share", "fold", "pool_cells", "mca", "aca", "seconds"])
     curve = []
     for share in args.shares:
         group = [row for row in rows if row["share"] == share]
         for row in group:
             results = row["results"]
-            writer.writerow([share, row["fold"], results["pool"], f"{results['mca']:.4f}", f"{results['aca']:.4f}"])
+            scores = [f"{results['mca']:.4f}", f"{results['aca']:.4f}", f"{results['seconds']:.0f}"]
+            writer.writerow([share, row["fold"], results["pool"], *scores])
         summed = sum(torch.tensor(row["results"]["confusion"]) for row in group)
         mca, aca = mca_aca_of(summed)
-        writer.writerow([share, "pooled", sum(row["results"]["pool"] for row in group), f"{mca:.4f}", f"{aca:.4f}"])
+        seconds = sum(row["results"]["seconds"] for row in group)
+        writer.writerow([share, "pooled", sum(row["results"]["pool"] for row in group), f"{mca:.4f}", f"{aca:.4f}",
+                         f"{seconds:.0f}"])  # fmt: skip
         curve.append((share, mca, 0.0))
         print(f"ceiling: {share:g} of the training specimens: pooled MCA {100 * mca:.2f}% ACA {100 * aca:.2f}%")
     write_text_atomic(table.getvalue(), out / "specimens.csv")
@@ -138,6 +148,9 @@ def build_parser():
     parser.add_argument("--data", default=None, help="labeled target cells with specimens (default: the synthetic set)")
     shares = "shares of each fold's training specimens to train on (default: 0.25 0.5 0.75)"
     parser.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75], help=shares)
+    parser.add_argument("--width", type=int, default=64, help="channels of each branch (default: 64, the paper's)")
+    smoothing = "label smoothing of the cross-entropy's targets (default: 0, Eq. 2 as the paper)"
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help=smoothing)
     parser.add_argument("--ensemble", default=None, help="a grid folder of RS at 100% runs of several seeds instead")
     parser.add_argument("--seed", type=int, default=0, help="training seed, and the draw of the specimens (default: 0)")
     parser.add_argument("--out", default="runs/ceiling", help="folder of the runs and tables (default: runs/ceiling)")

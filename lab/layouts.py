@@ -403,15 +403,16 @@ def load_unlabeled(
     normalize: str = "none",
     flag: str = "--predict",
     unreadable: list | None = None,
+    paths: list[Path] | None = None,
 ):
-    """(images (N,1,S,S) uint8, file paths) for every image directly in folder.
+    """(images (N,1,S,S) uint8, file paths) for every image directly in folder (or for `paths`, found in it).
 
     An unreadable image stops the load, unless a list is given for `unreadable`: then (file, error) is
     appended to it and the rest are read."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{flag} {folder}: not a folder")
-    paths = list_images(folder)
+    paths = list_images(folder) if paths is None else paths
     if not paths:
         raise DataError(f"{flag} {folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
     cells, files = [], []
@@ -427,6 +428,39 @@ def load_unlabeled(
     if not cells:
         raise DataError(f"{flag} {folder}: none of its {len(paths)} images could be read")
     return torch.from_numpy(np.stack(cells)).unsqueeze(1), files
+
+
+def unlabeled_specimens(folder, specimens_csv=None, one_specimen: str | None = None):
+    """(the cells of a folder to classify, each one's specimen or None where unknown) the way --data knows them:
+    one subfolder per specimen (DIR/<specimen>/<cells>), a specimens.csv at the root or --specimens FILE (its
+    cells directly in DIR or below), or --one-specimen NAME for a flat folder; a flat folder alone has none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--predict {folder}: not a folder")
+    listed = specimens_csv is not None or (folder / "specimens.csv").is_file()
+    direct = list_images(folder)
+    subfolders = [path for path in sorted(folder.iterdir()) if path.is_dir() and not _is_hidden(path)]
+    if one_specimen is not None and (listed or subfolders):
+        why = "already says its specimens (a specimens file or subfolders)"
+        raise DataError(f"--one-specimen {one_specimen}: {folder} {why}")
+    if listed:
+        paths = list_images_under(folder)
+        specimens = specimens_in(folder, paths, specimens_csv)
+        unlisted = [path for path, specimen in zip(paths, specimens) if specimen is None]
+        if unlisted:
+            example = shown(unlisted[0])
+            raise DataError(f"--specimens: {len(unlisted)} of {len(paths)} cells are not listed (e.g. {example})")
+        return paths, specimens
+    if subfolders and direct:
+        raise DataError(
+            f"--predict {folder}: holds both cells ({shown(direct[0])}) and subfolders ({shown(subfolders[0])}); "
+            "expected one subfolder per specimen, or the cells of one folder"
+        )
+    if subfolders:
+        pairs = [(path, sub.name) for sub in subfolders for path in list_images(sub)]
+        return [path for path, _ in pairs], [specimen for _, specimen in pairs]
+    return direct, None if one_specimen is None else [one_specimen] * len(direct)
+
 
 def get_dataset(data, kind, classes, image_size, normalize, seed, synthetic_cells=None, specimens=None):
     """--data DIR if given (with --specimens FILE if given), else the synthetic default of this kind."""

@@ -169,7 +169,8 @@ def target_data(args, parser):
         if given != parser.get_default(flag) and given != value:  # a flag this run cannot use, refused in one line
             why = f"a pretrained run prepares its cells as its --checkpoint's were ({value}; add --scratch to set it)"
             raise DataError(f"--{flag.replace('_', '-')} {given}: {why}")
-    dataset = get_dataset(args.data, "target", None, image_size, normalize, args.seed, args.synthetic_cells, args.specimens)
+    made = (args.seed, args.synthetic_cells, args.specimens)
+    dataset = get_dataset(args.data, "target", None, image_size, normalize, *made)
     return dataset, pretrained, {"image_size": image_size, "normalize": normalize}
 
 

@@ -107,7 +107,8 @@ def specimen_split(
         group = sorted(by_class[label])
         if len(group) < len(sides_needed):
             advice = (  # train.py can leave its test side out or drop a class; active.py's 80/20 split has two sides
-                "drop it with --classes, use --test-fraction 0 or --split-file when the data comes with its own test set"
+                "drop it with --classes, use --test-fraction 0 or --split-file when the data comes with its own test "
+                "set"
                 if "train" in names else "drop its cells from the data"
             )
             raise DataError(

@@ -10,6 +10,7 @@ from test_specimens import write_cells, write_specimens_csv
 from evaluate import mca_aca_of
 from lab import ceiling, experiments
 from lab.layouts import load_dataset
+from lab.runs import network_from_checkpoint
 
 LAYOUT = {"Homogeneous": {f"h{n}": 3 for n in range(5)}, "Golgi": {f"g{n}": 2 + n % 2 for n in range(5)}}
 
@@ -61,3 +62,26 @@ def test_the_ensemble_averages_the_seeds_probabilities(five_specimens, tmp_path)
     for seed in (0, 1):  # each seed's pooled MCA is the grid's own pooled row
         row = next(r for r in summary if r["fold"] == "pooled" and r["seed"] == str(seed))
         assert pooled[f"seed {seed}"][0] == pytest.approx(float(row["mca"]), abs=1e-4)  # results.csv: fractions
+
+
+def test_the_width_and_smoothing_variants_train_what_they_say(five_specimens, tmp_path, monkeypatch):
+    real = ceiling.active.build_parser
+
+    def tiny_parser():
+        parser = real()
+        parser.set_defaults(image_size=32, max_epochs=2)
+        return parser
+
+    monkeypatch.setattr(ceiling.active, "build_parser", tiny_parser)
+    common = ["--data", str(five_specimens), "--shares", "1", "--device", "cpu"]
+    plain = ceiling.main(common + ["--out", str(tmp_path / "plain")])
+    wide = ceiling.main(common + ["--width", "128", "--out", str(tmp_path / "wide")])
+    smooth = ceiling.main(common + ["--label-smoothing", "0.1", "--out", str(tmp_path / "smooth")])
+    model = tmp_path / "wide" / "rs-limit1-seed0-fold0-share1" / "model.pt"
+    weights = torch.load(model, weights_only=True)["model"]
+    assert weights["head.weight"].shape[1] == 256 and weights["fusion.0.weight"].shape[0] == 256
+    assert network_from_checkpoint(torch.load(model, weights_only=True)).head.in_features == 256
+    assert wide[0]["results"]["derived"]["width"] == 128 and plain[0]["results"]["derived"]["width"] == 64
+    # the smoothed targets keep the loss up: the same first epoch, a higher loss (smoothing's floor)
+    first = [run[0]["results"]["rounds"][0]["train_loss"] for run in (plain, smooth)]
+    assert first[1] > first[0] and smooth[0]["results"]["derived"]["label_smoothing"] == 0.1

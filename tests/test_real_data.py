@@ -97,3 +97,26 @@ def test_train_evaluate_and_active_on_real_cells(few_real_cells, tmp_path, monke
         ]
     )
     assert results["labeled"] == results["budget"] == 96
+
+
+def test_a_new_slide_folder_by_specimen_gets_the_calls_its_evaluation_votes(few_real_cells, tmp_path, monkeypatch):
+    """#51: the test side's cells laid out by specimen (DIR/<specimen>/<cells>) and classified with --predict: each
+    specimen's call is the vote that evaluating the same checkpoint on its labeled test side reports."""
+    monkeypatch.setenv("HEP2_CACHE", str(tmp_path / "cache"))
+    checkpoint = tmp_path / "real.pt"
+    common = ["--device", "cpu"]
+    flags = ["--data", str(few_real_cells), "--max-epochs", "2", "--rotations", "1", "--out", str(checkpoint)]
+    train.main(flags + common)
+    metrics = evaluate.main(["--checkpoint", str(checkpoint), "--json", "--png", str(tmp_path / "c.png")] + common)
+    voted = {row["specimen"]: row["predicted"] for row in metrics["specimens"]}
+    of_file = dict(line.split(",") for line in (few_real_cells / "specimens.csv").read_text().splitlines()[1:])
+    slide = tmp_path / "slide"
+    for file, specimen in of_file.items():
+        if specimen in voted:  # the test side's specimens only, each a subfolder
+            (slide / specimen).mkdir(parents=True, exist_ok=True)
+            (slide / specimen / file.replace("/", "-")).symlink_to(few_real_cells / file)
+    calls = evaluate.main(["--checkpoint", str(checkpoint), "--predict", str(slide), "--out", str(tmp_path / "p.csv")]
+                          + common)  # fmt: skip
+    assert {row["specimen"]: row["call"] for row in calls} == voted and len(voted) >= 5
+    assert sum(row["cells"] for row in calls) == metrics["count"]
+    assert (tmp_path / "p-specimens.csv").read_text().count("\n") == len(voted) + 1
