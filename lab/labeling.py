@@ -149,94 +149,100 @@ def set_label(path: Path, file: str, label: str) -> None:
     write_text_atomic(buffer.getvalue(), path)  # saved before the page says so
 
 
+class Handler(BaseHTTPRequestHandler):
+    """The page, its state as JSON, one cell's image, a label, the next round; handler_for binds it to a campaign."""
+
+    labeling: Labeling
+    port_holder: dict
+
+    def log_message(self, *args):  # quiet: the terminal shows the address and errors only
+        pass
+
+    def send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Frame-Options", "DENY")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def answer(self, status: int, payload) -> None:
+        self.send(status, json.dumps(payload).encode())
+
+    def trusted_host(self) -> bool:
+        host = self.headers.get("Host", "")
+        return host in (f"127.0.0.1:{self.port_holder['port']}", f"localhost:{self.port_holder['port']}")
+
+    def trusted_origin(self) -> bool:
+        """A browser names the page that sent a POST: only this server's own page may (beside the token)."""
+        origin = self.headers.get("Origin")
+        return origin is None or origin in (f"http://{host}:{self.port_holder['port']}" for host in LOOPBACK_NAMES)
+
+    def do_GET(self):
+        if not self.trusted_host():
+            return self.answer(HTTPStatus.FORBIDDEN, {"error": "unknown host"})
+        try:
+            if self.path == "/":
+                return self.send(HTTPStatus.OK, page(self.labeling.token).encode(), "text/html; charset=utf-8")
+            if self.path == "/api/state":
+                return self.answer(HTTPStatus.OK, self.labeling.view())
+            if self.path.startswith("/cell/") and self.path.removeprefix("/cell/").isdigit():
+                return self.send(HTTPStatus.OK, self.labeling.cell_png(int(self.path.removeprefix("/cell/"))), "image/png")
+        except DataError as error:
+            return self.answer(HTTPStatus.NOT_FOUND, {"error": str(error)})
+        return self.answer(HTTPStatus.NOT_FOUND, {"error": "no such page"})
+
+    def do_POST(self):
+        if not self.trusted_host() or not self.trusted_origin():
+            return self.answer(HTTPStatus.FORBIDDEN, {"error": "unknown host or origin"})
+        if not secrets.compare_digest(self.headers.get("X-Token", ""), self.labeling.token):
+            return self.answer(HTTPStatus.FORBIDDEN, {"error": "missing or wrong token"})
+        try:
+            body = self.json_body()
+            if self.path == "/api/label":
+                number = body.get("number")
+                if type(number) is not int or not isinstance(body.get("label", ""), str):  # true is no number
+                    raise ValueError("expected {\"number\": an integer, \"label\": a class name}")
+                return self.answer(HTTPStatus.OK, self.labeling.label(number, body.get("label", "")))
+            if self.path == "/api/next":
+                self.labeling.next_round()
+                return self.answer(HTTPStatus.ACCEPTED, {"started": True})
+        except ValueError as error:
+            return self.answer(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+        except DataError as error:
+            return self.answer(HTTPStatus.CONFLICT, {"error": str(error)})
+        return self.answer(HTTPStatus.BAD_REQUEST, {"error": "expected /api/label {number, label} or /api/next"})
+
+    def json_body(self) -> dict:
+        """The request's JSON object; anything else is a ValueError with one line."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise ValueError("Content-Length: expected a whole number") from None
+        if not 0 <= length <= MAX_BODY:
+            raise ValueError(f"Content-Length {length}: expected 0 to {MAX_BODY} bytes")
+        try:
+            raw = self.rfile.read(length)
+        except TimeoutError:
+            raise ValueError(f"the body did not arrive within {READ_SECONDS} s") from None
+        if len(raw) < length:
+            raise ValueError(f"Content-Length {length}: the body has {len(raw)} bytes")
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            raise ValueError("expected a JSON body") from None
+        if not isinstance(body, dict):
+            raise ValueError("expected a JSON object")
+        return body
+
+
+
 def handler_for(labeling: Labeling, port_holder: dict):
-    """The request handler: the page, its state as JSON, one cell's image, a label, the next round."""
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = READ_SECONDS  # every read of a request has a deadline: a short body cannot hold a thread
-
-        def log_message(self, *args):  # quiet: the terminal shows the address and errors only
-            pass
-
-        def send(self, status: int, body: bytes, kind: str = "application/json") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Frame-Options", "DENY")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def answer(self, status: int, payload) -> None:
-            self.send(status, json.dumps(payload).encode())
-
-        def trusted_host(self) -> bool:
-            host = self.headers.get("Host", "")
-            return host in (f"127.0.0.1:{port_holder['port']}", f"localhost:{port_holder['port']}")
-
-        def trusted_origin(self) -> bool:
-            """A browser names the page that sent a POST: only this server's own page may (beside the token)."""
-            origin = self.headers.get("Origin")
-            return origin is None or origin in (f"http://{host}:{port_holder['port']}" for host in LOOPBACK_NAMES)
-
-        def do_GET(self):
-            if not self.trusted_host():
-                return self.answer(HTTPStatus.FORBIDDEN, {"error": "unknown host"})
-            try:
-                if self.path == "/":
-                    return self.send(HTTPStatus.OK, page(labeling.token).encode(), "text/html; charset=utf-8")
-                if self.path == "/api/state":
-                    return self.answer(HTTPStatus.OK, labeling.view())
-                if self.path.startswith("/cell/") and self.path.removeprefix("/cell/").isdigit():
-                    return self.send(HTTPStatus.OK, labeling.cell_png(int(self.path.removeprefix("/cell/"))), "image/png")
-            except DataError as error:
-                return self.answer(HTTPStatus.NOT_FOUND, {"error": str(error)})
-            return self.answer(HTTPStatus.NOT_FOUND, {"error": "no such page"})
-
-        def do_POST(self):
-            if not self.trusted_host() or not self.trusted_origin():
-                return self.answer(HTTPStatus.FORBIDDEN, {"error": "unknown host or origin"})
-            if not secrets.compare_digest(self.headers.get("X-Token", ""), labeling.token):
-                return self.answer(HTTPStatus.FORBIDDEN, {"error": "missing or wrong token"})
-            try:
-                body = self.json_body()
-                if self.path == "/api/label":
-                    number = body.get("number")
-                    if type(number) is not int or not isinstance(body.get("label", ""), str):  # true is no number
-                        raise ValueError("expected {\"number\": an integer, \"label\": a class name}")
-                    return self.answer(HTTPStatus.OK, labeling.label(number, body.get("label", "")))
-                if self.path == "/api/next":
-                    labeling.next_round()
-                    return self.answer(HTTPStatus.ACCEPTED, {"started": True})
-            except ValueError as error:
-                return self.answer(HTTPStatus.BAD_REQUEST, {"error": str(error)})
-            except DataError as error:
-                return self.answer(HTTPStatus.CONFLICT, {"error": str(error)})
-            return self.answer(HTTPStatus.BAD_REQUEST, {"error": "expected /api/label {number, label} or /api/next"})
-
-        def json_body(self) -> dict:
-            """The request's JSON object; anything else is a ValueError with one line."""
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                raise ValueError("Content-Length: expected a whole number") from None
-            if not 0 <= length <= MAX_BODY:
-                raise ValueError(f"Content-Length {length}: expected 0 to {MAX_BODY} bytes")
-            try:
-                raw = self.rfile.read(length)
-            except TimeoutError:
-                raise ValueError(f"the body did not arrive within {READ_SECONDS} s") from None
-            if len(raw) < length:
-                raise ValueError(f"Content-Length {length}: the body has {len(raw)} bytes")
-            try:
-                body = json.loads(raw or b"{}")
-            except ValueError:
-                raise ValueError("expected a JSON body") from None
-            if not isinstance(body, dict):
-                raise ValueError("expected a JSON object")
-            return body
-
-    return Handler
+    """Handler bound to this campaign and the port it listens on (known once the server has bound it); every read
+    of a request has a deadline (READ_SECONDS), so a short body cannot hold a thread."""
+    bound = {"labeling": labeling, "port_holder": port_holder, "timeout": READ_SECONDS}
+    return type("CampaignHandler", (Handler,), bound)
 
 
 READ_SECONDS = 10  # how long a request may take to arrive

@@ -7,7 +7,7 @@ from test_specimens import LAYOUT, write_cells
 
 import evaluate
 import train
-from lab import splits
+from lab import given
 from lab.layouts import load_dataset
 
 
@@ -24,7 +24,7 @@ def folder(tmp_path):
 def test_the_sides_are_the_files_the_split_names(folder, tmp_path):
     root, sides = folder
     dataset = load_dataset(root, cache=False)
-    parts = splits.given_split(dataset, tmp_path / "split.csv")
+    parts = given.given_split(dataset, tmp_path / "split.csv")
     for name, part in zip(["train", "val", "test"], parts):
         named = sorted(str(root / file) for file, side in sides.items() if side == name)
         assert sorted(dataset.files[i] for i in part.tolist()) == named and named
