@@ -27,6 +27,7 @@ from evaluate import mca_aca_of, per_class_accuracy
 from lab import records
 from lab.commands import run_command
 from lab.pictures import draw_bar_chart, draw_confusion, draw_line_chart
+from lab.recipe import paper_settings
 from lab.records import read_results
 from lab.runs import data_fingerprint, fingerprint_digest, other_settings, write_text_atomic
 
@@ -123,6 +124,7 @@ def run_grid(grid_args, run_flags: list[str]) -> list[dict]:
         for dest, applies, _ in records.unused_flags(args):  # the grid's flags go to every case; not those it can't use
             if not applies:
                 setattr(args, dest, active.build_parser().get_default(dest))
+        paper_settings(args, active.build_parser())  # --paper's values, as the run records them: a finished run matches
         if (run_dir / "results.json").exists():
             results = read_results(run_dir / "results.json")
             differs = other_settings(results["args"], args, may_change=("device",))

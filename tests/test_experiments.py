@@ -6,7 +6,7 @@ import pytest
 from conftest import TINY
 
 import active
-from lab import experiments
+from lab import experiments, recipe
 
 
 def test_grid_writes_tables_and_plots_and_completes_a_half_finished_grid(pretrained, tmp_path, monkeypatch):
@@ -85,3 +85,17 @@ def test_a_summed_confusion_says_what_it_sums():
     assert experiments.confusion_runs(3, None) == "3 seed(s)"
     assert experiments.confusion_runs(10, 5) == "2 seed(s) x 5 folds"  # with --cv: every cell once a seed
     assert experiments.confusion_runs(2, 5) == "2 run(s)"  # --only-folds: not every fold of a seed
+
+
+def test_a_paper_grid_reads_its_finished_runs_back(tmp_path, monkeypatch):
+    """A grid with --paper (whose runs record the paper's settings, not the flags' defaults) is summarized and rerun
+    without running its finished runs again."""
+    monkeypatch.setitem(recipe.PAPER, "max_epochs", 2)  # the paper's rule alone runs 1000 epochs on 15 tiny cells
+    flags = ["--cases", "rs", "--limits", "0.3", "--seeds", "0", "--out", str(tmp_path / "grid"), "--paper"]
+    flags += TINY + ["--synthetic-cells", "60"]
+    rows = experiments.main(flags)
+    assert rows[0]["results"]["args"]["max_epochs"] == 2  # the run holds --paper's settings, not the default 10
+    started = []
+    monkeypatch.setattr(active, "run", lambda job: started.append(job))
+    assert [r["results"]["mca"] for r in experiments.main(flags + ["--summarize-only"])] == [rows[0]["results"]["mca"]]
+    assert [r["results"]["mca"] for r in experiments.main(flags)] == [rows[0]["results"]["mca"]] and not started
