@@ -124,7 +124,7 @@ def run_grid(grid_args, run_flags: list[str]) -> list[dict]:
         for dest, applies, _ in records.unused_flags(args):  # the grid's flags go to every case; not those it can't use
             if not applies:
                 setattr(args, dest, active.build_parser().get_default(dest))
-        paper_settings(args, active.build_parser())  # --paper's values, as the run records them: a finished run matches
+        paper_settings(args, active.build_parser())  # --paper's values, as its runs record them
         if (run_dir / "results.json").exists():
             results = read_results(run_dir / "results.json")
             differs = other_settings(results["args"], args, may_change=("device",))
