@@ -120,11 +120,12 @@ def run_grid(grid_args, run_flags: list[str]) -> list[dict]:
         flags = CASES[run_case] + ["--limit", str(limit), "--seed", str(seed), "--out", str(run_dir)]
         if fold is not None:
             flags += ["--fold", str(fold), "--folds", str(grid_args.cv)]
-        args = active.build_parser().parse_args(run_flags + flags)
+        parser = active.build_parser()
+        args = parser.parse_args(run_flags + flags)
         for dest, applies, _ in records.unused_flags(args):  # the grid's flags go to every case; not those it can't use
             if not applies:
-                setattr(args, dest, active.build_parser().get_default(dest))
-        paper_settings(args, active.build_parser())  # --paper's values, as its runs record them
+                setattr(args, dest, parser.get_default(dest))
+        paper_settings(args, parser)  # --paper's values, as its runs record them
         if (run_dir / "results.json").exists():
             results = read_results(run_dir / "results.json")
             differs = other_settings(results["args"], args, may_change=("device",))
@@ -139,7 +140,7 @@ def run_grid(grid_args, run_flags: list[str]) -> list[dict]:
         else:  # the same command resumes a run killed half-way (and refuses other flags than its own)
             args.resume = (run_dir / "state.pt").exists()
             print(f"grid: {'resuming' if args.resume else 'running'} {run_dir.name}")
-            results = active.run(records.open_run(args, active.build_parser()))
+            results = active.run(records.open_run(args, parser))
         rows.append({"case": case, "limit": limit, "seed": seed, "fold": fold, "results": results})
         if list(results["per_class"]) != list(rows[0]["results"]["per_class"]):  # one table holds one set of classes
             raise DataError(f"--out {out}: {run_dir.name} has other classes than the grid's first run; did the data change?")
