@@ -9,12 +9,15 @@ specimen folds of `python -m lab.experiments --cv 5`, the same test sides, varie
     python -m lab.ceiling --data ../shared/data/i3a --shares 1 --width 128 --out runs/ceiling-width
         # capacity: each branch's channels doubled (the paper's 64 stays active.py's); its time and memory
     python -m lab.ceiling --data ../shared/data/i3a --shares 1 --label-smoothing 0.1 --out runs/ceiling-smoothing
-        # regularisation: label smoothing of Eq. 2's targets
+    python -m lab.ceiling --data ../shared/data/i3a --shares 1 --mixup 0.2 --out runs/ceiling-mixup
+        # regularisation: label smoothing of Eq. 2's targets; mixup of two cells' Haar inputs (recipe.mixup_loss)
     python -m lab.ceiling --data ../shared/data/i3a --ensemble runs/ceiling-seeds --out runs/ceiling
         # variance: the average of the probabilities of the networks of a grid's seeds, fold by fold
         # (the grid: python -m lab.experiments ... --cases rs --limits 1 --seeds 0 1 2 --out runs/ceiling-seeds)
 
 Writes OUT/specimens.csv (one row a share and fold, and the pooled rows), OUT/specimens.png, OUT/ensemble.csv.
+--folds runs part of the folds (two processes, or two sessions, into one OUT); a later call with every fold reads
+the finished runs back and writes the pooled rows, which need all five.
 """
 
 import argparse
@@ -61,8 +64,9 @@ def rs_every_label(args, fold: int, share: float, out: Path) -> dict:
     flags += ["--seed", str(args.seed), "--out", str(out), "--device", args.device]
     parser = active.build_parser()
     job = records.open_run(parser.parse_args(flags), parser)
-    job["settings"].update(width=args.width, label_smoothing=args.label_smoothing)  # active.run reads both
-    job["derived"].update(width=args.width, label_smoothing=args.label_smoothing)  # and results.json says so
+    variant = {"width": args.width, "label_smoothing": args.label_smoothing, "mixup": args.mixup}
+    job["settings"].update(variant)  # active.run reads them
+    job["derived"].update(variant)  # and results.json says so
     if share < 1:
         job["pool"] = specimens_share(job["dataset"], job["pool"], share, args.seed)
         job["derived"]["pool_specimens_share"] = share  # in results.json: this run saw only part of its pool
@@ -74,30 +78,36 @@ def specimen_curve(args, out: Path) -> list[dict]:
     """The specimens diagnostic: every share on every fold, then the pooled rows, CSV and picture."""
     rows = []
     for share in args.shares:
-        for fold in range(FOLDS):
+        for fold in args.folds:
             results = rs_every_label(args, fold, share, out / f"rs-limit1-seed{args.seed}-fold{fold}-share{share:g}")
             print(f"ceiling: fold {fold}: MCA {100 * results['mca']:.2f}% in {results['seconds']:.0f} s")
             rows.append({"share": share, "fold": fold, "results": results})
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerow(["share", "fold", "pool_cells", "mca", "aca", "seconds"])
+    writer.writerow(["share", "fold", "width", "label_smoothing", "mixup", "pool_cells", "mca", "aca", "seconds"])
+    variant = [args.width, args.label_smoothing, args.mixup]
     curve = []
     for share in args.shares:
         group = [row for row in rows if row["share"] == share]
         for row in group:
             results = row["results"]
             scores = [f"{results['mca']:.4f}", f"{results['aca']:.4f}", f"{results['seconds']:.0f}"]
-            writer.writerow([share, row["fold"], results["pool"], *scores])
+            writer.writerow([share, row["fold"], *variant, results["pool"], *scores])
+        if sorted(row["fold"] for row in group) != list(range(FOLDS)):
+            print(f"ceiling: {share:g}: folds {args.folds} only; the pooled row needs all {FOLDS}")
+            continue
         summed = sum(torch.tensor(row["results"]["confusion"]) for row in group)
         mca, aca = mca_aca_of(summed)
         seconds = sum(row["results"]["seconds"] for row in group)
-        writer.writerow([share, "pooled", sum(row["results"]["pool"] for row in group), f"{mca:.4f}", f"{aca:.4f}",
-                         f"{seconds:.0f}"])  # fmt: skip
+        cells = sum(row["results"]["pool"] for row in group)
+        writer.writerow([share, "pooled", *variant, cells, f"{mca:.4f}", f"{aca:.4f}", f"{seconds:.0f}"])
         curve.append((share, mca, 0.0))
         print(f"ceiling: {share:g} of the training specimens: pooled MCA {100 * mca:.2f}% ACA {100 * aca:.2f}%")
     write_text_atomic(table.getvalue(), out / "specimens.csv")
     title = "RS at 100%: pooled MCA against the share of training specimens"
-    draw_line_chart(out / "specimens.png", title, [("pooled MCA", {"RS 100%": curve})], "share of training specimens")
+    if curve:
+        series = [("pooled MCA", {"RS 100%": curve})]
+        draw_line_chart(out / "specimens.png", title, series, "share of training specimens")
     return rows
 
 
@@ -140,6 +150,11 @@ def run(args):
         return ensemble(args, out)
     if not args.shares or not all(0 < share <= 1 for share in args.shares):
         raise DataError("--shares: expected shares of the training specimens in (0, 1]")
+    if not args.folds or not set(args.folds) <= set(range(FOLDS)):
+        raise DataError(f"--folds: expected fold numbers from 0 to {FOLDS - 1}")
+    args.folds = sorted(set(args.folds))
+    if args.mixup < 0:
+        raise DataError("--mixup: expected alpha >= 0 (0: off)")
     return specimen_curve(args, out)
 
 
@@ -151,6 +166,10 @@ def build_parser():
     parser.add_argument("--width", type=int, default=64, help="channels of each branch (default: 64, the paper's)")
     smoothing = "label smoothing of the cross-entropy's targets (default: 0, Eq. 2 as the paper)"
     parser.add_argument("--label-smoothing", type=float, default=0.0, help=smoothing)
+    mixup = "mixup's alpha: two cells' Haar inputs mixed, weight ~ Beta(alpha, alpha) (default: 0, off, the paper)"
+    parser.add_argument("--mixup", type=float, default=0.0, help=mixup)
+    folds = f"the folds to run (default: all {FOLDS}; the pooled rows need all)"
+    parser.add_argument("--folds", type=int, nargs="+", default=list(range(FOLDS)), help=folds)
     parser.add_argument("--ensemble", default=None, help="a grid folder of RS at 100% runs of several seeds instead")
     parser.add_argument("--seed", type=int, default=0, help="training seed, and the draw of the specimens (default: 0)")
     parser.add_argument("--out", default="runs/ceiling", help="folder of the runs and tables (default: runs/ceiling)")
