@@ -15,7 +15,8 @@ specimen folds of `python -m lab.experiments --cv 5`, the same test sides, varie
         # variance: the average of the probabilities of the networks of a grid's seeds, fold by fold
         # (the grid: python -m lab.experiments ... --cases rs --limits 1 --seeds 0 1 2 --out runs/ceiling-seeds)
 
-Writes OUT/specimens.csv (one row a share and fold, and the pooled rows), OUT/specimens.png, OUT/ensemble.csv.
+Writes OUT/specimens.csv (one row a share and fold, and the pooled rows; with each run's seconds and its process's
+peak memory), OUT/specimens.png, OUT/ensemble.csv.
 --folds runs part of the folds (two processes, or two sessions, into one OUT); a later call with every fold reads
 the finished runs back and writes the pooled rows, which need all five.
 """
@@ -23,6 +24,8 @@ the finished runs back and writes the pooled rows, which need all five.
 import argparse
 import csv
 import io
+import json
+import resource
 from pathlib import Path
 
 import torch
@@ -71,7 +74,17 @@ def rs_every_label(args, fold: int, share: float, out: Path) -> dict:
         job["pool"] = specimens_share(job["dataset"], job["pool"], share, args.seed)
         job["derived"]["pool_specimens_share"] = share  # in results.json: this run saw only part of its pool
         print(f"ceiling: {share:g} of the training specimens: {len(job['pool'])} cells")
-    return active.run(job)
+    results = active.run(job)
+    # The capacity diagnostic's memory: this process's peak so far (ru_maxrss, KiB on Linux), one variant a process.
+    peak = {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    write_text_atomic(json.dumps(peak), out / "memory.json")
+    return results
+
+
+def peak_memory(run: Path) -> str:
+    """A run's peak_rss_gib as rs_every_label wrote it ("" for a run made before it did)."""
+    path = run / "memory.json"
+    return str(json.loads(path.read_text())["peak_rss_gib"]) if path.exists() else ""
 
 
 def specimen_curve(args, out: Path) -> list[dict]:
@@ -79,12 +92,13 @@ def specimen_curve(args, out: Path) -> list[dict]:
     rows = []
     for share in args.shares:
         for fold in args.folds:
-            results = rs_every_label(args, fold, share, out / f"rs-limit1-seed{args.seed}-fold{fold}-share{share:g}")
+            run = out / f"rs-limit1-seed{args.seed}-fold{fold}-share{share:g}"
+            results = rs_every_label(args, fold, share, run)
             print(f"ceiling: fold {fold}: MCA {100 * results['mca']:.2f}% in {results['seconds']:.0f} s")
-            rows.append({"share": share, "fold": fold, "results": results})
+            rows.append({"share": share, "fold": fold, "results": results, "memory": peak_memory(run)})
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerow(["share", "fold", "width", "label_smoothing", "mixup", "pool_cells", "mca", "aca", "seconds"])
+    writer.writerow(["share", "fold", "width", "label_smoothing", "mixup", "pool_cells", "mca", "aca", "seconds", "peak_rss_gib"])
     variant = [args.width, args.label_smoothing, args.mixup]
     curve = []
     for share in args.shares:
@@ -92,7 +106,7 @@ def specimen_curve(args, out: Path) -> list[dict]:
         for row in group:
             results = row["results"]
             scores = [f"{results['mca']:.4f}", f"{results['aca']:.4f}", f"{results['seconds']:.0f}"]
-            writer.writerow([share, row["fold"], *variant, results["pool"], *scores])
+            writer.writerow([share, row["fold"], *variant, results["pool"], *scores, row["memory"]])
         if sorted(row["fold"] for row in group) != list(range(FOLDS)):
             print(f"ceiling: {share:g}: folds {args.folds} only; the pooled row needs all {FOLDS}")
             continue
@@ -100,7 +114,9 @@ def specimen_curve(args, out: Path) -> list[dict]:
         mca, aca = mca_aca_of(summed)
         seconds = sum(row["results"]["seconds"] for row in group)
         cells = sum(row["results"]["pool"] for row in group)
-        writer.writerow([share, "pooled", *variant, cells, f"{mca:.4f}", f"{aca:.4f}", f"{seconds:.0f}"])
+        peaks = [float(row["memory"]) for row in group if row["memory"]]
+        peak = max(peaks) if peaks else ""
+        writer.writerow([share, "pooled", *variant, cells, f"{mca:.4f}", f"{aca:.4f}", f"{seconds:.0f}", peak])
         curve.append((share, mca, 0.0))
         print(f"ceiling: {share:g} of the training specimens: pooled MCA {100 * mca:.2f}% ACA {100 * aca:.2f}%")
     write_text_atomic(table.getvalue(), out / "specimens.csv")

@@ -87,6 +87,8 @@ def test_the_width_and_smoothing_variants_train_what_they_say(five_specimens, tm
     assert weights["head.weight"].shape[1] == 256 and weights["fusion.0.weight"].shape[0] == 256
     assert network_from_checkpoint(torch.load(model, weights_only=True)).head.in_features == 256
     assert wide[0]["results"]["derived"]["width"] == 128 and plain[0]["results"]["derived"]["width"] == 64
+    table = list(csv.DictReader((tmp_path / "wide" / "specimens.csv").open()))
+    assert table[0]["width"] == "128" and float(table[-1]["peak_rss_gib"]) > 0  # its memory beside its time
     # the smoothed targets keep the loss up: the same first epoch, a higher loss (smoothing's floor)
     first = [run[0]["results"]["rounds"][0]["train_loss"] for run in (plain, smooth)]
     assert first[1] > first[0] and smooth[0]["results"]["derived"]["label_smoothing"] == 0.1
