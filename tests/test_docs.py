@@ -109,6 +109,7 @@ def test_the_readme_table_2_is_its_csvs():
                 continue
             runs = [r for r in csv.DictReader((ROOT / source).open()) if r["case"] == case and float(r["limit"]) == 0.2]
             expected = table_2_cell([r for r in runs if (r["fold"] == "pooled") == pooled])
-            assert shown == pytest.approx(expected, abs=0.006), f"README Table 2, {case}, column {column}: {source}"
+            # 0.011: the CSV's 4-decimal fractions move a mean by up to 0.005 points, the README's 2 decimals 0.005 more
+            assert shown == pytest.approx(expected, abs=0.011), f"README Table 2, {case}, column {column}: {source}"
             checked += 1
     assert checked >= 8
