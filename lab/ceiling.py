@@ -98,7 +98,8 @@ def specimen_curve(args, out: Path) -> list[dict]:
             rows.append({"share": share, "fold": fold, "results": results, "memory": peak_memory(run)})
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerow(["share", "fold", "width", "label_smoothing", "mixup", "pool_cells", "mca", "aca", "seconds", "peak_rss_gib"])
+    variant_columns = ["width", "label_smoothing", "mixup"]
+    writer.writerow(["share", "fold", *variant_columns, "pool_cells", "mca", "aca", "seconds", "peak_rss_gib"])
     variant = [args.width, args.label_smoothing, args.mixup]
     curve = []
     for share in args.shares:
