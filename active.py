@@ -144,7 +144,7 @@ PROGRESS_SECONDS = 30  # fine_tune prints an epoch line at most this often (a ro
 TRAINING = {"lr": 1e-3, "patience": 5, "batch_size": 64, "max_epochs": recipe.MAX_EPOCHS, "min_decrease": 1e-4}
 # Eq. 2's plain cross-entropy on single cells; lab/ceiling.py measures smoothing 0.1 and mixup 0.2 (issue #48).
 TRAINING.update(label_smoothing=0.0, mixup=0.0)
-TRAINING.update(stop_weights="average", batchnorm="recalibrate", final_tune=recipe.FINAL_TUNE)
+TRAINING.update(stop_weights="average", batchnorm="recalibrate")
 
 
 def fine_tune(model, forward, cells: torch.Tensor, labels: torch.Tensor, generator, settings=TRAINING) -> dict:
@@ -228,9 +228,6 @@ def run(job: dict) -> dict:
         metrics = summarize(dataset.labels[test], probabilities, dataset.class_names)
         records.end_round(book, round_index, chosen, scored, fit, metrics, started)  # state.pt: a kill resumes here
 
-    # The recipe: every layer tuned after the last round (a kill here resumes from the last round and tunes again).
-    book["final_tune_seconds"] = recipe.final_tune(fine_tune, model, dataset.images, *pool.labeled(), generator,
-                                                   training, device, precision)  # fmt: skip
     return records.finish(book)
 
 
@@ -265,9 +262,6 @@ def build_parser():
     add("--stop-weights", default="average", choices=["average", "last"], help=stop + "epoch's (the paper's)")
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning (the recipe), or keep the running ones "
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm + "(the paper's)")
-    tune = "after the last round, fine-tune every layer, the frozen ones too, for this many epochs at a tenth of the "
-    tune += f"learning rate (default: {recipe.FINAL_TUNE}: kept fixed, as the paper; 3 was the default in #38-#47)"
-    add("--final-tune", type=int, default=recipe.FINAL_TUNE, help=tune)
     add("--image-size", type=int, default=112, help="with --scratch: cell size (default: 112; else the checkpoint's)")
     normalize = "with --scratch: per-cell intensity stretch (default: percentile, the recipe; none is the paper's)"
     add("--normalize", default="percentile", choices=NORMALIZATIONS, help=normalize)

@@ -128,15 +128,6 @@ def freeze_early_layers(model: ParallelResNet) -> ParallelResNet:
     return model
 
 
-def unfreeze_early_layers(model: ParallelResNet) -> ParallelResNet:
-    """Undo freeze_early_layers: every layer trains again, BatchNorm too (active.py --final-tune; not the paper)."""
-    for branch in (model.approximation_branch, model.details_branch):
-        for parameter in branch.early.parameters():
-            parameter.requires_grad_(True)
-    model.early_frozen = False
-    return model
-
-
 def transfer(model: ParallelResNet, num_classes: int) -> ParallelResNet:
     """Sec. 3.1's transfer step, from the pretrained network to the target's first fine-tuning.
 

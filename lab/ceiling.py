@@ -187,7 +187,7 @@ def build_parser():
     parser.add_argument("--mixup", type=float, default=0.0, help=mixup)
     folds = f"the folds to run (default: all {FOLDS}; the pooled rows need all)"
     parser.add_argument("--folds", type=int, nargs="+", default=list(range(FOLDS)), help=folds)
-    parser.add_argument("--ensemble", default=None, help="a grid folder of RS at 100% runs of several seeds instead")
+    parser.add_argument("--ensemble", default=None, help="a grid folder of RS at 100%% runs of several seeds instead")
     parser.add_argument("--seed", type=int, default=0, help="training seed, and the draw of the specimens (default: 0)")
     parser.add_argument("--out", default="runs/ceiling", help="folder of the runs and tables (default: runs/ceiling)")
     add_device_flag(parser)

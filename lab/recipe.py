@@ -1,11 +1,11 @@
 """The recipe: where active.py's defaults depart from the paper, each kept by a rule on a development split.
 
-Not the paper (the workshop). active.py calls these at four marked places (`recipe.` in its code): the forward
-function of a run, each epoch's weights, the weights a fine-tuning keeps, and after the last round; a fifth,
-mixup_loss, is a diagnostic of lab/ceiling.py's (issue #48), off in the defaults and in --paper alike. `--paper`
-turns every departure off at once (PAPER below); each also has a flag of its own. Each was kept because it passed
-a rule written before its runs, on a development split of the training side's own specimens (docs/results-i3a.md
-holds every row, kept or not, with the commit that measured it):
+Not the paper (the workshop). active.py calls these at three marked places (`recipe.` in its code): the forward
+function of a run, each epoch's weights and the weights a fine-tuning keeps; a fourth, mixup_loss, is a diagnostic
+of lab/ceiling.py's (issue #48), off in the defaults and in --paper alike. `--paper` turns every departure off at
+once (PAPER below); each also has a flag of its own. Each was kept because it passed a rule written before its runs,
+on a development split of the training side's own specimens (docs/results-i3a.md holds every row, kept or not, with
+the commit that measured it):
 
   * the frozen layers' output cached once (float16), a speed device with no setting: the paper's early layers are
     fixed, so their output for a cell never changes (docs/speed.md);
@@ -15,9 +15,9 @@ holds every row, kept or not, with the commit that measured it):
     1000 --min-decrease 0: the paper's rule alone, "the loss does not decrease five times in a row");
   * the mean of the weights of epochs AVERAGE_FROM to the last (--stop-weights last, the paper's);
   * BatchNorm statistics recomputed over the labeled cells (--batchnorm running, the paper's);
-  * no longer a default: every layer tuned after the last round (--final-tune N; 0, the paper's, is the default
-    again since #48: kept at #38 for +0.41 on the development split, it did not carry to another grouping of I3A's
-    specimens, -0.24 by fold on average, and took a seeded cell split from 86.90 to 81.64);
+  * gone in #48 (42915d0 is the last commit with it; its rows in docs/results-i3a.md): every layer tuned after
+    the last round (--final-tune 3, kept at #38 for +0.41 on the development split); it did not carry to another
+    grouping of I3A's specimens (-0.24 by fold on average) and took a seeded cell split from 86.90 to 81.64;
   * the per-cell intensity stretch (--normalize none, the paper's; data.normalize_cell), set when pretraining.
 """
 
@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from data import DataError, model_inputs
-from model import unfreeze_early_layers
 
 # --max-epochs: 10 scored higher than 30 on a development split of the pool's own specimens (docs/results-i3a.md,
 # "The stopping rule"); the paper stops on its rule alone (--max-epochs NO_CAP below).
@@ -37,19 +36,13 @@ MAX_EPOCHS = 10
 # averaging, whose flat minima generalise across domains (SWAD, Cha et al., NeurIPS 2021). It scored 2.91 points
 # of MCA above the lowest-loss epoch's weights on the development split; --stop-weights last is the paper's.
 AVERAGE_FROM = 3
-# --final-tune (issue #38): 3 epochs of every layer after the last round scored 0.40 points of MCA above the
-# defaults on fold 0's development split with a spread under half theirs (std 0.27 against 0.67), for about a
-# tenth more time, and +0.17 pooled on the five folds; it left the defaults in #48 because it does not carry: on
-# another grouping of I3A's specimens -0.23, -0.72, +1.18, -1.76, +0.35 by fold against the same runs' last round,
-# and 86.90 to 81.64 on a seeded cell split. 0 keeps the early layers fixed to the end, as the paper.
-FINAL_TUNE = 0
 
 # --paper: the paper's settings in one flag, each of the recipe's departures turned off. train.py's share is the
-# preprocessing and the precision; active.py's all six (its --normalize applies with --scratch; a pretrained run
+# preprocessing and the precision; active.py's all of it (its --normalize applies with --scratch; a pretrained run
 # prepares its cells as its checkpoint's were, so `python train.py --paper` comes first).
 NO_CAP = 1000  # --max-epochs that never binds: the paper stops on its rule alone (pretraining: after 32 epochs)
 PAPER = {"normalize": "none", "float32": True, "max_epochs": NO_CAP, "min_decrease": 0.0, "stop_weights": "last"}
-PAPER.update(batchnorm="running", final_tune=0)
+PAPER.update(batchnorm="running")
 
 
 def paper_flags(dests=tuple(PAPER)) -> str:
@@ -209,27 +202,6 @@ def recalibrate_batchnorm(model, forward, labeled, batch_size: int) -> None:
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
     model.eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# After the last round
-
-
-def final_tune(fine_tune, model, images, cells, labels, generator, settings: dict, device, precision: str):
-    """--final-tune N: after the last round, every layer, the frozen ones too, fine-tuned on the labeled cells for N
-    epochs at a tenth of Sec. 3.1's learning rate, so that the filters learned on the source adapt to real cells
-    without the cost of doing so every round. fine_tune is active.py's (Step 3). Returns its seconds (0: off)."""
-    epochs = settings["final_tune"]
-    if not epochs or not model.early_frozen:  # a scratch run trains every layer every round already
-        return 0.0
-    unfreeze_early_layers(model)  # their BatchNorm trains and is recalibrated with the rest
-    forward = in_precision(forward_fn(model, images, None, device), device, precision)  # the full network
-    tuning = {**settings, "lr": settings["lr"] / 10, "max_epochs": epochs, "stop_weights": "last"}
-    fit = fine_tune(model, forward, cells, labels, generator, tuning)
-    rate = fit["seen"] / max(fit["seconds"], 1e-9)
-    print(f"final tuning of every layer at lr {tuning['lr']:g}: {fit['epochs']} epochs | train loss "
-          f"{fit['train_loss']:.4f} | {fit['seconds']:5.1f}s {rate:6.0f} img/s")
-    return fit["seconds"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,7 +57,6 @@ def unused_flags(args) -> list:
     at_once = "--strategy random labels the whole budget at once"
     return [
         ("checkpoint", not args.scratch, "--scratch trains from random weights, without a checkpoint"),
-        ("final_tune", not args.scratch, "--scratch trains every layer every round"),
         ("fractions", args.strategy != "random", at_once),
         ("folds", args.fold is not None, "it counts the folds of --fold; add --fold F"),
         ("synthetic_cells", args.data is None, "--data reads the cells; the synthetic default is not made"),
@@ -79,8 +78,6 @@ def check_run_flags(args, parser) -> None:
     if args.min_decrease < 0:
         raise DataError(f"--min-decrease {args.min_decrease}: expected 0 or more")
     check_flags(args, ("max_epochs", "batch_size", "synthetic_cells"))
-    if args.final_tune < 0:
-        raise DataError(f"--final-tune {args.final_tune}: expected a number of epochs, 0 (off) or more")
     if args.scratch:  # else the cells are prepared as the checkpoint's were
         check_image_size(args.image_size)
     refuse_unused(args, parser, unused_flags(args))
@@ -246,7 +243,7 @@ def finish(book: dict) -> dict:
     results.update(fold=args.fold, folds=args.folds if args.fold is not None else None)
     results.update(specimen_accuracy=metrics.get("specimen_accuracy"), specimen_results=metrics.get("specimens"))
     results.update(budget=len(labeled), labeled=len(labeled))  # the loop spends the budget exactly (round_sizes)
-    seconds = book["setup_seconds"] + sum(r["seconds"] for r in rounds) + book.get("final_tune_seconds", 0)
+    seconds = book["setup_seconds"] + sum(r["seconds"] for r in rounds)
     results.update(seconds=seconds, pool=len(pool), test=len(test))
     results["rounds"] = rounds
     write_text_atomic(json.dumps(results, indent=2), out / "results.json")

@@ -118,7 +118,7 @@ def test_other_uncertainty_strategies_end_to_end(pretrained, tmp_path, strategy)
 
 
 def test_fine_tuning_leaves_the_frozen_layers_alone(pretrained, tmp_path):
-    results, out = run_active(tmp_path, "frozen", SMALL_ROUNDS + ["--final-tune", "0"], pretrained)  # the rounds
+    results, out = run_active(tmp_path, "frozen", SMALL_ROUNDS, pretrained)
     before = torch.load(pretrained, weights_only=True)["model"]
     after = torch.load(out / "model.pt", weights_only=True)["model"]
     frozen = [key for key in before if ".early." in key]
@@ -167,33 +167,6 @@ def test_batchnorm_recalibration_averages_every_whole_batch():
     assert torch.allclose(first_bn.running_mean, torch.stack(seen).mean(dim=0), atol=1e-5)
 
 
-def test_final_tune_trains_every_layer_once_after_the_rounds(pretrained, tmp_path):
-    results, out = run_active(tmp_path, "final-tune", SMALL_ROUNDS + ["--final-tune", "2"], pretrained)
-    plain, plain_out = run_active(tmp_path, "plain", SMALL_ROUNDS + ["--final-tune", "0"], pretrained)
-    before = torch.load(pretrained, weights_only=True)["model"]
-    tuned = torch.load(out / "model.pt", weights_only=True)["model"]
-    frozen = [key for key in before if ".early." in key and key.endswith("weight")]
-    assert frozen and all(not torch.equal(before[key], tuned[key]) for key in frozen)  # the early layers moved
-    # the rounds themselves are the plain run's: the same cells labeled, the same round metrics
-    assert (out / "labeled.csv").read_bytes() == (plain_out / "labeled.csv").read_bytes()
-    assert [r["mca"] for r in results["rounds"]] == [r["mca"] for r in plain["rounds"]]
-    assert results["seconds"] > sum(r["seconds"] for r in results["rounds"])
-    again = evaluate.main(["--checkpoint", str(out / "model.pt"), "--json"])  # model.pt holds the tuned network
-    assert again["mca"] == pytest.approx(results["mca"])
-
-
-def test_a_scratch_run_has_no_final_tuning(monkeypatch):
-    """--final-tune is for the frozen layers alone: a network trained from scratch has none, so nothing is tuned."""
-
-    def never(*args, **kwargs):
-        raise AssertionError("the final tuning ran on a network with no frozen layers")
-
-    monkeypatch.setattr(recipe, "unfreeze_early_layers", never)
-    model, settings = ParallelResNet(6), {**active.TRAINING, "final_tune": 2}
-    cells = torch.arange(4)
-    assert recipe.final_tune(never, model, None, cells, cells, None, settings, "cpu", "float32") == 0.0
-
-
 def test_resume_after_a_kill_between_rounds_matches_an_uninterrupted_run(pretrained, tmp_path, monkeypatch, capsys):
     whole, whole_dir = run_active(tmp_path, "whole", SMALL_ROUNDS, pretrained)
     real_fine_tune, calls = active.fine_tune, []
@@ -232,9 +205,6 @@ def test_active_bad_flags(tmp_path, pretrained):
         (["--min-decrease", "-1"], "--min-decrease -1"),
         (["--checkpoint", str(tmp_path / "none.pt")], "no such file"),
         (["--resume"], "no state.pt"),
-        (["--final-tune", "-1"], "--final-tune -1: expected a number of epochs"),
-        (["--scratch", "--final-tune", "2"], "--final-tune 2: --scratch trains every layer every round"),
-        (["--scratch", "--final-tune", "1"], "--final-tune 1: --scratch trains every layer every round"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             active.main(TINY + ["--out", str(tmp_path / "x")] + flags)

@@ -62,6 +62,13 @@ def test_every_shown_command_parses():
             raise AssertionError(f"{page}: `python {script} {' '.join(arguments)}` does not parse") from None
 
 
+def test_every_help_reads_as_written():
+    """argparse formats help strings with %: a bare one ("100% runs") prints a dict of the option instead."""
+    for script, module in SCRIPTS.items():
+        text = module.build_parser().format_help()
+        assert "option_strings" not in text and "%(" not in text, f"python {script} --help"
+
+
 def test_the_readme_smoke_run_runs_as_written(tmp_path, monkeypatch):
     """The README's short commands (the smoke run of the whole chain) run as written, from a fresh folder."""
     smoke = [(script, arguments) for page, script, arguments in shown_commands()

@@ -10,7 +10,7 @@ import active
 import train
 from lab import recipe
 
-TYPED_OUT = shlex.split(recipe.paper_flags())  # --normalize none --float32 --max-epochs 1000 ... --final-tune 0
+TYPED_OUT = shlex.split(recipe.paper_flags())  # --normalize none --float32 --max-epochs 1000 ... --batchnorm running
 
 
 def parsed(script, argv):
@@ -30,8 +30,8 @@ def test_paper_sets_every_departure_to_the_papers_value():
 
 
 def test_paper_refuses_a_flag_that_contradicts_it(tmp_path):
-    fails(active.main, TINY + ["--paper", "--final-tune", "2", "--out", str(tmp_path / "a")],
-          "--final-tune 2", "--paper sets --final-tune 0")
+    fails(active.main, TINY + ["--paper", "--max-epochs", "5", "--out", str(tmp_path / "a")],
+          "--max-epochs 5", "--paper sets --max-epochs 1000")
     fails(train.main, TINY + ["--paper", "--normalize", "max", "--out", str(tmp_path / "p.pt")], "--paper")
 
 
@@ -55,8 +55,7 @@ def test_a_paper_run_is_the_run_of_its_flags_typed_out(case, tmp_path, monkeypat
     common = TINY + case + pretraining + ["--synthetic-cells", "120", "--limit", "0.5", "--fractions", "0.17"]
     common += ["0.21"]  # a seed set of 8, then rounds of 10 (tests/test_active.py's SMALL_ROUNDS)
     paper = active.main(common + ["--paper", "--out", str(tmp_path / "paper")])
-    assert typed_out[-2:] == ["--final-tune", "0"] and "--max-epochs" in typed_out
-    typed_out = typed_out[:-2] if case else typed_out  # a scratch run refuses --final-tune: it tunes every layer
+    assert "--max-epochs" in typed_out
     typed = active.main(common + typed_out + ["--out", str(tmp_path / "typed")])
     assert (tmp_path / "paper" / "labeled.csv").read_bytes() == (tmp_path / "typed" / "labeled.csv").read_bytes()
     assert paper["mca"] == typed["mca"] and paper["confusion"] == typed["confusion"]
