@@ -41,6 +41,7 @@ from lab.runs import load_checkpoint, network_from_checkpoint, write_text_atomic
 from lab.splits import labeled_data_for, specimens_by_class
 
 FOLDS = 5
+PLAIN = {"width": 64, "label_smoothing": 0.0, "mixup": 0.0}  # the paper's network and loss
 
 
 def specimens_share(dataset, pool: torch.Tensor, share: float, seed: int) -> torch.Tensor:
@@ -61,13 +62,19 @@ def specimens_share(dataset, pool: torch.Tensor, share: float, seed: int) -> tor
 
 def rs_every_label(args, fold: int, share: float, out: Path) -> dict:
     """One RS at 100% run on `fold` with `share` of its training specimens (its results, read back if finished)."""
-    if (out / "results.json").exists():
-        return records.read_results(out / "results.json")
+    variant = {"width": args.width, "label_smoothing": args.label_smoothing, "mixup": args.mixup}
+    if (out / "results.json").exists():  # a finished run is read back only if made with this command's variant
+        results = records.read_results(out / "results.json")
+        made = {key: results["derived"].get(key, PLAIN[key]) for key in variant}  # older runs: the plain network
+        for key, value in variant.items():
+            if made[key] != value:
+                flag = "--" + key.replace("_", "-")
+                raise DataError(f"{out}: made with {flag} {made[key]:g}, not {value:g}; give another --out")
+        return results
     flags = ["--data", args.data, "--scratch", "--strategy", "random", "--limit", "1", "--fold", str(fold)]
     flags += ["--seed", str(args.seed), "--out", str(out), "--device", args.device]
     parser = active.build_parser()
     job = records.open_run(parser.parse_args(flags), parser)
-    variant = {"width": args.width, "label_smoothing": args.label_smoothing, "mixup": args.mixup}
     job["settings"].update(variant)  # active.run reads them
     job["derived"].update(variant)  # and results.json says so
     if share < 1:

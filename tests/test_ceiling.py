@@ -141,3 +141,5 @@ def test_the_pooled_row_waits_for_every_fold(five_specimens, tmp_path, monkeypat
     rows = ceiling.main(common)  # every fold: the five finished runs read back, the pooled row written
     table = list(csv.DictReader((tmp_path / "c" / "specimens.csv").open()))
     assert [row["fold"] for row in table] == ["0", "1", "2", "3", "4", "pooled"] and len(rows) == 5
+    # a finished run is read back only under its own variant: another one's flags on this --out are refused
+    fails(ceiling.main, common + ["--folds", "0", "--mixup", "0.2"], "made with --mixup 0, not 0.2", "--out")
