@@ -142,8 +142,6 @@ PROGRESS_SECONDS = 30  # fine_tune prints an epoch line at most this often (a ro
 # utilized, training is stopped when the loss does not decrease five times in a row." The mini-batch size is not
 # given for fine-tuning: 64 as for pretraining. The rest are the recipe's departures (lab/recipe.py; --paper).
 TRAINING = {"lr": 1e-3, "patience": 5, "batch_size": 64, "max_epochs": recipe.MAX_EPOCHS, "min_decrease": 1e-4}
-# Eq. 2's plain cross-entropy on single cells; lab/ceiling.py measures smoothing 0.1 and mixup 0.2 (issue #48).
-TRAINING.update(label_smoothing=0.0, mixup=0.0)
 TRAINING.update(stop_weights="average", batchnorm="recalibrate")
 
 
@@ -162,12 +160,8 @@ def fine_tune(model, forward, cells: torch.Tensor, labels: torch.Tensor, generat
         order, total = torch.randperm(len(cells), generator=generator), 0.0
         for start in range(0, len(order), settings["batch_size"]):
             batch = order[start : start + settings["batch_size"]]
-            if settings["mixup"]:  # not the paper: lab/ceiling.py's diagnostic (issue #48), two cells' inputs mixed
-                loss = recipe.mixup_loss(forward, cells[batch], labels[batch], generator, settings)
-            else:
-                logits = forward(cells[batch])
-                target, smoothing = labels[batch].to(logits.device), settings["label_smoothing"]
-                loss = F.cross_entropy(logits, target, label_smoothing=smoothing)  # Eq. 2 on the softmax of Eq. 1
+            logits = forward(cells[batch])
+            loss = F.cross_entropy(logits, labels[batch].to(logits.device))  # Eq. 2 on the softmax of Eq. 1
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,8 +1,7 @@
 """The recipe: where active.py's defaults depart from the paper, each kept by a rule on a development split.
 
 Not the paper (the workshop). active.py calls these at three marked places (`recipe.` in its code): the forward
-function of a run, each epoch's weights and the weights a fine-tuning keeps; a fourth, mixup_loss, is a diagnostic
-of lab/ceiling.py's (issue #48), off in the defaults and in --paper alike. `--paper` turns every departure off at
+function of a run, each epoch's weights and the weights a fine-tuning keeps. `--paper` turns every departure off at
 once (PAPER below); each also has a flag of its own. Each was kept because it passed a rule written before its runs,
 on a development split of the training side's own specimens (docs/results-i3a.md holds every row, kept or not, with
 the commit that measured it):
@@ -23,9 +22,7 @@ the commit that measured it):
 
 import time
 
-import numpy
 import torch
-import torch.nn.functional as F
 
 from data import DataError, model_inputs
 
@@ -115,20 +112,14 @@ def forward_fn(model, images: torch.Tensor, cache, device):
     if cache is not None:
         early_approximation, early_details = cache
 
-        def forward(index, partner=None, weight=1.0):
-            if partner is not None:  # mixing frozen features is not mixing the inputs
-                raise DataError("mixup mixes the network's inputs: it needs a --scratch run, not frozen early layers")
+        def forward(index):
             inputs = early_approximation[index].to(device).float(), early_details[index].to(device).float()
             return model.head(model.late_features(*inputs))
 
     else:
 
-        def forward(index, partner=None, weight=1.0):  # with a partner: mixup's inputs (mixup_loss)
-            inputs = model_inputs(images[index], device)
-            if partner is not None:
-                mixed = zip(inputs, model_inputs(images[partner], device))
-                inputs = tuple(weight * own + (1 - weight) * other for own, other in mixed)
-            return model(*inputs)
+        def forward(index):
+            return model(*model_inputs(images[index], device))
 
     return forward
 
@@ -202,22 +193,3 @@ def recalibrate_batchnorm(model, forward, labeled, batch_size: int) -> None:
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
     model.eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# A diagnostic, not a departure: mixup (lab/ceiling.py, issue #48)
-
-
-def mixup_loss(forward, index, labels, generator, settings: dict) -> torch.Tensor:
-    """Mixup (Zhang et al., ICLR 2018), the regularisation diagnostic's: each cell of the batch mixed with another
-    of it, weight ~ Beta(alpha, alpha) with alpha = settings["mixup"], and Eq. 2's loss on the two targets in the same
-    proportion. The inputs mixed are the two Haar bands; the split is linear, so this is mixing the images."""
-    alpha, smoothing = settings["mixup"], settings["label_smoothing"]
-    draw = int(torch.randint(2**31 - 1, (1,), generator=generator))  # the run's generator: seeded, resumable
-    weight = float(numpy.random.default_rng(draw).beta(alpha, alpha))  # torch's Beta takes no generator
-    partner = torch.randperm(len(index), generator=generator)
-    logits = forward(index, index[partner], weight)
-    labels = labels.to(logits.device)
-    own = F.cross_entropy(logits, labels, label_smoothing=smoothing)
-    other = F.cross_entropy(logits, labels[partner], label_smoothing=smoothing)
-    return weight * own + (1 - weight) * other

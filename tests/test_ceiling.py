@@ -2,21 +2,15 @@
 
 import csv
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import TINY, fails
 from test_specimens import write_cells, write_specimens_csv
 
-import active
-from data import DataError
 from evaluate import mca_aca_of
-from lab import ceiling, experiments, recipe, synthetic
+from lab import ceiling, experiments
 from lab.layouts import load_dataset
 from lab.runs import network_from_checkpoint
-from model import ParallelResNet
-from wavelets import haar_split
 
 LAYOUT = {"Homogeneous": {f"h{n}": 3 for n in range(5)}, "Golgi": {f"g{n}": 2 + n % 2 for n in range(5)}}
 
@@ -75,13 +69,11 @@ def test_the_ensemble_averages_the_seeds_probabilities(five_specimens, tmp_path)
         assert pooled[f"seed {seed}"][0] == pytest.approx(float(row["mca"]), abs=1e-4)  # results.csv: fractions
 
 
-def test_the_width_and_smoothing_variants_train_what_they_say(five_specimens, tmp_path, monkeypatch):
+def test_the_width_variant_trains_what_it_says(five_specimens, tmp_path, monkeypatch):
     tiny_runs(monkeypatch, max_epochs=2)
     common = ["--data", str(five_specimens), "--shares", "1", "--device", "cpu"]
     plain = ceiling.main(common + ["--out", str(tmp_path / "plain")])
     wide = ceiling.main(common + ["--width", "128", "--out", str(tmp_path / "wide")])
-    smooth = ceiling.main(common + ["--label-smoothing", "0.1", "--out", str(tmp_path / "smooth")])
-    mixed = [ceiling.main(common + ["--mixup", "0.2", "--out", str(tmp_path / f"mixed{n}")]) for n in (0, 1)]
     model = tmp_path / "wide" / "rs-limit1-seed0-fold0-share1" / "model.pt"
     weights = torch.load(model, weights_only=True)["model"]
     assert weights["head.weight"].shape[1] == 256 and weights["fusion.0.weight"].shape[0] == 256
@@ -89,46 +81,12 @@ def test_the_width_and_smoothing_variants_train_what_they_say(five_specimens, tm
     assert wide[0]["results"]["derived"]["width"] == 128 and plain[0]["results"]["derived"]["width"] == 64
     table = list(csv.DictReader((tmp_path / "wide" / "specimens.csv").open()))
     assert table[0]["width"] == "128" and float(table[-1]["peak_rss_gib"]) > 0  # its memory beside its time
-    # the smoothed targets keep the loss up: the same first epoch, a higher loss (smoothing's floor)
-    first = [run[0]["results"]["rounds"][0]["train_loss"] for run in (plain, smooth)]
-    assert first[1] > first[0] and smooth[0]["results"]["derived"]["label_smoothing"] == 0.1
-    # mixup trains on other inputs than the plain run, the same ones again with the same seed (its draws are seeded)
-    losses = [run[0]["results"]["rounds"][0]["train_loss"] for run in (plain, *mixed)]
-    assert losses[1] != losses[0] and losses[1] == losses[2] and mixed[0][0]["results"]["derived"]["mixup"] == 0.2
 
 
-def test_mixup_mixes_the_haar_inputs_and_the_two_targets_alike():
-    dataset = synthetic.synthetic_dataset("target", 16, seed=0, image_size=32)
-    model = ParallelResNet(6).eval()
-    forward = recipe.forward_fn(model, dataset.images, None, "cpu")
-    own, other = torch.arange(0, 8), torch.arange(8, 16)
-    # the bands of a mixed batch are the Haar split of the mixed images (the split is linear)
-    images = dataset.images.float() / 255
-    expected = model(*haar_split(0.3 * images[own] + 0.7 * images[other]))
-    assert torch.allclose(forward(own, other, 0.3), expected, atol=1e-4)
-    assert torch.allclose(forward(own, other, 1.0), forward(own), atol=1e-5)  # weight 1: the cell itself
-    # the loss is the two targets' cross-entropies in the mixing proportion, the draws seeded by the run's generator
-    settings = {**active.TRAINING, "mixup": 0.2}
-    labels = dataset.labels[own]
-    losses = [recipe.mixup_loss(forward, own, labels, torch.Generator().manual_seed(5), settings) for _ in (0, 1)]
-    assert torch.equal(losses[0], losses[1])
-    generator = torch.Generator().manual_seed(5)
-    draw = int(torch.randint(2**31 - 1, (1,), generator=generator))
-    weight = float(np.random.default_rng(draw).beta(0.2, 0.2))
-    partner = torch.randperm(8, generator=generator)
-    logits = forward(own, own[partner], weight)
-    by_hand = weight * F.cross_entropy(logits, labels) + (1 - weight) * F.cross_entropy(logits, labels[partner])
-    assert losses[0].item() == pytest.approx(by_hand.item(), rel=1e-5)
-    # frozen early layers' cached features are not the inputs: mixup refuses them
-    cached = recipe.forward_fn(model, None, recipe.early_feature_cache(model, dataset.images, "cpu"), "cpu")
-    with pytest.raises(DataError, match="--scratch"):
-        cached(own, other, 0.5)
-
-
-def test_the_ceiling_refuses_bad_folds_and_alpha(five_specimens, tmp_path):
+def test_the_ceiling_refuses_bad_folds(five_specimens, tmp_path):
     common = ["--data", str(five_specimens), "--out", str(tmp_path / "c")]
     fails(ceiling.main, common + ["--folds", "5"], "--folds", "0 to 4")
-    fails(ceiling.main, common + ["--mixup", "-1"], "--mixup")
+    fails(ceiling.main, common + ["--shares", "0"], "--shares", "(0, 1]")
 
 
 def test_the_pooled_row_waits_for_every_fold(five_specimens, tmp_path, monkeypatch):
@@ -142,4 +100,4 @@ def test_the_pooled_row_waits_for_every_fold(five_specimens, tmp_path, monkeypat
     table = list(csv.DictReader((tmp_path / "c" / "specimens.csv").open()))
     assert [row["fold"] for row in table] == ["0", "1", "2", "3", "4", "pooled"] and len(rows) == 5
     # a finished run is read back only under its own variant: another one's flags on this --out are refused
-    fails(ceiling.main, common + ["--folds", "0", "--mixup", "0.2"], "made with --mixup 0, not 0.2", "--out")
+    fails(ceiling.main, common + ["--folds", "0", "--width", "128"], "made with --width 64, not 128", "--out")
