@@ -185,11 +185,10 @@ def fine_tune(model, forward, cells: torch.Tensor, labels: torch.Tensor, generat
 # The loop (Table 1)
 
 
-def network(pretrained: ParallelResNet | None, num_classes: int, width: int = 64) -> ParallelResNet:
+def network(pretrained: ParallelResNet | None, num_classes: int) -> ParallelResNet:
     """The pretrained network (IN) through Sec. 3.1's transfer step (a new head, the early layers fixed: "we had fixed
-    all the layers before the second residual block"), or with --scratch the network of Fig. 5 from random weights
-    (64 channels a branch, the paper's; lab/ceiling.py measures 128)."""
-    model = ParallelResNet(num_classes, width)  # built in every case: each seed's random stream stays as published
+    all the layers before the second residual block"), or with --scratch the network of Fig. 5 from random weights."""
+    model = ParallelResNet(num_classes)  # built in every case: each seed's random stream stays as published
     if pretrained is not None:
         model = transfer(pretrained, num_classes)  # "changed to have six neurons"
     return model
@@ -199,7 +198,7 @@ def run(job: dict) -> dict:
     """One active learning run, Table 1's steps; with a killed run's state, the rest of it. job: what the workshop
     opened at the edge (lab/records.open_run): the settings, device, cells, pretrained network, Step 1's two sides."""
     settings, dataset, device, precision = job["settings"], job["dataset"], job["device"], job["precision"]
-    model = network(job["pretrained"], len(dataset.class_names), settings.get("width", 64)).to(device)  # IN, scratch
+    model = network(job["pretrained"], len(dataset.class_names)).to(device)  # IN, or from scratch
     pool, test = Pool(job["pool"], dataset.labels), job["test"]  # Step 1: the unlabeled pool, the test side
     strategy = settings["strategy"]
     sizes = round_sizes(len(pool), settings["limit"], strategy, *settings["fractions"])  # Sec. 3.1: k, then m a round

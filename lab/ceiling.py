@@ -6,17 +6,16 @@ specimen folds of `python -m lab.experiments --cv 5`, the same test sides, varie
     python -m lab.ceiling --data ../shared/data/i3a --shares 0.25 0.5 0.75 --out runs/ceiling
         # specimens: trained on a share of each fold's training specimens (whole specimens drawn at random,
         # every class kept); the curve of pooled MCA against the number of training specimens
-    python -m lab.ceiling --data ../shared/data/i3a --shares 1 --width 128 --out runs/ceiling-width
-        # capacity: each branch's channels doubled (the paper's 64 stays active.py's); its time and memory
     python -m lab.ceiling --data ../shared/data/i3a --ensemble runs/ceiling-seeds --out runs/ceiling
         # variance: the average of the probabilities of the networks of a grid's seeds, fold by fold
         # (the grid: python -m lab.experiments ... --cases rs --limits 1 --seeds 0 1 2 --out runs/ceiling-seeds)
 
-The regularisation diagnostic (label smoothing 0.1 and mixup 0.2 of the two Haar inputs) ran at 42915d0 and gave
-no gain (pooled MCA 82.01 and 81.08 against the seeds' 81.86 to 83.00); cdbc8db is the last commit with its flags.
+The capacity diagnostic (--width 128, each branch's channels doubled) and the regularisation one (--label-smoothing
+0.1, --mixup 0.2 of the two Haar inputs) gave no gain and left the code: cdbc8db is the last commit with all three
+(docs/results-i3a.md, "Where the ceiling is").
 
-Writes OUT/specimens.csv (one row a share and fold, and the pooled rows; with each run's seconds and its process's
-peak memory), OUT/specimens.png, OUT/ensemble.csv.
+Writes OUT/specimens.csv (one row a share and fold, and the pooled rows; with each run's seconds),
+OUT/specimens.png, OUT/ensemble.csv.
 --folds runs part of the folds (two processes, or two sessions, into one OUT); a later call with every fold reads
 the finished runs back and writes the pooled rows, which need all five.
 """
@@ -24,8 +23,6 @@ the finished runs back and writes the pooled rows, which need all five.
 import argparse
 import csv
 import io
-import json
-import resource
 from pathlib import Path
 
 import torch
@@ -41,7 +38,6 @@ from lab.runs import load_checkpoint, network_from_checkpoint, write_text_atomic
 from lab.splits import labeled_data_for, specimens_by_class
 
 FOLDS = 5
-PLAIN = {"width": 64}  # the paper's network
 
 
 def specimens_share(dataset, pool: torch.Tensor, share: float, seed: int) -> torch.Tensor:
@@ -62,36 +58,17 @@ def specimens_share(dataset, pool: torch.Tensor, share: float, seed: int) -> tor
 
 def rs_every_label(args, fold: int, share: float, out: Path) -> dict:
     """One RS at 100% run on `fold` with `share` of its training specimens (its results, read back if finished)."""
-    variant = {"width": args.width}
-    if (out / "results.json").exists():  # a finished run is read back only if made with this command's variant
-        results = records.read_results(out / "results.json")
-        made = {key: results["derived"].get(key, PLAIN[key]) for key in variant}  # older runs: the plain network
-        for key, value in variant.items():
-            if made[key] != value:
-                flag = "--" + key.replace("_", "-")
-                raise DataError(f"{out}: made with {flag} {made[key]:g}, not {value:g}; give another --out")
-        return results
+    if (out / "results.json").exists():
+        return records.read_results(out / "results.json")
     flags = ["--data", args.data, "--scratch", "--strategy", "random", "--limit", "1", "--fold", str(fold)]
     flags += ["--seed", str(args.seed), "--out", str(out), "--device", args.device]
     parser = active.build_parser()
     job = records.open_run(parser.parse_args(flags), parser)
-    job["settings"].update(variant)  # active.run reads them
-    job["derived"].update(variant)  # and results.json says so
     if share < 1:
         job["pool"] = specimens_share(job["dataset"], job["pool"], share, args.seed)
         job["derived"]["pool_specimens_share"] = share  # in results.json: this run saw only part of its pool
         print(f"ceiling: {share:g} of the training specimens: {len(job['pool'])} cells")
-    results = active.run(job)
-    # The capacity diagnostic's memory: this process's peak so far (ru_maxrss, KiB on Linux), one variant a process.
-    peak = {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
-    write_text_atomic(json.dumps(peak), out / "memory.json")
-    return results
-
-
-def peak_memory(run: Path) -> str:
-    """A run's peak_rss_gib as rs_every_label wrote it ("" for a run made before it did)."""
-    path = run / "memory.json"
-    return str(json.loads(path.read_text())["peak_rss_gib"]) if path.exists() else ""
+    return active.run(job)
 
 
 def specimen_curve(args, out: Path) -> list[dict]:
@@ -102,18 +79,17 @@ def specimen_curve(args, out: Path) -> list[dict]:
             run = out / f"rs-limit1-seed{args.seed}-fold{fold}-share{share:g}"
             results = rs_every_label(args, fold, share, run)
             print(f"ceiling: fold {fold}: MCA {100 * results['mca']:.2f}% in {results['seconds']:.0f} s")
-            rows.append({"share": share, "fold": fold, "results": results, "memory": peak_memory(run)})
+            rows.append({"share": share, "fold": fold, "results": results})
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerow(["share", "fold", "width", "pool_cells", "mca", "aca", "seconds", "peak_rss_gib"])
-    variant = [args.width]
+    writer.writerow(["share", "fold", "pool_cells", "mca", "aca", "seconds"])
     curve = []
     for share in args.shares:
         group = [row for row in rows if row["share"] == share]
         for row in group:
             results = row["results"]
             scores = [f"{results['mca']:.4f}", f"{results['aca']:.4f}", f"{results['seconds']:.0f}"]
-            writer.writerow([share, row["fold"], *variant, results["pool"], *scores, row["memory"]])
+            writer.writerow([share, row["fold"], results["pool"], *scores])
         if sorted(row["fold"] for row in group) != list(range(FOLDS)):
             print(f"ceiling: {share:g}: folds {args.folds} only; the pooled row needs all {FOLDS}")
             continue
@@ -121,9 +97,7 @@ def specimen_curve(args, out: Path) -> list[dict]:
         mca, aca = mca_aca_of(summed)
         seconds = sum(row["results"]["seconds"] for row in group)
         cells = sum(row["results"]["pool"] for row in group)
-        peaks = [float(row["memory"]) for row in group if row["memory"]]
-        peak = max(peaks) if peaks else ""
-        writer.writerow([share, "pooled", *variant, cells, f"{mca:.4f}", f"{aca:.4f}", f"{seconds:.0f}", peak])
+        writer.writerow([share, "pooled", cells, f"{mca:.4f}", f"{aca:.4f}", f"{seconds:.0f}"])
         curve.append((share, mca, 0.0))
         print(f"ceiling: {share:g} of the training specimens: pooled MCA {100 * mca:.2f}% ACA {100 * aca:.2f}%")
     write_text_atomic(table.getvalue(), out / "specimens.csv")
@@ -184,7 +158,6 @@ def build_parser():
     parser.add_argument("--data", default=None, help="labeled target cells with specimens (default: the synthetic set)")
     shares = "shares of each fold's training specimens to train on (default: 0.25 0.5 0.75)"
     parser.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75], help=shares)
-    parser.add_argument("--width", type=int, default=64, help="channels of each branch (default: 64, the paper's)")
     folds = f"the folds to run (default: all {FOLDS}; the pooled rows need all)"
     parser.add_argument("--folds", type=int, nargs="+", default=list(range(FOLDS)), help=folds)
     parser.add_argument("--ensemble", default=None, help="a grid folder of RS at 100%% runs of several seeds instead")

@@ -161,10 +161,8 @@ def preprocessing(checkpoint: dict) -> tuple[int, str]:
 
 
 def network_from_checkpoint(checkpoint: dict, name: str = "--checkpoint") -> ParallelResNet:
-    """The network a checkpoint holds, with its weights, in eval mode on the CPU (its width read off its head)."""
-    head = checkpoint["model"].get("head.weight")
-    width = head.shape[1] // 2 if isinstance(head, torch.Tensor) and head.dim() == 2 else 64
-    model = ParallelResNet(len(checkpoint["class_names"]), width)
+    """The network a checkpoint holds, with its weights, in eval mode on the CPU."""
+    model = ParallelResNet(len(checkpoint["class_names"]))
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:  # another network's weights, or another number of classes
