@@ -16,6 +16,8 @@ The paper's four cases (Sec. 3.2, 3.3, Table 2):
     AL      python active.py --limit 0.2 --scratch
     RS      python active.py --limit 0.2 --scratch --strategy random
 With --strategy random the whole budget is drawn at random and the network is trained once, as in the paper.
+The baseline of the active learning literature is --strategy random-rounds (cases RS-ROUNDS, IN-RS-ROUNDS): the
+same loop as entropy's, the same k and m and the same fine-tuning each round, only the m cells drawn at random.
 Add --data DIR for real data (e.g. ../shared/data/i3a), --paper for the paper's settings where the defaults
 depart from them (lab/recipe.py: each departure, the development-split result that kept it, its flag).
 
@@ -25,6 +27,7 @@ confusion.png (lab/records.py). The grid of cases x limits x seeds is `python -m
 """
 
 import argparse
+import functools
 import time
 
 import torch
@@ -72,7 +75,8 @@ def round_sizes(pool_size: int, limit: float, strategy="entropy", k_fraction=0.1
 
     Sec. 3.1: budget = limit x pool (20% of 50,758 = 10,152), k = 15% of the budget at random first
     (1500), then m = 10% per round (1000); the last round is smaller when m does not divide what is
-    left. The random strategy, and a budget of the whole pool, label everything at once.
+    left. The random strategy (the paper's RS, trained once), and a budget of the whole pool, label
+    everything at once; random-rounds labels in the rounds of the uncertainty strategies.
     """
     budget = min(pool_size, max(1, round(limit * pool_size)))
     if strategy == "random" or budget == pool_size:
@@ -143,17 +147,22 @@ PROGRESS_SECONDS = 30  # fine_tune prints an epoch line at most this often (a ro
 # given for fine-tuning: 64 as for pretraining. The rest are the recipe's departures (lab/recipe.py; --paper).
 TRAINING = {"lr": 1e-3, "patience": 5, "batch_size": 64, "max_epochs": recipe.MAX_EPOCHS, "min_decrease": 1e-4}
 TRAINING.update(stop_weights="average", batchnorm="recalibrate")
+# --batchnorm-constants tensorflow: the paper ran TensorFlow (Sec. 3.1), whose BatchNormalization keeps its running
+# statistics with momentum 0.99 and adds epsilon 1e-3; PyTorch's momentum counts the other way (the new batch's
+# weight: 0.1, so TensorFlow's is 0.01) and its epsilon is 1e-5.
+BATCHNORM_CONSTANTS = {"pytorch": {"momentum": 0.1, "eps": 1e-5}, "tensorflow": {"momentum": 0.01, "eps": 1e-3}}
 
 
-def fine_tune(model, forward, cells: torch.Tensor, labels: torch.Tensor, generator, settings=TRAINING) -> dict:
+def fine_tune(model, forward, cells, labels, generator, settings=TRAINING, stop_loss=None) -> dict:
     """Step 3: fine-tune on the labeled cells until the loss has not decreased for `patience` epochs (Sec. 3.1), or
     `max_epochs`. The paper says "the loss": the training loss here, a choice that keeps the test side out of
-    training; the optimizer is not named: Adam (a choice). forward maps a batch of dataset indices to logits (Eq. 1),
+    training; stop_loss (--stop-on test) is a function giving another loss after each epoch, which then decides
+    instead. The optimizer is not named: Adam (a choice). forward maps a batch of dataset indices to logits (Eq. 1),
     the loss is Eq. 2's cross-entropy.
-    Returns the epochs run, the last one's training loss, images seen and seconds."""
+    Returns the epochs run, the last one's training loss (and stopping loss), images seen and seconds."""
     started = last_line = time.time()
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=settings["lr"])
-    best, bad, epoch, seen, epoch_loss, averaged = float("inf"), 0, 0, 0, float("nan"), None
+    best, bad, epoch, seen, epoch_loss, watched, averaged = float("inf"), 0, 0, 0, float("nan"), None, None
     model.train()
     while epoch < settings["max_epochs"] and bad < settings["patience"]:
         epoch += 1
@@ -167,8 +176,9 @@ def fine_tune(model, forward, cells: torch.Tensor, labels: torch.Tensor, generat
             optimizer.step()
             total += loss.item() * len(batch)
         epoch_loss, seen = total / len(order), seen + len(order)
-        if epoch_loss < best - settings["min_decrease"]:  # the recipe: by more than 1e-4; the paper: at all
-            best, bad = epoch_loss, 0
+        watched = epoch_loss if stop_loss is None else stop_loss()  # --stop-on test: the test split's loss
+        if watched < best - settings["min_decrease"]:  # the recipe: by more than 1e-4; the paper: at all
+            best, bad = watched, 0
         else:
             bad += 1  # Sec. 3.1: "training is stopped when the loss does not decrease five times in a row"
         averaged = recipe.average_weights(averaged, model, epoch, settings)  # the recipe: the later epochs' mean
@@ -178,19 +188,39 @@ def fine_tune(model, forward, cells: torch.Tensor, labels: torch.Tensor, generat
             last_line = time.time()
     recipe.keep_weights(model, averaged, forward, cells, settings)  # the recipe: mean weights, BatchNorm recomputed
     fit = {"epochs": epoch, "train_loss": epoch_loss, "seen": seen, "started": started}
+    if stop_loss is not None:
+        fit["stop_loss"] = watched
     return {**fit, "seconds": time.time() - started}
+
+
+@torch.no_grad()
+def split_loss(model, forward, cells: torch.Tensor, labels: torch.Tensor, batch_size=64) -> float:
+    """Eq. 2's cross-entropy over these cells in eval mode (--stop-on test: the test split's loss), then back to
+    train mode (the frozen layers stay in eval mode)."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(cells), batch_size):
+        logits = forward(cells[start : start + batch_size])
+        total += F.cross_entropy(logits, labels[start : start + batch_size].to(logits.device), reduction="sum").item()
+    model.train()
+    return total / len(cells)
 
 
 # ---------------------------------------------------------------------------------------------
 # The loop (Table 1)
 
 
-def network(pretrained: ParallelResNet | None, num_classes: int) -> ParallelResNet:
+def network(pretrained: ParallelResNet | None, num_classes: int, batchnorm_constants="pytorch") -> ParallelResNet:
     """The pretrained network (IN) through Sec. 3.1's transfer step (a new head, the early layers fixed: "we had fixed
-    all the layers before the second residual block"), or with --scratch the network of Fig. 5 from random weights."""
+    all the layers before the second residual block"), or with --scratch the network of Fig. 5 from random weights.
+    Every BatchNorm layer that trains takes the framework's constants (BATCHNORM_CONSTANTS); frozen ones keep theirs."""
     model = ParallelResNet(num_classes)  # built in every case: each seed's random stream stays as published
     if pretrained is not None:
         model = transfer(pretrained, num_classes)  # "changed to have six neurons"
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d) and layer.weight.requires_grad:
+            layer.momentum = BATCHNORM_CONSTANTS[batchnorm_constants]["momentum"]
+            layer.eps = BATCHNORM_CONSTANTS[batchnorm_constants]["eps"]
     return model
 
 
@@ -198,24 +228,27 @@ def run(job: dict) -> dict:
     """One active learning run, Table 1's steps; with a killed run's state, the rest of it. job: what the workshop
     opened at the edge (lab/records.open_run): the settings, device, cells, pretrained network, Step 1's two sides."""
     settings, dataset, device, precision = job["settings"], job["dataset"], job["device"], job["precision"]
-    model = network(job["pretrained"], len(dataset.class_names)).to(device)  # IN, or from scratch
+    model = network(job["pretrained"], len(dataset.class_names), settings["batchnorm_constants"]).to(device)
     pool, test = Pool(job["pool"], dataset.labels), job["test"]  # Step 1: the unlabeled pool, the test side
     strategy = settings["strategy"]
     sizes = round_sizes(len(pool), settings["limit"], strategy, *settings["fractions"])  # Sec. 3.1: k, then m a round
     forward = recipe.run_forward(model, dataset.images, device, precision)  # the recipe: cached, bfloat16
     generator = torch.Generator().manual_seed(settings["seed"])
     training = {key: settings.get(key, value) for key, value in TRAINING.items()}  # lr: Sec. 3.1's 0.001
+    stop_loss = None  # Sec. 3.1: the training loss stops each fine-tuning; --stop-on test (off by default, labelled
+    if settings["stop_on"] == "test":  # wherever it shows) lets the test split choose when to stop, as the paper did
+        stop_loss = functools.partial(split_loss, model, forward, test, dataset.labels[test])
     book = records.start_run(job, model, pool, generator, sizes)  # with a killed run's state: its rounds
 
     for round_index in range(len(book["rounds"]), len(sizes)):
         started, size, scored = time.time(), sizes[round_index], 0
-        if round_index == 0 or strategy == "random":
+        if round_index == 0 or strategy in ("random", "random-rounds"):  # random-rounds: m at random every round
             chosen = pool.label_randomly(size, round_index, generator)  # Step 2: the seed set, k at random
         else:  # Step 4: score every unlabeled pool image (entropy by default, Eq. 3); Step 5: label the m highest
             unlabeled = pool.unlabeled()
             scores = UNCERTAINTY[strategy](predict_probabilities(model, unlabeled, device, 64, forward=forward))
             chosen, scored = pool.label_most_uncertain(unlabeled, scores, size, round_index, strategy), len(scores)
-        fit = fine_tune(model, forward, *pool.labeled(), generator, training)  # Step 3
+        fit = fine_tune(model, forward, *pool.labeled(), generator, training, stop_loss)  # Step 3
         # Report on the test split: never used for any decision (Sec. 3.1: "just used for validation").
         probabilities = predict_probabilities(model, test, device, 64, forward=forward)
         metrics = summarize(dataset.labels[test], probabilities, dataset.class_names)
@@ -239,8 +272,10 @@ def build_parser():
     add("--synthetic-cells", type=int, default=1500, help="synthetic target size without --data (default: 1500)")
     add("--checkpoint", default="runs/pretrained.pt", help="network from train.py (default: runs/pretrained.pt)")
     add("--scratch", action="store_true", help="train the whole network from random weights (AL, RS; default: off)")
-    strategies = [*UNCERTAINTY, "random"]
-    add("--strategy", default="entropy", choices=strategies, help="what to label (default: entropy, Eq. 3)")
+    strategies = [*UNCERTAINTY, "random", "random-rounds"]
+    what = "what to label: an uncertainty (Eq. 3-5), random (the whole budget at once, trained once: the paper's RS), "
+    what += "or random-rounds (k, then m a round at random, fine-tuned each round as the uncertainty rounds are)"
+    add("--strategy", default="entropy", choices=strategies, help=what + " (default: entropy, Eq. 3)")
     fractions = "k and m: the random seed set and each round's labels as fractions of the budget (default: 0.15 0.10, "
     add("--fractions", type=float, nargs=2, default=[0.15, 0.10], metavar=("K", "M"), help=fractions + "Sec. 3.1)")
     batch = "mini-batch size (default: 64, a choice: the paper gives none for its method, 128 for its comparisons)"
@@ -255,6 +290,13 @@ def build_parser():
     add("--stop-weights", default="average", choices=["average", "last"], help=stop + "epoch's (the paper's)")
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning (the recipe), or keep the running ones "
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm + "(the paper's)")
+    constants = "BatchNorm momentum and epsilon of the layers that train: PyTorch's 0.1 and 1e-5, or TensorFlow's "
+    constants += "0.99 and 1e-3 (the paper's framework; 0.01 as PyTorch counts) (default: pytorch; not part of --paper)"
+    add("--batchnorm-constants", default="pytorch", choices=list(BATCHNORM_CONSTANTS), help=constants)
+    stop = "the loss that stops each fine-tuning: the training loss, or the test split's, which LETS THE TEST SPLIT "
+    stop += "CHOOSE WHEN TO STOP, as the paper appears to have done (Sec. 3.3, Figs. 11, 13); its results are marked "
+    stop += "'stopped on the test split' (default: train; not part of --paper)"
+    add("--stop-on", default="train", choices=["train", "test"], help=stop)
     add("--image-size", type=int, default=112, help="with --scratch: cell size (default: 112; else the checkpoint's)")
     normalize = "with --scratch: per-cell intensity stretch (default: percentile, the recipe; none is the paper's)"
     add("--normalize", default="percentile", choices=NORMALIZATIONS, help=normalize)

@@ -36,19 +36,24 @@ CASES = {
     "al": ["--scratch"],
     "in-rs": ["--strategy", "random"],
     "in-al": [],
+    # Random sampling in the same loop as AL's (issue #61): not the paper's RS, which trains once (Table 2's rows).
+    "rs-rounds": ["--scratch", "--strategy", "random-rounds"],
+    "in-rs-rounds": ["--strategy", "random-rounds"],
 }
+PAPER_CASES = ["rs", "al", "in-rs", "in-al"]  # Table 2's four, the grid's default
 HARDEST = ["golgi", "nuclear_membrane", "speckled"]  # Fig. 15
 # Sec. 3.3: "the 100% case ... There was no active learning process in this case since all the data were
 # supposed to be labeled", so AL and RS coincide there. round_sizes() makes both one round of the whole pool
 # with the same random order and the same training, so the grid runs that cell once and reports it for both.
-SAME_RUN_AT_FULL_BUDGET = {"al": "rs", "in-al": "in-rs"}
+SAME_RUN_AT_FULL_BUDGET = {"al": "rs", "in-al": "in-rs", "rs-rounds": "rs", "in-rs-rounds": "in-rs"}
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="(default: all four)")
+    cases = "(default: the paper's four, rs al in-rs in-al; rs-rounds and in-rs-rounds are random sampling in AL's loop)"
+    parser.add_argument("--cases", nargs="+", default=PAPER_CASES, choices=list(CASES), help=cases)
     parser.add_argument(
         "--limits", nargs="+", type=float, default=[0.1, 0.2, 0.4, 1.0], help="(default: 0.1 0.2 0.4 1)"
     )
@@ -145,6 +150,7 @@ def run_grid(grid_args, run_flags: list[str]) -> list[dict]:
         if list(results["per_class"]) != list(rows[0]["results"]["per_class"]):  # one table holds one set of classes
             raise DataError(f"--out {out}: {run_dir.name} has other classes than the grid's first run; did the data change?")
         write_grid_results(rows, out, grid_args.cv)
+        write_round_results(rows, out)
     if not rows:
         raise DataError(f"--out {out}: no finished run of this grid to summarize")
     write_grid_summary(rows, out, grid_args.cv)
@@ -187,7 +193,7 @@ def write_grid_results(rows, out: Path, folds: int | None = None) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     header = ["case", "limit", "seed", "fold", "split", "labeled", "mca", "aca", "specimen_accuracy"]
-    writer.writerow(header + [*class_names, "seconds"])
+    writer.writerow(header + [*class_names, "seconds", "stopped_on"])
     for row in rows + pooled_runs(rows, folds):
         results = row["results"]
         per_class = [
@@ -206,9 +212,33 @@ def write_grid_results(rows, out: Path, folds: int | None = None) -> None:
                 "" if results.get("specimen_accuracy") is None else f"{results['specimen_accuracy']:.4f}",
                 *per_class,
                 f"{results.get('seconds', 0):.0f}",
+                stopped_on(results),
             ]
         )
     write_text_atomic(buffer.getvalue(), out / "results.csv")
+
+
+def stopped_on(results: dict) -> str:
+    """What stopped each fine-tuning: 'the test split' with --stop-on test (labelled wherever its numbers show)."""
+    return results.get("stopped_on", "the training loss")  # runs from before #61 stopped on the training loss
+
+
+def write_round_results(rows, out: Path) -> None:
+    """rounds.csv: every round of every finished run (its labels, test MCA and ACA, epochs and last training loss),
+    the numbers a per-round sentence of the docs quotes; rewritten (atomically) after every run."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["case", "limit", "seed", "fold", "round", "labeled", "mca", "aca", "epochs", "train_loss",
+                     "stop_loss", "stopped_on"])  # fmt: skip
+    for row in rows:
+        for record in row["results"]["rounds"]:
+            stop = "" if record.get("stop_loss") is None else f"{record['stop_loss']:.4f}"
+            fold = "" if row["fold"] is None else row["fold"]
+            loss = "" if record.get("train_loss") is None else f"{record['train_loss']:.4f}"
+            numbers = [f"{record['mca']:.4f}", f"{record['aca']:.4f}", record["epochs"], loss]
+            writer.writerow([row["case"], row["limit"], row["seed"], fold, record["round"], record["labeled"],
+                             *numbers, stop, stopped_on(row["results"])])  # fmt: skip
+    write_text_atomic(buffer.getvalue(), out / "rounds.csv")
 
 
 def _mean_std(values):
@@ -270,6 +300,9 @@ def write_grid_summary(rows, out: Path, folds: int | None = None) -> None:
                 f"{case.upper()} at limit {limit:g}, {confusion_runs(len(group), folds)} summed",
             )
     lines = cross_validation_table(rows, folds, class_names) + lines
+    if any(stopped_on(row["results"]) == "the test split" for row in rows):  # --stop-on test: said above every number
+        mark = "**Stopped on the test split** (--stop-on test): the test split chose when each fine-tuning stopped."
+        lines = [mark, ""] + lines
     write_text_atomic("\n".join(lines) + "\n", out / "summary.md")
     draw_line_chart(
         out / "mca_aca.png",

@@ -84,7 +84,7 @@ def check_run_flags(args, parser) -> None:
 
 
 def case_name(args) -> str:
-    strategy = {"entropy": "al", "random": "rs"}.get(args.strategy, args.strategy)
+    strategy = {"entropy": "al", "random": "rs", "random-rounds": "rs-rounds"}.get(args.strategy, args.strategy)
     return strategy if args.scratch else f"in-{strategy}"
 
 
@@ -184,6 +184,8 @@ def start_run(job: dict, model, pool, generator, sizes: list[int]) -> dict:
         print(f"resumed {state['derived']['out']} after round {state['round']} ({len(pool.ledger)} labeled)")
         book.update(rounds=state["rounds"], setup_seconds=book["setup_seconds"] + state["setup_seconds"])
     print(plan_line(book["derived"]["case"], len(pool), len(job["test"]), sizes))
+    if job["args"].stop_on == "test":
+        print("--stop-on test: the test split's loss stops every fine-tuning, so the test split chooses when to stop")
     return book
 
 
@@ -210,6 +212,8 @@ def end_round(book: dict, round_index: int, chosen, scored: int, fit: dict, metr
     record = {"round": round_index, "labeled": len(pool.ledger), "queried": dict(zip(dataset.class_names, queried))}
     record.update(mca=metrics["mca"], aca=metrics["aca"], per_class=metrics["per_class"], epochs=fit["epochs"])
     record.update(train_loss=fit["train_loss"], scored=scored, train_seconds=fit["seconds"])
+    if "stop_loss" in fit:  # --stop-on test: the test split's loss that stopped the round
+        record["stop_loss"] = fit["stop_loss"]
     record.update(score_seconds=fit["started"] - started if scored else 0.0, seconds=time.time() - started)
     book["rounds"].append(record)
     line = round_line(record, book["budget"], fit["seen"])
@@ -241,6 +245,7 @@ def finish(book: dict) -> dict:
     results["data_digest"] = fingerprint_digest(book["fingerprint"])  # a grid reads a run back only on its data
     results.update(split=made["split"], development=args.development, test_specimens=saved["test_specimens"])
     results.update(fold=args.fold, folds=args.folds if args.fold is not None else None)
+    results["stopped_on"] = STOPPED_ON[args.stop_on]  # --stop-on test lets the test split choose: said with every number
     results.update(specimen_accuracy=metrics.get("specimen_accuracy"), specimen_results=metrics.get("specimens"))
     results.update(budget=len(labeled), labeled=len(labeled))  # the loop spends the budget exactly (round_sizes)
     seconds = book["setup_seconds"] + sum(r["seconds"] for r in rounds)
@@ -250,11 +255,15 @@ def finish(book: dict) -> dict:
     release_lock(out / "run.lock")
     vote = metrics.get("specimen_accuracy")
     by_specimen = f", specimens {100 * vote:.1f}% by majority vote" if vote is not None else ""
+    by_specimen += ", STOPPED ON THE TEST SPLIT" if args.stop_on == "test" else ""
     print(
         f"final ({made['split']} split): MCA {100 * metrics['mca']:.2f}% ACA {100 * metrics['aca']:.2f}%{by_specimen} "
         f"with {len(labeled)} labels ({len(labeled) / len(pool):.1%} of the pool); run written to {out}"
     )
     return results
+
+
+STOPPED_ON = {"train": "the training loss", "test": "the test split"}
 
 
 def final_metrics(metrics: dict) -> dict:
