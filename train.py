@@ -109,6 +109,9 @@ def build_parser():
     given = "the data's own train/val/test lists, as SNPHEp-2's folds: a CSV of file,split (train, val or test; "
     given += "default: the labels CSV's split column if it has one, else a seeded split by --val/--test-fraction)"
     add("--split-file", default=None, help=given)
+    val_from = "where a given split lists no val side (SNPHEp-2's folds): split --val-fraction of its train side off "
+    val_from += "(by specimen where known), or validate on its test side, as Sec. 3.3 reads (default: train)"
+    add("--val-from", default="train", choices=["train", "test"], help=val_from)
     add("--out", default="runs/pretrained.pt", help="best checkpoint (default: runs/pretrained.pt)")
     cap = "most epochs (default: 30, a choice; the paper has none: its rule stopped it after 32; --paper: 1000)"
     add("--max-epochs", type=int, default=30, help=cap)
@@ -117,7 +120,8 @@ def build_parser():
     add("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
     rotations = "rotation views per training image, 360/N degrees apart (default: 20 = 18 degree steps, Sec. 3.1; "
     add("--rotations", type=int, default=20, help=rotations + "1 turns augmentation off)")
-    add("--val-fraction", type=float, default=0.15, help="validation share, stratified (default: 0.15)")
+    val = "validation share, stratified (of the train side where a given split lists no val side) (default: 0.15)"
+    add("--val-fraction", type=float, default=0.15, help=val)
     test = "test share, reported once at the end and never used for training; 0 when the data comes with its own "
     add("--test-fraction", type=float, default=0.15, help=test + "test set (default: 0.15)")
     add("--image-size", type=int, default=112, help="cells are resized to this (default: 112, Sec. 3.1)")

@@ -176,28 +176,63 @@ def source_split(args, parser) -> tuple:
     names = ["train", "val", "test"]
     given = args.split_file or labels_with_split(args.data)
     if given is not None:
-        for flag in ("split", "val_fraction", "test_fraction"):  # a flag this split cannot use, refused in one line
-            if getattr(args, flag) != parser.get_default(flag):
+        parts = given_split(dataset, given)
+        val_from = args.val_from if len(parts[1]) == 0 else None  # only a split without a val side needs one
+        usable = {None: (), "test": ("val_from",), "train": ("val_from", "split", "val_fraction")}[val_from]
+        for flag in ("split", "val_fraction", "test_fraction", "val_from"):  # one this split cannot use: one line
+            if flag not in usable and getattr(args, flag) != parser.get_default(flag):
                 name = f"--{flag.replace('_', '-')} {getattr(args, flag)}"
                 raise DataError(f"{name}: the data comes with its own split ({given}), which sets every side")
-        parts = given_split(dataset, given)
+        how = {"val_from": val_from, "fraction": args.val_fraction, "seed": args.seed}
+        how["by"] = resolve_split(args.split, dataset) if val_from == "train" else None
+        parts = with_validation_side(dataset, parts, how, given)
         split, fractions = "given", [len(part) / len(dataset) for part in parts]
     else:
+        if args.val_from != parser.get_default("val_from"):
+            raise DataError(f"--val-from {args.val_from}: applies only to a given split that lists no val side")
         fractions = [1 - args.val_fraction - args.test_fraction, args.val_fraction, args.test_fraction]
         split = resolve_split(args.split, dataset)
         parts = split_dataset(dataset, split, fractions, args.seed, names)
-    if len(parts[0]) == 0 or len(parts[1]) == 0:
-        raise DataError(f"--data: {len(dataset)} cells are too few to split into train and validation sets")
+        if len(parts[0]) == 0 or len(parts[1]) == 0:
+            raise DataError(f"--data: {len(dataset)} cells are too few to split into train and validation sets")
     print(f"data: {dataset.source}, {len(dataset)} cells, classes {', '.join(dataset.class_names)}")
     print(f"split: the data's own, from {given}: " + ", ".join(f"{n} {len(p)}" for n, p in zip(names, parts))
           if given is not None else describe_split(dataset, split, parts, names, args.seed))  # fmt: skip
     print(f"training on {len(parts[0])} cells x {args.rotations} rotations")
     derived = {"data_kind": "source", "image_size": args.image_size, "normalize": args.normalize, "split": split}
     derived.update(split_parts={"names": names, "fractions": fractions, "seed": args.seed})
-    if given is not None:
-        derived["split_parts"]["file"] = str(Path(given).resolve())  # evaluate.py reads the sides from it again
+    if given is not None:  # evaluate.py reads the sides from it again, and makes a validation side as this did
+        derived["split_parts"].update(file=str(Path(given).resolve()), validation=how)
     derived["test_specimens"] = specimens_of(dataset, parts[2])
     return dataset, derived, [dataset.subset(part) for part in parts]
+
+
+def with_validation_side(dataset: CellDataset, parts: list, how: dict, given) -> list[torch.Tensor]:
+    """A given split's (train, val, test), with a validation side made where it lists none (SNPHEp-2's folds come
+    as training and test lists only): how["val_from"] "train" splits how["fraction"] of the training side off, by
+    how["by"] (specimen where known) and how["seed"]; "test" takes the test side, as Sec. 3.3's "the testing set was
+    just used for validation" reads (docs/paper-notes.md). One line names what is missing when neither can be made."""
+    train, val, test = parts
+    if len(train) == 0:
+        raise DataError(f"{given}: lists no train cells; expected rows whose split is train")
+    if how.get("val_from") is None:
+        return parts
+    if how["val_from"] == "test":
+        if len(test) == 0:
+            raise DataError(f"--val-from test: {given} lists no val and no test cells to validate on")
+        print(f"validation: the test side's {len(test)} cells (--val-from test): the test split picks the epoch")
+        return [train, test, test]
+    try:
+        inner = split_dataset(dataset.subset(train), how["by"], [1 - how["fraction"], how["fraction"]], how["seed"],
+                              ["train", "val"])  # fmt: skip
+    except DataError as error:
+        raise DataError(f"{given}: lists no val cells and its {len(train)} train cells cannot give "
+                        f"one ({error}); add val rows, or validate on its test side with --val-from test") from None
+    if min(len(side) for side in inner) == 0:
+        raise DataError(f"{given}: lists no val cells and its {len(train)} train cells are too few to "
+                        "split one off; add val rows, or validate on its test side with --val-from test")
+    print(f"validation: {how['fraction']:g} of the given train side, by {how['by']} (seed {how['seed']})")
+    return [train[inner[0]], train[inner[1]], test]
 
 
 TEST_FRACTION = 0.2  # Sec. 3.1: "A 80-20% splitting was performed"
@@ -402,7 +437,7 @@ def split_of_checkpoint(checkpoint: dict, dataset, split: str):
     if split not in info["names"]:
         raise DataError(f"--split {split}: this checkpoint's run made the splits {', '.join(info['names'])}")
     if by == "given":  # the data's own split (train.py --split-file), read again from its file
-        parts = given_split(dataset, info["file"])
+        parts = with_validation_side(dataset, given_split(dataset, info["file"]), info.get("validation", {}), "")
         return dataset.subset(parts[info["names"].index(split)])
     by = resolve_split(by, dataset)
     if info["names"] == ["pool", "test"]:  # active.py's Step 1: 80/20 or a fold, --development's split

@@ -347,3 +347,68 @@ def test_weight_averaging_keeps_the_mean_of_the_later_epochs():
     finally:
         recipe.running_mean = real
     assert fit["epochs"] == 5 and seen == [1, 2, 3]  # epochs 3, 4 and 5 averaged
+
+
+def test_random_in_rounds_labels_at_random_in_the_rounds_of_active_learning(pretrained, tmp_path):
+    """--strategy random-rounds: AL's loop (the same k and m, the same fine-tuning each round) with random picks."""
+    assert round_sizes(1000, 0.2, "random-rounds") == round_sizes(1000, 0.2) != round_sizes(1000, 0.2, "random")
+    results, out = run_active(tmp_path, "rounds", SMALL_ROUNDS + ["--strategy", "random-rounds"], pretrained)
+    entropy_run, entropy_out = run_active(tmp_path, "entropy", SMALL_ROUNDS, pretrained)
+    assert results["case"] == "in-rs-rounds" and results["stopped_on"] == "the training loss"
+    sizes = torch.tensor(round_sizes(results["pool"], 0.5, "entropy", 0.17, 0.21)).cumsum(0).tolist()
+    assert [r["labeled"] for r in results["rounds"]] == sizes == [r["labeled"] for r in entropy_run["rounds"]]
+    assert len(sizes) > 2 and all(r["epochs"] >= 1 for r in results["rounds"])  # fine-tuned every round
+    rows = list(csv.DictReader((out / "labeled.csv").open()))
+    entropy_rows = list(csv.DictReader((entropy_out / "labeled.csv").open()))
+    assert {row["reason"] for row in rows} == {"random"}  # every round drawn at random, none scored
+    assert all(r["scored"] == 0 for r in results["rounds"])
+    seed_set = [row["index"] for row in rows if row["round"] == "0"]
+    assert seed_set == [row["index"] for row in entropy_rows if row["round"] == "0"]  # the same seed set as AL's
+    assert [row["index"] for row in rows] != [row["index"] for row in entropy_rows]  # then other picks
+
+
+def test_the_test_split_stop_stops_on_the_loss_it_is_given(pretrained):
+    """--stop-on test: patience counts the given loss, not the training loss, which keeps falling."""
+    dataset = synthetic.synthetic_dataset("target", 120, seed=0, image_size=32)
+    cells = torch.arange(0, 120, 4)
+    settings = {**active.TRAINING, "max_epochs": 12, "patience": 2, "stop_weights": "last"}
+
+    def fit(stop_loss):
+        model = transfer(network_from_checkpoint(torch.load(pretrained, weights_only=True)), 6)
+        forward = recipe.forward_fn(model, dataset.images, None, "cpu")
+        generator = torch.Generator().manual_seed(0)
+        return active.fine_tune(model, forward, cells, dataset.labels[cells], generator, settings, stop_loss)
+
+    rising = iter(range(100))  # the watched loss never decreases after the first epoch: 1 + patience epochs
+    stopped = fit(lambda: float(next(rising)))
+    assert stopped["epochs"] == 3 and stopped["stop_loss"] == 2.0
+    falling = iter(range(100, 0, -1))  # it always decreases: the cap stops it
+    assert fit(lambda: float(next(falling)))["epochs"] == 12
+    model = transfer(network_from_checkpoint(torch.load(pretrained, weights_only=True)), 6)
+    forward = recipe.forward_fn(model, dataset.images, None, "cpu")
+    model.eval()
+    with torch.no_grad():  # split_loss is Eq. 2's mean cross-entropy in eval mode, and leaves train mode on
+        expected = torch.nn.functional.cross_entropy(forward(cells), dataset.labels[cells]).item()
+    model.train()
+    assert active.split_loss(model, forward, cells, dataset.labels[cells], batch_size=7) == pytest.approx(expected)
+    assert model.training and not model.approximation_branch.early.training
+
+
+def test_a_run_stopped_on_the_test_split_says_so(pretrained, tmp_path, capsys):
+    results, out = run_active(tmp_path, "stopped", SMALL_ROUNDS + ["--stop-on", "test"], pretrained)
+    assert "STOPPED ON THE TEST SPLIT" in capsys.readouterr().out
+    written = json.loads((out / "results.json").read_text())
+    assert written["stopped_on"] == "the test split" and written["args"]["stop_on"] == "test"
+    assert all(math.isfinite(r["stop_loss"]) for r in written["rounds"])
+    assert "--stop-on" not in recipe.paper_flags()  # not part of --paper, which keeps the test side out
+
+
+def test_tensorflow_batchnorm_constants_reach_every_layer_that_trains(pretrained):
+    model = active.network(network_from_checkpoint(torch.load(pretrained, weights_only=True)), 6, "tensorflow")
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    trained = [m for name, m in layers.items() if ".early." not in name]
+    frozen = [m for name, m in layers.items() if ".early." in name]
+    assert trained and all((m.momentum, m.eps) == (0.01, 1e-3) for m in trained)
+    assert frozen and all((m.momentum, m.eps) == (0.1, 1e-5) for m in frozen)  # as pretrained, never updated
+    scratch = active.network(None, 6, "tensorflow")
+    assert all(m.eps == 1e-3 for m in scratch.modules() if isinstance(m, torch.nn.BatchNorm2d))

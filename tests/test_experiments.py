@@ -1,5 +1,6 @@
 """The experiment grid (lab/experiments.py): tables, plots, resuming a half-finished grid, and its flags."""
 
+import csv
 import json
 
 import pytest
@@ -99,3 +100,19 @@ def test_a_paper_grid_reads_its_finished_runs_back(tmp_path, monkeypatch):
     monkeypatch.setattr(active, "run", lambda job: started.append(job))
     assert [r["results"]["mca"] for r in experiments.main(flags + ["--summarize-only"])] == [rows[0]["results"]["mca"]]
     assert [r["results"]["mca"] for r in experiments.main(flags)] == [rows[0]["results"]["mca"]] and not started
+
+
+def test_a_grid_writes_every_round_and_marks_a_test_split_stop(pretrained, tmp_path):
+    out = tmp_path / "grid"
+    flags = ["--cases", "in-rs-rounds", "in-rs", "--limits", "0.5", "--seeds", "0", "--out", str(out)]
+    flags += TINY + ["--synthetic-cells", "100", "--max-epochs", "1", "--checkpoint", str(pretrained)]
+    rows = experiments.main(flags + ["--stop-on", "test", "--fractions", "0.2", "0.3"])
+    table = list(csv.DictReader((out / "results.csv").open()))
+    assert [row["case"] for row in table] == ["in-rs-rounds", "in-rs"]
+    assert {row["stopped_on"] for row in table} == {"the test split"}
+    assert (out / "summary.md").read_text().startswith("**Stopped on the test split**")
+    rounds = list(csv.DictReader((out / "rounds.csv").open()))
+    assert [row["case"] for row in rounds] == ["in-rs-rounds"] * 4 + ["in-rs"]  # k, m, m and the rest; then all at once
+    assert [int(row["labeled"]) for row in rounds] == [r["labeled"] for row in rows for r in row["results"]["rounds"]]
+    assert [float(row["mca"]) for row in rounds][-1] == pytest.approx(rows[1]["results"]["rounds"][-1]["mca"], abs=1e-4)
+    assert all(row["stop_loss"] and row["stopped_on"] == "the test split" for row in rounds)

@@ -68,3 +68,53 @@ def test_a_split_that_names_other_files_or_leaves_cells_out_is_one_line(folder, 
     (tmp_path / "side.csv").write_text("\n".join(lines[:-1] + [lines[-1].rsplit(",", 1)[0] + ",holdout"]) + "\n")
     fails(train.main, base + [str(tmp_path / "side.csv")], "side.csv:", "'holdout'", "expected train, val or test")
     fails(train.main, base + [str(tmp_path / "none.csv")], "--split-file", "no such file")
+
+
+def train_and_test_only(folder, tmp_path):
+    """The folder's split file with every val row moved to train: SNPHEp-2's folds, training and test lists only."""
+    root, sides = folder
+    sides = {file: "train" if side == "val" else side for file, side in sides.items()}
+    (tmp_path / "two.csv").write_text("file,split\n" + "".join(f"{f},{s}\n" for f, s in sides.items()))
+    return root, sides, tmp_path / "two.csv"
+
+
+def test_a_split_of_train_and_test_only_validates_on_part_of_its_train_side(folder, tmp_path, capsys):
+    root, sides, two = train_and_test_only(folder, tmp_path)
+    out = tmp_path / "two.pt"
+    flags = TINY + ["--data", str(root), "--split-file", str(two), "--max-epochs", "1", "--rotations", "1"]
+    result = train.main(flags + ["--val-fraction", "0.25", "--out", str(out)])
+    assert "validation: 0.25 of the given train side, by cells (seed 0)" in capsys.readouterr().out
+    dataset = load_dataset(root, cache=False)
+    train_files = {str(root / file) for file, side in sides.items() if side == "train"}
+    test_files = sorted(str(root / file) for file, side in sides.items() if side == "test")
+    val = evaluate.main(["--checkpoint", str(out), "--split", "val", "--json", "--png", str(tmp_path / "v.png")])
+    test = evaluate.main(["--checkpoint", str(out), "--split", "test", "--json", "--png", str(tmp_path / "t.png")])
+    assert val["count"] == result["metrics"]["val"]["count"] == round(0.25 * len(train_files))  # remade alike
+    assert val["mca"] == pytest.approx(result["metrics"]["val"]["mca"])
+    assert test["count"] == len(test_files) == result["metrics"]["test"]["count"]  # the test side as listed
+    parts = given.given_split(dataset, two)
+    assert len(parts[1]) == 0 and sorted(dataset.files[i] for i in parts[2].tolist()) == test_files
+
+
+def test_a_split_of_train_and_test_only_may_validate_on_its_test_side_when_asked(folder, tmp_path, capsys):
+    root, sides, two = train_and_test_only(folder, tmp_path)
+    flags = TINY + ["--data", str(root), "--split-file", str(two), "--max-epochs", "1", "--rotations", "1"]
+    result = train.main(flags + ["--val-from", "test", "--out", str(tmp_path / "t.pt")])
+    assert "the test split picks the epoch" in capsys.readouterr().out
+    tested = sum(side == "test" for side in sides.values())
+    assert result["metrics"]["val"]["count"] == result["metrics"]["test"]["count"] == tested
+    assert result["metrics"]["val"]["mca"] == pytest.approx(result["metrics"]["test"]["mca"])
+
+
+def test_a_split_of_train_and_test_only_says_what_is_missing(folder, tmp_path):
+    root, sides, two = train_and_test_only(folder, tmp_path)
+    base = TINY + ["--data", str(root), "--out", str(tmp_path / "p.pt"), "--split-file", str(two)]
+    # Golgi has 9 cells, 2 of them on the test side: 7 train cells cannot give 0.01 of themselves to validation
+    text = fails(train.main, base + ["--val-fraction", "0.01"], "two.csv", "lists no val cells", "--val-from test")
+    assert "too few to split into train and validation sets" not in text  # the old message, which named no file
+    only_train = tmp_path / "train-only.csv"
+    only_train.write_text("file,split\n" + "".join(f"{f},train\n" for f in sides))
+    fails(train.main, base[:-1] + [str(only_train), "--val-from", "test"], "--val-from test", "no val and no test")
+    fails(train.main, TINY + ["--val-from", "test", "--out", str(tmp_path / "q.pt")], "--val-from test", "applies only")
+    fails(train.main, TINY + ["--data", str(root), "--split-file", str(tmp_path / "split.csv"), "--val-from", "test",
+                              "--out", str(tmp_path / "r.pt")], "--val-from test", "its own split")  # fmt: skip
