@@ -15,9 +15,8 @@ The paper's four cases (Sec. 3.2, 3.3, Table 2):
     IN-RS   python active.py --limit 0.2 --strategy random
     AL      python active.py --limit 0.2 --scratch
     RS      python active.py --limit 0.2 --scratch --strategy random
-With --strategy random the whole budget is drawn at random and the network is trained once, as in the paper.
-The baseline of the active learning literature is --strategy random-rounds (cases RS-ROUNDS, IN-RS-ROUNDS): the
-same loop as entropy's, the same k and m and the same fine-tuning each round, only the m cells drawn at random.
+With --strategy random the whole budget is drawn at random and trained on once, as in the paper; random-rounds
+(RS-ROUNDS, IN-RS-ROUNDS) is the literature's baseline: AL's loop, k and m and fine-tuning, with random picks.
 Add --data DIR for real data (e.g. ../shared/data/i3a), --paper for the paper's settings where the defaults
 depart from them (lab/recipe.py: each departure, the development-split result that kept it, its flag).
 
@@ -27,7 +26,6 @@ confusion.png (lab/records.py). The grid of cases x limits x seeds is `python -m
 """
 
 import argparse
-import functools
 import time
 
 import torch
@@ -147,19 +145,17 @@ PROGRESS_SECONDS = 30  # fine_tune prints an epoch line at most this often (a ro
 # given for fine-tuning: 64 as for pretraining. The rest are the recipe's departures (lab/recipe.py; --paper).
 TRAINING = {"lr": 1e-3, "patience": 5, "batch_size": 64, "max_epochs": recipe.MAX_EPOCHS, "min_decrease": 1e-4}
 TRAINING.update(stop_weights="average", batchnorm="recalibrate")
-# --batchnorm-constants tensorflow: the paper ran TensorFlow (Sec. 3.1), whose BatchNormalization keeps its running
-# statistics with momentum 0.99 and adds epsilon 1e-3; PyTorch's momentum counts the other way (the new batch's
-# weight: 0.1, so TensorFlow's is 0.01) and its epsilon is 1e-5.
-BATCHNORM_CONSTANTS = {"pytorch": {"momentum": 0.1, "eps": 1e-5}, "tensorflow": {"momentum": 0.01, "eps": 1e-3}}
+# --batchnorm-constants: the paper ran TensorFlow, whose BatchNorm keeps running statistics with momentum 0.99 and adds
+# epsilon 1e-3; PyTorch's momentum is the new batch's weight (0.1; TensorFlow's is then 0.01), its epsilon 1e-5.
+BATCHNORM_CONSTANTS = {"pytorch": (0.1, 1e-5), "tensorflow": (0.01, 1e-3)}  # (momentum, epsilon)
 
 
 def fine_tune(model, forward, cells, labels, generator, settings=TRAINING, stop_loss=None) -> dict:
     """Step 3: fine-tune on the labeled cells until the loss has not decreased for `patience` epochs (Sec. 3.1), or
     `max_epochs`. The paper says "the loss": the training loss here, a choice that keeps the test side out of
-    training; stop_loss (--stop-on test) is a function giving another loss after each epoch, which then decides
-    instead. The optimizer is not named: Adam (a choice). forward maps a batch of dataset indices to logits (Eq. 1),
-    the loss is Eq. 2's cross-entropy.
-    Returns the epochs run, the last one's training loss (and stopping loss), images seen and seconds."""
+    training (stop_loss, a function called after each epoch, decides instead where given: --stop-on test); the
+    optimizer is not named: Adam (a choice). forward maps a batch of dataset indices to logits (Eq. 1), the loss is
+    Eq. 2's cross-entropy. Returns the epochs run, the last one's training (and stopping) loss, images seen, seconds."""
     started = last_line = time.time()
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=settings["lr"])
     best, bad, epoch, seen, epoch_loss, watched, averaged = float("inf"), 0, 0, 0, float("nan"), None, None
@@ -187,23 +183,8 @@ def fine_tune(model, forward, cells, labels, generator, settings=TRAINING, stop_
             print("  " + records.epoch_line({**line, "seconds": time.time() - started}, seen))
             last_line = time.time()
     recipe.keep_weights(model, averaged, forward, cells, settings)  # the recipe: mean weights, BatchNorm recomputed
-    fit = {"epochs": epoch, "train_loss": epoch_loss, "seen": seen, "started": started}
-    if stop_loss is not None:
-        fit["stop_loss"] = watched
+    fit = {"epochs": epoch, "train_loss": epoch_loss, "stop_loss": watched, "seen": seen, "started": started}
     return {**fit, "seconds": time.time() - started}
-
-
-@torch.no_grad()
-def split_loss(model, forward, cells: torch.Tensor, labels: torch.Tensor, batch_size=64) -> float:
-    """Eq. 2's cross-entropy over these cells in eval mode (--stop-on test: the test split's loss), then back to
-    train mode (the frozen layers stay in eval mode)."""
-    model.eval()
-    total = 0.0
-    for start in range(0, len(cells), batch_size):
-        logits = forward(cells[start : start + batch_size])
-        total += F.cross_entropy(logits, labels[start : start + batch_size].to(logits.device), reduction="sum").item()
-    model.train()
-    return total / len(cells)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,15 +193,13 @@ def split_loss(model, forward, cells: torch.Tensor, labels: torch.Tensor, batch_
 
 def network(pretrained: ParallelResNet | None, num_classes: int, batchnorm_constants="pytorch") -> ParallelResNet:
     """The pretrained network (IN) through Sec. 3.1's transfer step (a new head, the early layers fixed: "we had fixed
-    all the layers before the second residual block"), or with --scratch the network of Fig. 5 from random weights.
-    Every BatchNorm layer that trains takes the framework's constants (BATCHNORM_CONSTANTS); frozen ones keep theirs."""
+    all the layers before the second residual block"), or with --scratch the network of Fig. 5 from random weights;
+    the BatchNorm layers that train take the framework's constants (frozen ones keep their pretraining's)."""
     model = ParallelResNet(num_classes)  # built in every case: each seed's random stream stays as published
     if pretrained is not None:
         model = transfer(pretrained, num_classes)  # "changed to have six neurons"
-    for layer in model.modules():
-        if isinstance(layer, torch.nn.BatchNorm2d) and layer.weight.requires_grad:
-            layer.momentum = BATCHNORM_CONSTANTS[batchnorm_constants]["momentum"]
-            layer.eps = BATCHNORM_CONSTANTS[batchnorm_constants]["eps"]
+    for layer in [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.weight.requires_grad]:
+        layer.momentum, layer.eps = BATCHNORM_CONSTANTS[batchnorm_constants]
     return model
 
 
@@ -235,14 +214,17 @@ def run(job: dict) -> dict:
     forward = recipe.run_forward(model, dataset.images, device, precision)  # the recipe: cached, bfloat16
     generator = torch.Generator().manual_seed(settings["seed"])
     training = {key: settings.get(key, value) for key, value in TRAINING.items()}  # lr: Sec. 3.1's 0.001
-    stop_loss = None  # Sec. 3.1: the training loss stops each fine-tuning; --stop-on test (off by default, labelled
-    if settings["stop_on"] == "test":  # wherever it shows) lets the test split choose when to stop, as the paper did
-        stop_loss = functools.partial(split_loss, model, forward, test, dataset.labels[test])
+
+    def test_loss():  # --stop-on test (off by default, labelled wherever it shows): the test split chooses the stop
+        probabilities = predict_probabilities(model, test, device, 64, forward=forward)  # eval mode, then back
+        return summarize(dataset.labels[test], probabilities, dataset.class_names)["loss"]  # Eq. 2's mean
+
+    stop_loss = test_loss if settings["stop_on"] == "test" else None  # Sec. 3.1: else the training loss
     book = records.start_run(job, model, pool, generator, sizes)  # with a killed run's state: its rounds
 
     for round_index in range(len(book["rounds"]), len(sizes)):
         started, size, scored = time.time(), sizes[round_index], 0
-        if round_index == 0 or strategy in ("random", "random-rounds"):  # random-rounds: m at random every round
+        if round_index == 0 or strategy in ("random", "random-rounds"):  # random-rounds: m a round at random
             chosen = pool.label_randomly(size, round_index, generator)  # Step 2: the seed set, k at random
         else:  # Step 4: score every unlabeled pool image (entropy by default, Eq. 3); Step 5: label the m highest
             unlabeled = pool.unlabeled()
@@ -273,9 +255,8 @@ def build_parser():
     add("--checkpoint", default="runs/pretrained.pt", help="network from train.py (default: runs/pretrained.pt)")
     add("--scratch", action="store_true", help="train the whole network from random weights (AL, RS; default: off)")
     strategies = [*UNCERTAINTY, "random", "random-rounds"]
-    what = "what to label: an uncertainty (Eq. 3-5), random (the whole budget at once, trained once: the paper's RS), "
-    what += "or random-rounds (k, then m a round at random, fine-tuned each round as the uncertainty rounds are)"
-    add("--strategy", default="entropy", choices=strategies, help=what + " (default: entropy, Eq. 3)")
+    what = "an uncertainty (Eq. 3-5), random (all at once, trained once: the paper's RS) or random-rounds (AL's rounds"
+    add("--strategy", default="entropy", choices=strategies, help=what + ", random picks) (default: entropy, Eq. 3)")
     fractions = "k and m: the random seed set and each round's labels as fractions of the budget (default: 0.15 0.10, "
     add("--fractions", type=float, nargs=2, default=[0.15, 0.10], metavar=("K", "M"), help=fractions + "Sec. 3.1)")
     batch = "mini-batch size (default: 64, a choice: the paper gives none for its method, 128 for its comparisons)"
@@ -290,12 +271,11 @@ def build_parser():
     add("--stop-weights", default="average", choices=["average", "last"], help=stop + "epoch's (the paper's)")
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning (the recipe), or keep the running ones "
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm + "(the paper's)")
-    constants = "BatchNorm momentum and epsilon of the layers that train: PyTorch's 0.1 and 1e-5, or TensorFlow's "
-    constants += "0.99 and 1e-3 (the paper's framework; 0.01 as PyTorch counts) (default: pytorch; not part of --paper)"
-    add("--batchnorm-constants", default="pytorch", choices=list(BATCHNORM_CONSTANTS), help=constants)
+    constants = "BatchNorm momentum and epsilon of the layers that train: PyTorch's, or TensorFlow's, the paper's "
+    choices = [*BATCHNORM_CONSTANTS]
+    add("--batchnorm-constants", default="pytorch", choices=choices, help=constants + "(default: pytorch)")
     stop = "the loss that stops each fine-tuning: the training loss, or the test split's, which LETS THE TEST SPLIT "
-    stop += "CHOOSE WHEN TO STOP, as the paper appears to have done (Sec. 3.3, Figs. 11, 13); its results are marked "
-    stop += "'stopped on the test split' (default: train; not part of --paper)"
+    stop += "CHOOSE, as the paper appears to have done (Sec. 3.3); marked 'stopped on the test split' (default: train)"
     add("--stop-on", default="train", choices=["train", "test"], help=stop)
     add("--image-size", type=int, default=112, help="with --scratch: cell size (default: 112; else the checkpoint's)")
     normalize = "with --scratch: per-cell intensity stretch (default: percentile, the recipe; none is the paper's)"

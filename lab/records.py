@@ -212,7 +212,7 @@ def end_round(book: dict, round_index: int, chosen, scored: int, fit: dict, metr
     record = {"round": round_index, "labeled": len(pool.ledger), "queried": dict(zip(dataset.class_names, queried))}
     record.update(mca=metrics["mca"], aca=metrics["aca"], per_class=metrics["per_class"], epochs=fit["epochs"])
     record.update(train_loss=fit["train_loss"], scored=scored, train_seconds=fit["seconds"])
-    if "stop_loss" in fit:  # --stop-on test: the test split's loss that stopped the round
+    if book["args"].stop_on == "test":  # the test split's loss that stopped the round
         record["stop_loss"] = fit["stop_loss"]
     record.update(score_seconds=fit["started"] - started if scored else 0.0, seconds=time.time() - started)
     book["rounds"].append(record)
@@ -245,7 +245,7 @@ def finish(book: dict) -> dict:
     results["data_digest"] = fingerprint_digest(book["fingerprint"])  # a grid reads a run back only on its data
     results.update(split=made["split"], development=args.development, test_specimens=saved["test_specimens"])
     results.update(fold=args.fold, folds=args.folds if args.fold is not None else None)
-    results["stopped_on"] = STOPPED_ON[args.stop_on]  # --stop-on test lets the test split choose: said with every number
+    results["stopped_on"] = STOPPED_ON[args.stop_on]  # --stop-on test lets the test split choose: said with its numbers
     results.update(specimen_accuracy=metrics.get("specimen_accuracy"), specimen_results=metrics.get("specimens"))
     results.update(budget=len(labeled), labeled=len(labeled))  # the loop spends the budget exactly (round_sizes)
     seconds = book["setup_seconds"] + sum(r["seconds"] for r in rounds)
