@@ -1,28 +1,19 @@
 """Active learning on the target dataset with the pretrained network (paper Sec. 2.2, Table 1, Fig. 7, Sec. 3.1-3.3).
 
-The loop (Table 1), `run` below:
- 1. split the target 80/20 (each specimen whole on one side when specimens are known): the unlabeled
-    pool, and the test set, used only to report MCA and ACA after each round;
- 2. budget = limit x pool size; label k = 15% of it at random (the simulated oracle reveals the stored labels);
- 3. fine-tune on everything labeled so far until the training loss stops falling (Sec. 3.1): the pretrained
-    network (IN) with a fresh head for the target classes and both branches frozen up to the second pooling
-    layer (model.transfer), or with --scratch the whole network from random initialisation;
- 4. score every unlabeled pool image by its uncertainty, entropy by default (Eq. 3);
- 5. label the m = 10% of the budget most uncertain ones; back to 3 until the budget is spent.
+The loop (Table 1), `run` below: 1. split the target 80/20 into the unlabeled pool and the test set (reported on
+only); 2. label k = 15% of the budget (limit x pool) at random (the simulated oracle reveals the stored labels);
+3. fine-tune until the training loss stops falling (Sec. 3.1): the pretrained network (IN) with a new head and
+both branches fixed to the second pooling layer, or with --scratch all of it from random weights; 4. score every
+unlabeled cell's uncertainty, entropy by default (Eq. 3); 5. label the m = 10% most uncertain; back to 3.
 
-The paper's four cases (Sec. 3.2, 3.3, Table 2):
-    IN-AL   python active.py --limit 0.2                              (default)
-    IN-RS   python active.py --limit 0.2 --strategy random
-    AL      python active.py --limit 0.2 --scratch
-    RS      python active.py --limit 0.2 --scratch --strategy random
+    IN-AL   python active.py --limit 0.2          IN-RS   python active.py --limit 0.2 --strategy random
+    AL      python active.py --limit 0.2 --scratch          RS      ... --scratch --strategy random
 With --strategy random the whole budget is drawn at random and trained on once, as in the paper; random-rounds
 (RS-ROUNDS, IN-RS-ROUNDS) is the literature's baseline: AL's loop, k and m and fine-tuning, with random picks.
-Add --data DIR for real data (e.g. ../shared/data/i3a), --paper for the paper's settings where the defaults
-depart from them (lab/recipe.py: each departure, the development-split result that kept it, its flag).
+--data DIR reads real cells; --paper sets the paper's values where the defaults depart (lab/recipe.py).
 
-A run folder (--out, default runs/<case>-limit<limit>-seed<seed>) gets state.pt after every round, so the
-same command with --resume continues a killed run; at the end results.json, labeled.csv, model.pt and
-confusion.png (lab/records.py). The grid of cases x limits x seeds is `python -m lab.experiments`.
+A run folder (--out, default runs/<case>-limit<limit>-seed<seed>) gets state.pt after every round (--resume goes
+on), then results.json, labeled.csv, model.pt, confusion.png. The grid: `python -m lab.experiments`.
 """
 
 import argparse
@@ -33,11 +24,29 @@ import torch.nn.functional as F
 
 from data import NORMALIZATIONS
 from evaluate import predict_probabilities, summarize
-from lab import recipe, records
+from lab import recipe, records, splits
 from lab.commands import run_command
 from lab.devices import add_device_flag
 from lab.splits import add_split_flags
 from model import ParallelResNet, trainable_parameters, transfer
+
+# ---------------------------------------------------------------------------------------------
+# Step 1: the pool and the test set (Sec. 3.1: "A 80-20% splitting was performed")
+
+TEST_FRACTION = 0.2
+
+
+def split_target(dataset, settings: dict) -> tuple:
+    """Step 1: the unlabeled pool and the test set, 80/20 by --seed or fold --fold of --folds, each specimen whole on
+    one side whenever specimens are known (--split cells: cells); --development splits the pool again. The test side
+    is only reported on (Sec. 3.1: "just used for validation, not for fine-tuning"). Returns (by, parts, pool, test)."""
+    by = splits.resolve_split(settings["split"], dataset)
+    parts = {"names": ["pool", "test"], "fractions": [1 - TEST_FRACTION, TEST_FRACTION], "seed": settings["seed"]}
+    parts.update(development=settings["development"], fold=settings["fold"], folds=settings["folds"])
+    pool, test = splits.pool_and_test(dataset, by, parts)  # evaluate.py remakes it from the parts
+    print(splits.describe_pool_and_test(dataset, by, parts, pool, test))
+    return by, parts, pool, test
+
 
 # ---------------------------------------------------------------------------------------------
 # Uncertainty measures (Sec. 2.2). Each maps (N, C) class probabilities to N scores, higher = more uncertain.
@@ -139,14 +148,12 @@ class Pool:
 # ---------------------------------------------------------------------------------------------
 # Fine-tuning on the labeled cells (Sec. 3.1)
 
-PROGRESS_SECONDS = 30  # fine_tune prints an epoch line at most this often (a round line ends every round)
 # Sec. 3.1: "The same learning approach was used for all the fine-tuning processes: a learning rate of 0.001 was
 # utilized, training is stopped when the loss does not decrease five times in a row." The mini-batch size is not
 # given for fine-tuning: 64 as for pretraining. The rest are the recipe's departures (lab/recipe.py; --paper).
 TRAINING = {"lr": 1e-3, "patience": 5, "batch_size": 64, "max_epochs": recipe.MAX_EPOCHS, "min_decrease": 1e-4}
 TRAINING.update(stop_weights="average", batchnorm="recalibrate")
-# --batchnorm-constants: the paper ran TensorFlow, whose BatchNorm keeps running statistics with momentum 0.99 and adds
-# epsilon 1e-3; PyTorch's momentum is the new batch's weight (0.1; TensorFlow's is then 0.01), its epsilon 1e-5.
+# --batchnorm-constants: the paper ran TensorFlow (BatchNorm momentum 0.99, 0.01 as PyTorch counts, epsilon 1e-3).
 BATCHNORM_CONSTANTS = {"pytorch": (0.1, 1e-5), "tensorflow": (0.01, 1e-3)}  # (momentum, epsilon)
 
 
@@ -173,15 +180,10 @@ def fine_tune(model, forward, cells, labels, generator, settings=TRAINING, stop_
             total += loss.item() * len(batch)
         epoch_loss, seen = total / len(order), seen + len(order)
         watched = epoch_loss if stop_loss is None else stop_loss()  # --stop-on test: the test split's loss
-        if watched < best - settings["min_decrease"]:  # the recipe: by more than 1e-4; the paper: at all
-            best, bad = watched, 0
-        else:
-            bad += 1  # Sec. 3.1: "training is stopped when the loss does not decrease five times in a row"
+        # Sec. 3.1: "training is stopped when the loss does not decrease five times in a row" (the recipe: by 1e-4)
+        best, bad = (watched, 0) if watched < best - settings["min_decrease"] else (best, bad + 1)
         averaged = recipe.average_weights(averaged, model, epoch, settings)  # the recipe: the later epochs' mean
-        if time.time() - last_line >= PROGRESS_SECONDS:  # a long round shows its epochs
-            line = {"epoch": epoch, "max_epochs": settings["max_epochs"], "train_loss": epoch_loss}
-            print("  " + records.epoch_line({**line, "seconds": time.time() - started}, seen))
-            last_line = time.time()
+        last_line = records.epoch_progress(last_line, started, epoch, settings["max_epochs"], epoch_loss, seen)
     recipe.keep_weights(model, averaged, forward, cells, settings)  # the recipe: mean weights, BatchNorm recomputed
     fit = {"epochs": epoch, "train_loss": epoch_loss, "stop_loss": watched, "seen": seen, "started": started}
     return {**fit, "seconds": time.time() - started}
@@ -205,22 +207,23 @@ def network(pretrained: ParallelResNet | None, num_classes: int, batchnorm_const
 
 def run(job: dict) -> dict:
     """One active learning run, Table 1's steps; with a killed run's state, the rest of it. job: what the workshop
-    opened at the edge (lab/records.open_run): the settings, device, cells, pretrained network, Step 1's two sides."""
+    opened at the edge (lab/records.open_run): the settings, device, cells, pretrained network, a killed run's state
+    (and lab.ceiling's pool: a share of Step 1's)."""
     settings, dataset, device, precision = job["settings"], job["dataset"], job["device"], job["precision"]
     model = network(job["pretrained"], len(dataset.class_names), settings["batchnorm_constants"]).to(device)
-    pool, test = Pool(job["pool"], dataset.labels), job["test"]  # Step 1: the unlabeled pool, the test side
+    by, parts, pool_cells, test = job.get("sides") or split_target(dataset, settings)  # Step 1
+    pool = Pool(pool_cells, dataset.labels)  # the unlabeled pool; the oracle: the stored labels
     strategy = settings["strategy"]
     sizes = round_sizes(len(pool), settings["limit"], strategy, *settings["fractions"])  # Sec. 3.1: k, then m a round
     forward = recipe.run_forward(model, dataset.images, device, precision)  # the recipe: cached, bfloat16
     generator = torch.Generator().manual_seed(settings["seed"])
     training = {key: settings.get(key, value) for key, value in TRAINING.items()}  # lr: Sec. 3.1's 0.001
-
     def test_loss():  # --stop-on test (off by default, labelled wherever it shows): the test split chooses the stop
         probabilities = predict_probabilities(model, test, device, 64, forward=forward)  # eval mode, then back
         return summarize(dataset.labels[test], probabilities, dataset.class_names)["loss"]  # Eq. 2's mean
 
     stop_loss = test_loss if settings["stop_on"] == "test" else None  # Sec. 3.1: else the training loss
-    book = records.start_run(job, model, pool, generator, sizes)  # with a killed run's state: its rounds
+    book = records.start_run(job, model, (pool, test, by, parts), generator, sizes)  # a killed run's rounds
 
     for round_index in range(len(book["rounds"]), len(sizes)):
         started, size, scored = time.time(), sizes[round_index], 0
@@ -231,12 +234,13 @@ def run(job: dict) -> dict:
             scores = UNCERTAINTY[strategy](predict_probabilities(model, unlabeled, device, 64, forward=forward))
             chosen, scored = pool.label_most_uncertain(unlabeled, scores, size, round_index, strategy), len(scores)
         fit = fine_tune(model, forward, *pool.labeled(), generator, training, stop_loss)  # Step 3
-        # Report on the test split: never used for any decision (Sec. 3.1: "just used for validation").
-        probabilities = predict_probabilities(model, test, device, 64, forward=forward)
+        probabilities = predict_probabilities(model, test, device, 64, forward=forward)  # reported, never a decision
         metrics = summarize(dataset.labels[test], probabilities, dataset.class_names)
         records.end_round(book, round_index, chosen, scored, fit, metrics, started)  # state.pt: a kill resumes here
 
-    return records.finish(book)
+    specimens = [dataset.specimens[i] for i in test.tolist()] if by == "specimen" else None
+    probabilities = predict_probabilities(model, dataset.images[test], device, 64)  # full network, float32: exact
+    return records.finish(book, summarize(dataset.labels[test], probabilities, dataset.class_names, specimens))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,10 +263,8 @@ def build_parser():
     add("--strategy", default="entropy", choices=strategies, help=what + ", random picks) (default: entropy, Eq. 3)")
     fractions = "k and m: the random seed set and each round's labels as fractions of the budget (default: 0.15 0.10, "
     add("--fractions", type=float, nargs=2, default=[0.15, 0.10], metavar=("K", "M"), help=fractions + "Sec. 3.1)")
-    batch = "mini-batch size (default: 64, a choice: the paper gives none for its method, 128 for its comparisons)"
-    add("--batch-size", type=int, default=64, help=batch)
-    paper = "the paper's settings where the defaults depart from them: " + recipe.paper_flags() + " (default: off)"
-    add("--paper", action="store_true", help=paper)
+    add("--batch-size", type=int, default=64, help="mini-batch size (default: 64, a choice: the paper gives none)")
+    add("--paper", action="store_true", help=f"the paper's settings: {recipe.paper_flags()} (default: off)")
     cap = f"most epochs per fine-tuning (default: {recipe.MAX_EPOCHS}, the recipe; the paper has none: {recipe.NO_CAP})"
     add("--max-epochs", type=int, default=recipe.MAX_EPOCHS, help=cap)
     decrease = "a training loss counts as decreased when it falls by more than this (default: 1e-4, the recipe; 0: "
@@ -271,9 +273,8 @@ def build_parser():
     add("--stop-weights", default="average", choices=["average", "last"], help=stop + "epoch's (the paper's)")
     batchnorm = "recompute trainable BatchNorm statistics after fine-tuning (the recipe), or keep the running ones "
     add("--batchnorm", default="recalibrate", choices=["recalibrate", "running"], help=batchnorm + "(the paper's)")
-    constants = "BatchNorm momentum and epsilon of the layers that train: PyTorch's, or TensorFlow's, the paper's "
-    choices = [*BATCHNORM_CONSTANTS]
-    add("--batchnorm-constants", default="pytorch", choices=choices, help=constants + "(default: pytorch)")
+    bn = "BatchNorm momentum and epsilon of the layers that train: PyTorch's or TensorFlow's (default: pytorch)"
+    add("--batchnorm-constants", default="pytorch", choices=[*BATCHNORM_CONSTANTS], help=bn)
     stop = "the loss that stops each fine-tuning: the training loss, or the test split's, which LETS THE TEST SPLIT "
     stop += "CHOOSE, as the paper appears to have done (Sec. 3.3); marked 'stopped on the test split' (default: train)"
     add("--stop-on", default="train", choices=["train", "test"], help=stop)
@@ -290,7 +291,7 @@ def build_parser():
 
 
 def main(argv=None):
-    """The command line: the workshop opens the run (flags, device, --out, the cells, the split), Table 1 runs it."""
+    """The command line: the workshop opens the run (flags, device, --out, the cells), Table 1 runs it."""
     parser = build_parser()
     return run_command(lambda args: run(records.open_run(args, parser)), parser.parse_args(argv))
 

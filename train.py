@@ -18,7 +18,7 @@ specimens, so the validation loss that picks the epoch and the test result both 
 cells of specimens the network never saw (--split cells turns this off).
 
 Writes runs/pretrained.pt (read by active.py by default) and, after every epoch,
-runs/pretrained.pt.state so that a killed run resumes where it was (lab/records.py).
+runs/pretrained.pt.state so that a killed run resumes where it was (lab/records.py writes both).
 """
 
 import argparse
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from data import NORMALIZATIONS, model_inputs, rotation_angles
-from evaluate import predict_probabilities, summarize
+from evaluate import format_report, predict_probabilities, summarize
 from lab import records
 from lab.commands import run_command
 from lab.devices import add_device_flag
@@ -75,10 +75,11 @@ def run(job: dict) -> dict:
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=1e-3)
     generator = torch.Generator().manual_seed(settings["seed"])
     book = records.start_pretraining(job, model, optimizer, generator)  # with a killed run's state: its epochs
+    best_loss, bad_epochs = book["resumed"]["best_loss"], book["resumed"]["bad_epochs"]  # inf and 0 on a new run
 
     for epoch in range(book["epoch"] + 1, settings["max_epochs"] + 1):
-        if book["bad_epochs"] >= settings["patience"]:  # Sec. 3.1: "training is terminated when the validation loss
-            break  # did not surpass the reached minimum 5 times in a row"
+        if bad_epochs >= settings["patience"]:  # Sec. 3.1: "training is terminated when the validation loss did
+            break  # not surpass the reached minimum 5 times in a row"
         started = time.time()
         train_loss, train_acc, seen = train_epoch(
             model, optimizer, train_set.images, train_set.labels, settings["batch_size"], device,
@@ -86,13 +87,22 @@ def run(job: dict) -> dict:
         )  # fmt: skip
         probabilities = predict_probabilities(model, val_set.images, device, precision=precision)
         val = summarize(val_set.labels, probabilities, dataset.class_names)
-        # The lowest validation loss so far is the checkpoint active.py fine-tunes; OUT.state is saved every epoch.
+        # The lowest validation loss so far is the checkpoint active.py fine-tunes (records.end_epoch writes it).
+        best_loss, bad_epochs = (val["loss"], 0) if val["loss"] < best_loss else (best_loss, bad_epochs + 1)
         record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"]}
         record.update(val_mca=val["mca"], val_aca=val["aca"], seconds=time.time() - started)
-        records.end_epoch(book, record, val, seen)  # the checkpoint if the best so far; OUT.state
+        records.end_epoch(book, record, val, seen, best_loss, bad_epochs)  # OUT if the best so far; OUT.state
 
-    # The test split is looked at once, after training, by the chosen (lowest validation loss) network.
-    return records.finish_pretraining(book, test_set, device)
+    # The test split is looked at once, after training, by the kept (lowest validation loss) network, in float32.
+    best = records.kept_checkpoint(book, best_loss)
+    model.load_state_dict(best["model"])
+    test = None
+    if len(test_set):
+        specimens = test_set.specimens if job["derived"]["split"] == "specimen" else None
+        probabilities = predict_probabilities(model, test_set.images, device)
+        test = summarize(test_set.labels, probabilities, dataset.class_names, specimens)
+        print(f"test split ({job['derived']['split']}): " + format_report(test, dataset.class_names))
+    return records.finish_pretraining(book, best, test)
 
 
 def build_parser():

@@ -64,10 +64,11 @@ def rs_every_label(args, fold: int, share: float, out: Path) -> dict:
     flags += ["--seed", str(args.seed), "--out", str(out), "--device", args.device]
     parser = active.build_parser()
     job = records.open_run(parser.parse_args(flags), parser)
-    if share < 1:
-        job["pool"] = specimens_share(job["dataset"], job["pool"], share, args.seed)
+    if share < 1:  # Step 1 as active.run makes it, then only a share of the pool's specimens
+        by, parts, pool, test = active.split_target(job["dataset"], job["settings"])
+        job["sides"] = by, parts, specimens_share(job["dataset"], pool, share, args.seed), test
         job["derived"]["pool_specimens_share"] = share  # in results.json: this run saw only part of its pool
-        print(f"ceiling: {share:g} of the training specimens: {len(job['pool'])} cells")
+        print(f"ceiling: {share:g} of the training specimens: {len(job['sides'][2])} cells")
     return active.run(job)
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from data import SHORT_NAMES, DataError
-from evaluate import format_report, predict_probabilities, summarize
 from lab.commands import check_flags, check_image_size, refuse_unused
 from lab.devices import check_same_precision, pick_device, pick_precision, precision_line, seed_everything
 from lab.layouts import get_dataset, spreadsheet_cell
@@ -49,7 +48,7 @@ from lab.runs import (
     take_lock,
     write_text_atomic,
 )
-from lab.splits import run_split, source_split, specimens_of
+from lab.splits import source_split, specimens_of
 
 
 def unused_flags(args) -> list:
@@ -106,6 +105,18 @@ def epoch_line(record: dict, seen: int) -> str:
     return line + f" | {record['seconds']:5.1f}s {rate:6.0f} img/s"
 
 
+PROGRESS_SECONDS = 30  # a long fine-tuning prints an epoch line at most this often (a round line ends every round)
+
+
+def epoch_progress(last_line: float, started: float, epoch: int, max_epochs: int, train_loss: float, seen: int):
+    """A long fine-tuning's epoch line, at most every PROGRESS_SECONDS; returns when the last one was printed."""
+    if time.time() - last_line < PROGRESS_SECONDS:
+        return last_line
+    line = {"epoch": epoch, "max_epochs": max_epochs, "train_loss": train_loss, "seconds": time.time() - started}
+    print("  " + epoch_line(line, seen))
+    return time.time()
+
+
 def plan_line(case: str, pool_size: int, test_size: int, sizes: list[int]) -> str:
     plan = " + ".join(map(str, sizes)) if len(sizes) < 8 else f"{sizes[0]} + {len(sizes) - 1} rounds of <= {sizes[1]}"
     return f"{case.upper()}: pool {pool_size}, test {test_size}, budget {sum(sizes)} = {plan}"
@@ -125,12 +136,12 @@ def round_line(record: dict, budget: int, seen: int) -> str:
 
 def open_run(args, parser) -> dict:
     """active.py's edge, before Table 1's first step: the flags checked (--paper applied), the device and seeds,
-    --out checked and locked, the target cells prepared as the checkpoint's source cells were, Step 1's split, and
-    with --resume the killed run's state.pt, refused where its data or precision differ from this command's.
+    --out checked and locked, the target cells prepared as the checkpoint's source cells were, and with --resume
+    the killed run's state.pt, refused where its data or precision differ from this command's.
 
     Returns the job that active.run reads: settings (the flags, plain values), device, precision, dataset,
-    pretrained (the checkpoint's network, or None with --scratch), pool and test (Step 1's two sides), state; and
-    for this file's books args, derived (what the run worked out; args stay as given), fingerprint, started."""
+    pretrained (the checkpoint's network, or None with --scratch), state; and for this file's books args, derived
+    (what the run worked out; args stay as given), fingerprint, started."""
     started = time.time()
     check_run_flags(args, parser)
     paper_settings(args, parser)  # lab/recipe.py: the paper's value of each flag where the defaults depart
@@ -140,15 +151,13 @@ def open_run(args, parser) -> dict:
     precision = pick_precision(device, args.float32)  # bfloat16 where the device computes in it
     print(precision_line(device, precision))
     dataset, checkpoint, preparation = target_data(args, parser)
-    split, parts, pool, test = run_split(dataset, args)  # Step 1: whole specimens on each side where known
     derived = {"case": case_name(args), "out": str(out), "precision": precision, **preparation}
-    derived.update(split=split, split_parts=parts)
     fingerprint = data_fingerprint(dataset)  # what state.pt records, so that a resume reads the same data
     if state is not None:  # a resume goes on only with the data and the precision it ran with
         check_resumable(state, fingerprint, derived, out / "state.pt")
     pretrained = None if checkpoint is None else network_from_checkpoint(checkpoint)
     job = {"settings": dict(vars(args)), "device": device, "precision": precision, "dataset": dataset}
-    job.update(pretrained=pretrained, pool=pool, test=test, state=state)
+    job.update(pretrained=pretrained, state=state)
     return {**job, "args": args, "derived": derived, "fingerprint": fingerprint, "started": started}
 
 
@@ -171,11 +180,14 @@ def target_data(args, parser):
     return dataset, pretrained, {"image_size": image_size, "normalize": normalize}
 
 
-def start_run(job: dict, model, pool, generator, sizes: list[int]) -> dict:
+def start_run(job: dict, model, step_one: tuple, generator, sizes: list[int]) -> dict:
     """The run's book: what every round records, saves in state.pt and prints, and the objects it saves; with a
-    killed run's state (job["state"]), its labels, weights and random states put back."""
-    book = {key: job[key] for key in ("args", "derived", "dataset", "test", "fingerprint")}
-    book.update(model=model, generator=generator, pool=pool, budget=sum(sizes), rounds=[])
+    killed run's state (job["state"]), its labels, weights and random states put back. step_one: active.run's
+    (pool, test, by, parts), recorded so that evaluate.py remakes the split."""
+    pool, test, by, parts = step_one
+    book = {key: job[key] for key in ("args", "derived", "dataset", "fingerprint")}
+    book["derived"].update(split=by, split_parts=parts)
+    book.update(model=model, generator=generator, pool=pool, test=test, budget=sum(sizes), rounds=[])
     book["setup_seconds"] = time.time() - job["started"]
     state = job["state"]
     if state is not None:
@@ -183,7 +195,7 @@ def start_run(job: dict, model, pool, generator, sizes: list[int]) -> dict:
         pool.load_state_dict(state)
         print(f"resumed {state['derived']['out']} after round {state['round']} ({len(pool.ledger)} labeled)")
         book.update(rounds=state["rounds"], setup_seconds=book["setup_seconds"] + state["setup_seconds"])
-    print(plan_line(book["derived"]["case"], len(pool), len(job["test"]), sizes))
+    print(plan_line(book["derived"]["case"], len(pool), len(test), sizes))
     if job["args"].stop_on == "test":
         print("--stop-on test: the test split's loss stops every fine-tuning, so the test split chooses when to stop")
     return book
@@ -221,17 +233,12 @@ def end_round(book: dict, round_index: int, chosen, scored: int, fit: dict, metr
     print(line, flush=True)
 
 
-def finish(book: dict) -> dict:
-    """The final test with the full network, then results.json, labeled.csv, model.pt and confusion.png."""
+def finish(book: dict, metrics: dict) -> dict:
+    """active.run's final test metrics written: results.json, labeled.csv, model.pt and confusion.png."""
     args, made, dataset, model = book["args"], book["derived"], book["dataset"], book["model"]
     pool, test = book["pool"], book["test"]
     labeled = pool.ledger
-    out, device, rounds = Path(made["out"]), next(model.parameters()).device, book["rounds"]
-    # The final test metrics with the full network, in float32 whatever the run trained in: the published numbers
-    # are exact, and evaluate.py on model.pt gives them again.
-    cell_specimens = [dataset.specimens[i] for i in test.tolist()] if made["split"] == "specimen" else None
-    probabilities = predict_probabilities(model, dataset.images[test], device, 64)
-    metrics = summarize(dataset.labels[test], probabilities, dataset.class_names, cell_specimens)
+    out, rounds = Path(made["out"]), book["rounds"]
     # evaluate.py remakes the split from split_parts (splits.pool_and_test)
     saved = {**made, "data_kind": "target", "test_specimens": specimens_of(dataset, test)}
     checkpoint = {"model": model.state_dict(), "class_names": dataset.class_names, "args": vars(args)}
@@ -342,7 +349,6 @@ def save_state(book: dict) -> None:
 PRETRAINING_MAY_CHANGE = ("max_epochs", "patience", "device")
 PRETRAINING_FIELDS = {"args": dict, "fingerprint": dict, "model": dict, "optimizer": dict, "history": list}
 PRETRAINING_FIELDS.update(generator=torch.Tensor, torch_rng=torch.Tensor, epoch=int, best_loss=NUMBER, bad_epochs=int)
-PROGRESS = ("epoch", "best_loss", "bad_epochs", "history")  # what OUT.state holds of the epochs so far
 
 
 def _beside(out: Path, suffix: str) -> Path:
@@ -398,8 +404,8 @@ def start_pretraining(job: dict, model, optimizer, generator) -> dict:
     args, derived, dataset, state = job["args"], job["derived"], job["dataset"], job["state"]
     record = {"class_names": dataset.class_names, "args": vars(args), "derived": derived, "format": CHECKPOINT_FORMAT}
     book = {"record": record, "fingerprint": data_fingerprint(dataset), "out": Path(args.out), "dataset": dataset}
-    book.update(model=model, optimizer=optimizer, generator=generator, epoch=0, best_loss=math.inf, bad_epochs=0)
-    book["history"] = []
+    book.update(model=model, optimizer=optimizer, generator=generator, epoch=0, history=[])
+    book["resumed"] = {"best_loss": math.inf, "bad_epochs": 0}  # train.run's rule starts from these
     if state is None:
         return book
     path = _beside(book["out"], ".state")
@@ -407,52 +413,51 @@ def start_pretraining(job: dict, model, optimizer, generator) -> dict:
     restore(state, model, generator, optimizer)
     may_change = "a resume may change --max-epochs, --patience, --device"
     print(f"resumed from {path} after epoch {state['epoch']} ({may_change})")
-    book.update({key: state[key] for key in PROGRESS})
+    book.update(epoch=state["epoch"], history=state["history"])
+    book["resumed"] = {"best_loss": state["best_loss"], "bad_epochs": state["bad_epochs"]}
     return book
 
 
-def end_epoch(book: dict, record: dict, val: dict, seen: int) -> None:
-    """An epoch's record in the history; the checkpoint OUT when the validation loss is the lowest so far; OUT.state,
-    written atomically; and the epoch's progress line."""
-    improved = val["loss"] < book["best_loss"]
+def end_epoch(book: dict, record: dict, val: dict, seen: int, best_loss: float, bad_epochs: int) -> None:
+    """An epoch's record in the history; the checkpoint OUT when train.run found the validation loss the lowest so
+    far (bad_epochs 0); OUT.state with train.run's best loss and count, written atomically; the progress line."""
+    improved = bad_epochs == 0
     if improved:  # the best checkpoint: what active.py fine-tunes
-        book.update(best_loss=val["loss"], bad_epochs=0)
         best = {**book["record"], "model": book["model"].state_dict(), "epoch": record["epoch"]}
         save_atomic({**best, "metrics": {"val": val}}, book["out"])
-    else:
-        book["bad_epochs"] += 1
     book["epoch"] = record["epoch"]
     book["history"].append(record)
     print(epoch_line(record, seen) + (" | saved" if improved else ""), flush=True)
-    state = {**book["record"], **{key: book[key] for key in PROGRESS}, "model": book["model"].state_dict()}
-    state.update(optimizer=book["optimizer"].state_dict(), fingerprint=book["fingerprint"])
-    state.update(generator=book["generator"].get_state(), torch_rng=torch.get_rng_state())
+    state = {**book["record"], "epoch": book["epoch"], "history": book["history"], "model": book["model"].state_dict()}
+    state.update(best_loss=best_loss, bad_epochs=bad_epochs, optimizer=book["optimizer"].state_dict())
+    state.update(fingerprint=book["fingerprint"], generator=book["generator"].get_state())
+    state["torch_rng"] = torch.get_rng_state()
     save_atomic(state, _beside(book["out"], ".state"))
 
 
-def finish_pretraining(book: dict, test_set, device) -> dict:
-    """The kept (lowest validation loss) network on the test split, once; OUT with its test metrics and history."""
-    history, out, dataset, model = book["history"], book["out"], book["dataset"], book["model"]
-    if book["best_loss"] == math.inf:  # no epoch improved on nothing: every validation loss was NaN
+def kept_checkpoint(book: dict, best_loss: float) -> dict:
+    """The checkpoint OUT that train.run kept (its lowest validation loss), read back; one line where no epoch gave a
+    finite validation loss, so that nothing was saved."""
+    history, out = book["history"], book["out"]
+    if best_loss == math.inf:  # no epoch improved on nothing: every validation loss was NaN
         last = history[-1]["val_loss"] if history else "none"
         kept = f"nothing was saved and {out} was left as it was"
         raise DataError(f"no epoch gave a finite validation loss (last: {last}); {kept}")
-    best = load_checkpoint(out)
-    model.load_state_dict(best["model"])
+    return load_checkpoint(out)
+
+
+def finish_pretraining(book: dict, best: dict, test: dict | None) -> dict:
+    """OUT again with the kept network's test metrics (train.run's one look at the test split) and the history."""
+    history, out, dataset = book["history"], book["out"], book["dataset"]
     metrics = dict(best["metrics"])
-    if len(test_set):
-        specimens = test_set.specimens if book["record"]["derived"]["split"] == "specimen" else None
-        probabilities = predict_probabilities(model, test_set.images, device)  # float32: exact, as evaluate.py
-        metrics["test"] = summarize(test_set.labels, probabilities, dataset.class_names, specimens)
+    if test is not None:
+        metrics["test"] = test
         picture = out.with_name(out.stem + "-confusion.png")  # beside --out, named after it
         title = f"pretraining, test split of {dataset.source}"
         draw_confusion(metrics["test"]["confusion"], dataset.class_names, picture, title)
     save_atomic({**best, "metrics": metrics, "history": history}, out)
     val = metrics["val"]
     print(f"best epoch {best['epoch']}: validation MCA {100 * val['mca']:.2f}% ACA {100 * val['aca']:.2f}%")
-    if "test" in metrics:
-        split = book["record"]["derived"]["split"]
-        print(f"test split ({split}): " + format_report(metrics["test"], dataset.class_names))
     release_lock(_beside(out, ".lock"))
     print(f"checkpoint written to {out}")
     return {"checkpoint": str(out), "metrics": metrics, "history": history}

@@ -235,26 +235,10 @@ def with_validation_side(dataset: CellDataset, parts: list, how: dict, given) ->
     return [train[inner[0]], train[inner[1]], test]
 
 
-TEST_FRACTION = 0.2  # Sec. 3.1: "A 80-20% splitting was performed"
-
-
-def split_parts(args) -> dict:
-    """How Step 1 splits: 80/20 by --seed, or fold --fold of --folds (fixed by the data; pool_and_test).
-    --development: the pool side split again, the test side set aside unseen."""
-    fractions = [1 - TEST_FRACTION, TEST_FRACTION]
-    parts = {"names": ["pool", "test"], "fractions": fractions, "seed": args.seed, "development": args.development}
-    return {**parts, "fold": args.fold, "folds": args.folds}
-
-
-def run_split(dataset: CellDataset, args) -> tuple:
-    """active.py's Step 1: (how, its parts, the pool, the test side), each specimen whole on one side whenever
-    specimens are known; printed. The test side is only ever evaluated, never trained on or scored for selection
-    (Sec. 3.1: "the testing set was just used for validation, not for fine-tuning")."""
-    split, parts = resolve_split(args.split, dataset), split_parts(args)
-    pool, test = pool_and_test(dataset, split, parts)
-    sides = ["dev pool", "dev test"] if args.development else ["pool", "test"]
-    print(describe_split(dataset, split, [pool, test], sides, args.seed, args.fold, args.folds))
-    return split, parts, pool, test
+def describe_pool_and_test(dataset: CellDataset, by: str, parts: dict, pool, test) -> str:
+    """The line active.py's Step 1 prints: the pool and test sides (--development's, its own) and how they were cut."""
+    sides = ["dev pool", "dev test"] if parts["development"] else ["pool", "test"]
+    return describe_split(dataset, by, [pool, test], sides, parts["seed"], parts["fold"], parts["folds"])
 
 
 def resolve_split(requested: str | None, dataset: CellDataset) -> str:

@@ -11,7 +11,7 @@ import data
 import evaluate
 from active import entropy, least_confidence, margin, round_sizes, select_most_uncertain
 from evaluate import predict_probabilities
-from lab import devices, recipe, splits, synthetic
+from lab import devices, recipe, records, splits, synthetic
 from lab.runs import network_from_checkpoint
 from model import ParallelResNet, transfer
 
@@ -214,10 +214,10 @@ def test_active_bad_flags(tmp_path, pretrained):
 def test_epoch_lines_show_progress_in_a_long_round_and_change_nothing(tmp_path, monkeypatch, capsys):
     """A round at 100% of I3A trains for 23 to 25 minutes on 2 cores: fine_tune prints epoch lines meanwhile."""
     common = TINY + ["--synthetic-cells", "100", "--max-epochs", "3", "--limit", "1", "--scratch"]
-    monkeypatch.setattr(active, "PROGRESS_SECONDS", 10**6)  # however loaded the machine, no epoch line is due
+    monkeypatch.setattr(records, "PROGRESS_SECONDS", 10**6)  # however loaded the machine, no epoch line is due
     quiet = active.main(common + ["--out", str(tmp_path / "quiet")])
     assert "  epoch " not in capsys.readouterr().out
-    monkeypatch.setattr(active, "PROGRESS_SECONDS", 0)
+    monkeypatch.setattr(records, "PROGRESS_SECONDS", 0)
     loud = active.main(common + ["--out", str(tmp_path / "loud")])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  epoch ")]
     assert [line.split("|")[0].split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
