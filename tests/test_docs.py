@@ -120,3 +120,18 @@ def test_the_readme_table_2_is_its_csvs():
             assert shown == pytest.approx(expected, abs=0.011), f"README Table 2, {case}, column {column}: {source}"
             checked += 1
     assert checked >= 8
+
+
+def test_the_issue_61_runs_in_the_docs_are_their_csvs():
+    """Each row of docs/results-i3a.md's #61 table (case, fold, MCA, ACA, stop, CSV) is the row of its committed CSV."""
+    page = (ROOT / "docs" / "results-i3a.md").read_text()
+    section = page.split("## Random sampling in AL's loop")[1].split("\n## ")[0]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in section.splitlines() if "| `docs/" in line]
+    assert rows, "the #61 section holds no row read from a CSV"
+    for case, fold, mca, aca, stopped, source in rows:
+        runs = [r for r in csv.DictReader((ROOT / source.strip("`")).open())
+                if r["case"] == case.lower() and r["fold"] == ("" if fold == "cells" else fold)]  # fmt: skip
+        assert len(runs) == 1, f"{source}: {case} {fold}"
+        expected = [100 * float(runs[0]["mca"]), 100 * float(runs[0]["aca"])]
+        assert [float(mca), float(aca)] == pytest.approx(expected, abs=0.006), f"{source}: {case} {fold}"
+        assert stopped == runs[0]["stopped_on"], f"{source}: {case} {fold} stopped on {runs[0]['stopped_on']}"
