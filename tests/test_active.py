@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, fails
 
 import active
 import data
@@ -407,3 +407,41 @@ def test_tensorflow_batchnorm_constants_reach_every_layer_that_trains(pretrained
     assert frozen and all((m.momentum, m.eps) == (0.1, 1e-5) for m in frozen)  # as pretrained, never updated
     scratch = active.network(None, 6, "tensorflow")
     assert all(m.eps == 1e-3 for m in scratch.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_batchnorm_statistics_recomputed_are_the_cells_own(pretrained):
+    """lab.batchnorm (issue #61's collapse diagnosis): the exact mean over the cells, weights and frozen layers kept."""
+    from lab.batchnorm import recompute_batchnorm
+    from model import freeze_early_layers
+
+    model = freeze_early_layers(transfer(network_from_checkpoint(torch.load(pretrained, weights_only=False)), 6))
+    cells = torch.randint(0, 256, (16, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    whole = recompute_batchnorm(model, cells, torch.device("cpu"), batch_size=16)
+    halves = recompute_batchnorm(model, cells, torch.device("cpu"), batch_size=8)
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    trained = [name for name, layer in layers if layer.weight.requires_grad]
+    frozen = [name for name, layer in layers if not layer.weight.requires_grad]
+    assert trained and frozen
+    before, after, after_halves = model.state_dict(), whole.state_dict(), halves.state_dict()
+    for name in trained:  # the mean over two equal halves is the mean over the whole (exact where the layer's
+        # input does not pass an earlier trained BatchNorm, which normalizes by each batch's own statistics)
+        assert not torch.allclose(after[f"{name}.running_mean"], before[f"{name}.running_mean"])
+        tolerance = 1e-5 if name == trained[0] else 1e-2
+        assert torch.allclose(after[f"{name}.running_mean"], after_halves[f"{name}.running_mean"], atol=tolerance)
+    for name in frozen:
+        assert torch.equal(after[f"{name}.running_mean"], before[f"{name}.running_mean"])
+    assert all(torch.equal(after[key], before[key]) for key in before if "running" not in key and "batches" not in key)
+
+
+def test_batchnorm_cli_reads_a_run_back(tmp_path, pretrained, capsys):
+    results, out = run_active(tmp_path, "in-al", [], pretrained)
+    capsys.readouterr()
+    from lab import batchnorm
+
+    rows = batchnorm.main(["--run", str(out), "--device", "cpu"])
+    assert [row["cells"] for row in rows] == [0, results["labeled"], results["pool"]]
+    assert rows[0]["mca"] == pytest.approx(results["mca"])  # as finished: the run's own final report
+    printed = capsys.readouterr().out
+    assert "recomputed on the labeled cells" in printed and printed.count("\n") == 3 + 1 + len(results["rounds"])
+    (out / "labeled.csv").write_text("index,file\n99999,x.png\n")
+    fails(batchnorm.main, ["--run", str(out), "--device", "cpu"], "labeled.csv lists 1 cells that are not the run's")
