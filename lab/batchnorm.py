@@ -4,7 +4,8 @@ A `--paper` run's last round can undo the others (IN-AL on specimen fold 1: 73.6
 round 9). Either the round's weights went wrong, or only the running mean and variance that its BatchNorm layers
 carry into evaluation did: every training batch moves them by the layer's momentum, so they describe the last few
 batches, not the cells. This keeps the weights and recomputes those statistics as the exact average over a set of
-cells (momentum None), then scores the run's test side again:
+cells (momentum None), as the recipe's `--batchnorm recalibrate` does after every fine-tuning, then scores the run's
+test side again:
 
     python -m lab.batchnorm --run runs/grid/in-al-limit0.2-seed0-fold1
 
@@ -23,6 +24,7 @@ import torch
 
 from data import DataError, model_inputs
 from evaluate import predict_probabilities, summarize
+from lab import recipe
 from lab.commands import run_command
 from lab.devices import add_device_flag, pick_device
 from lab.records import read_results
@@ -46,21 +48,13 @@ def main(argv=None):
     return run_command(run, build_parser().parse_args(argv))
 
 
-def recompute_batchnorm(model, images, device, batch_size: int):
-    """A copy of model whose trainable BatchNorm layers hold the exact mean and variance over images (weights kept).
-
-    The frozen layers (Sec. 3.1: "fixed all the layers before the second residual block") keep their pretraining's
-    statistics, as they did in every round."""
+def recalibrated(model, images, device, batch_size: int):
+    """A copy of model after the recipe's own recalibration (recipe.recalibrate_batchnorm, `--batchnorm recalibrate`)
+    over images: its trainable BatchNorm layers hold the exact mean and variance over them, the weights kept. The
+    frozen layers (Sec. 3.1: "fixed all the layers before the second residual block") keep their pretraining's."""
     model = copy.deepcopy(model)
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.weight.requires_grad]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # a cumulative average over every batch, not a moving one
-    model.train()  # the frozen layers stay in eval mode (ParallelResNet.train)
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            model(*model_inputs(images[start : start + batch_size], device))
-    return model.eval()
+    recipe.recalibrate_batchnorm(model, lambda batch: model(*model_inputs(batch, device)), images, batch_size)
+    return model
 
 
 def labeled_indices(run_folder: Path, dataset) -> torch.Tensor:
@@ -96,7 +90,7 @@ def run(args):
     rows = []
     for name, cells in (("as the run finished", None), ("recomputed on the labeled cells", labeled),
                         ("recomputed on the whole pool", pool.images)):
-        scored = model if cells is None else recompute_batchnorm(model, cells, device, args.batch_size)
+        scored = model if cells is None else recalibrated(model, cells, device, args.batch_size)
         probabilities = predict_probabilities(scored, test.images, device, args.batch_size)
         metrics = summarize(test.labels, probabilities, test.class_names)
         rows.append({"statistics": name, "cells": 0 if cells is None else len(cells), **metrics})

@@ -411,13 +411,13 @@ def test_tensorflow_batchnorm_constants_reach_every_layer_that_trains(pretrained
 
 def test_batchnorm_statistics_recomputed_are_the_cells_own(pretrained):
     """lab.batchnorm (issue #61's collapse diagnosis): the exact mean over the cells, weights and frozen layers kept."""
-    from lab.batchnorm import recompute_batchnorm
+    from lab.batchnorm import recalibrated
     from model import freeze_early_layers
 
     model = freeze_early_layers(transfer(network_from_checkpoint(torch.load(pretrained, weights_only=False)), 6))
     cells = torch.randint(0, 256, (16, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
-    whole = recompute_batchnorm(model, cells, torch.device("cpu"), batch_size=16)
-    halves = recompute_batchnorm(model, cells, torch.device("cpu"), batch_size=8)
+    whole = recalibrated(model, cells, torch.device("cpu"), batch_size=16)
+    halves = recalibrated(model, cells, torch.device("cpu"), batch_size=8)
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
     trained = [name for name, layer in layers if layer.weight.requires_grad]
     frozen = [name for name, layer in layers if not layer.weight.requires_grad]
