@@ -281,7 +281,7 @@ def build_parser():
     add("--image-size", type=int, default=112, help="with --scratch: cell size (default: 112; else the checkpoint's)")
     normalize = "with --scratch: per-cell intensity stretch (default: percentile, the recipe; none is the paper's)"
     add("--normalize", default="percentile", choices=NORMALIZATIONS, help=normalize)
-    float32 = "compute in float32 everywhere, the paper's exact path (default: bfloat16 autocast where the device "
+    float32 = "compute in float32 (the frozen layers' cache stays float16) (default: bfloat16 autocast where the device "
     add("--float32", action="store_true", help=float32 + "computes in it: AVX512-BF16 or AMX CPUs, CUDA GPUs)")
     add("--out", default=None, help="run directory (default: runs/<case>-limit<limit>-seed<seed>)")
     add("--resume", action="store_true", help="continue the killed run in --out: the same command (default: off)")

@@ -25,7 +25,7 @@ SCRIPTS.update({"-m lab.labeling": labeling, "-m lab.ceiling": ceiling})
 def shown_commands():
     """(page, script, arguments) of every `python SCRIPT ...` line of a bash block, shell variables expanded."""
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.DOTALL):
             variables = {}
             for line in block.replace("\\\n", " ").splitlines():
                 words = shlex.split(line, comments=True)
@@ -135,3 +135,87 @@ def test_the_issue_61_runs_in_the_docs_are_their_csvs():
         expected = [100 * float(runs[0]["mca"]), 100 * float(runs[0]["aca"])]
         assert [float(mca), float(aca)] == pytest.approx(expected, abs=0.006), f"{source}: {case} {fold}"
         assert stopped == runs[0]["stopped_on"], f"{source}: {case} {fold} stopped on {runs[0]['stopped_on']}"
+
+
+def pooled(source: str, case: str, limit: float, metric="mca") -> float:
+    """A grid CSV's pooled row (specimen folds), in %."""
+    rows = [r for r in csv.DictReader((ROOT / source).open())
+            if r["case"] == case and float(r["limit"]) == limit and r["fold"] == "pooled"]  # fmt: skip
+    assert len(rows) == 1, f"{source}: {case} at {limit}"
+    return 100 * float(rows[0][metric])
+
+
+def folds_of(source: str, case: str, limit: float) -> list[float]:
+    """The MCA in % of folds 0 to 4 of a grid CSV's case at limit."""
+    runs = [r for r in csv.DictReader((ROOT / source).open()) if r["case"] == case and float(r["limit"]) == limit]
+    folds = [100 * float(r["mca"]) for r in sorted(runs, key=lambda r: r["fold"]) if r["fold"] != "pooled"]
+    assert len(folds) == 5, f"{source}: {case} at {limit}"
+    return folds
+
+
+def column(source: str, metric: str, **match) -> list[float]:
+    """A CSV's column in % (x100 for fractions), over the rows whose fields equal match."""
+    rows = [r for r in csv.DictReader((ROOT / source).open()) if all(r[k] == v for k, v in match.items())]
+    assert rows, f"{source}: no row {match}"
+    return [float(r[metric]) * (100 if float(r[metric]) <= 1 else 1) for r in rows]
+
+
+def readme_figures():
+    """(words around the figures in the README, the figures as computed from the committed CSVs, the rounding)."""
+    cv, table2 = "docs/i3a-cv/results.csv", "docs/i3a-table2/{}/results.csv"
+    ceiling = "docs/i3a-ceiling/{}.csv"
+    cases = ["rs", "al", "in-rs", "in-al"]
+    cells_mean = {case: statistics.mean(column(table2.format("defaults-cells"), "mca", case=case)) for case in cases}
+    lift = [pooled(cv, case, 0.2) - pooled(table2.format("paper-folds"), case, 0.2) for case in cases]
+    flatters = [cells_mean[case] - pooled(cv, case, 0.2) for case in cases]
+    in_al = folds_of(cv, "in-al", 0.2)
+    seeds = column(ceiling.format("seeds-results"), "mca", fold="pooled")
+    quick = {r["command"]: r for r in csv.DictReader((ROOT / "docs" / "quickstart.csv").open())}
+    yield (r"writes `runs/pretrained.pt` in (\d+) s", [float(quick["python train.py"]["seconds"])], 0)
+    yield (r"`results.json` in (\d+) s", [float(quick["python active.py --limit 0.2"]["seconds"])], 0)
+    yield (r"`pytest` takes (\d+) s", [float(quick["pytest"]["seconds"])], 0)
+    mcas = [float(r["test_mca"]) for r in quick.values() if r["test_mca"]]
+    yield (r"learns \((\d+) to (\d+)% MCA\)", [min(mcas), max(mcas)], 0)
+    paper_cells = table2.format("paper-cells")
+    yield (r"is (\d+\.\d+) with `--paper`", [statistics.mean(column(paper_cells, "mca", case="in-al"))], 2)
+    yield (r"and (\d+\.\d+) with the defaults on 13,596", [cells_mean["in-al"]], 2)
+    yield (r"cross-validation gives (\d+\.\d+)% pooled MCA", [pooled(cv, "in-al", 0.2)], 2)
+    yield (r"\(RS (\d+\.\d+), (\d+\.\d+), (\d+\.\d+) on cells\)", column(paper_cells, "mca", case="rs"), 2)
+    yield (r"lift `--paper` by (\d+) to (\d+) points", [min(lift), max(lift)], 0)
+    yield (r"flatters them by (\d+\.\d+) to (\d+\.\d+)", [min(flatters), max(flatters)], 1)
+    yield (r"IN-AL at 20% is (\d+\.\d+) points", [pooled(cv, "in-al", 0.2) - pooled(cv, "in-rs", 0.2)], 2)
+    yield (r"within (\d+\.\d+) of every label", [pooled(cv, "rs", 1.0) - pooled(cv, "in-al", 0.2)], 2)
+    yield (r"moves its MCA from (\d+\.\d+) to (\d+\.\d+)", [min(in_al), max(in_al)], 1)
+    yield (r"training specimens give (\d+\.\d+), (\d+\.\d+), (\d+\.\d+) and (\d+\.\d+) pooled MCA",
+           column(ceiling.format("specimens"), "mca", fold="pooled"), 1)
+    ensemble = column(ceiling.format("ensemble"), "pooled_mca", networks="mean of the seeds")
+    yield (r"three networks averaged (\d+\.\d+)", ensemble, 1)
+    yield (r"label smoothing (\d+\.\d+)", column(ceiling.format("smoothing-results"), "mca", fold="pooled"), 1)
+    yield (r"mixup (\d+\.\d+)\)", column(ceiling.format("mixup-results"), "mca", fold="pooled"), 1)
+    yield (r"the seeds' (\d+\.\d+) to (\d+\.\d+)", [min(seeds), max(seeds)], 1)
+
+
+def test_the_readme_figures_are_their_csvs():
+    """Each figure a README sentence quotes from a committed CSV is computed from it, as rounded in the text."""
+    text = " ".join((ROOT / "README.md").read_text().split())
+    for words, expected, decimals in readme_figures():
+        found = re.search(words, text)
+        assert found, f"README: no '{words}'"
+        shown = [float(group) for group in found.groups()]
+        assert shown == [round(value, decimals) for value in expected], f"README '{words}': expected {expected}"
+
+
+def test_the_readme_cv_table_is_its_csv():
+    """Each row of the README's cross-validation table: pooled MCA and ACA, the folds' mean ± std and each fold."""
+    section = (ROOT / "README.md").read_text().split("### Unseen specimens")[1].split("```")[0]
+    rows = [[cell.strip(" *") for cell in line.split("|")[1:-1]] for line in section.splitlines()
+            if re.match(r"\| (IN-)?RS|\| (IN-)?AL", line)]  # fmt: skip
+    assert len(rows) >= 6
+    for row in rows:
+        case, limit = row[0].split()[0].lower().rstrip(","), float(row[1].rstrip("%")) / 100
+        source = "docs/i3a-cv/results.csv"
+        folds = folds_of(source, case, limit)
+        expected = [pooled(source, case, limit), pooled(source, case, limit, "aca"), statistics.mean(folds),
+                    statistics.stdev(folds), *folds]
+        shown = [float(number) for number in re.findall(r"\d+\.\d+", " ".join(row[2:]))]
+        assert shown == pytest.approx(expected, abs=0.006), f"README CV table, {case} at {limit}"
