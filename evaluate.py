@@ -22,15 +22,9 @@ from lab import reports
 from lab.commands import check_flags, refuse_unused, run_command
 from lab.devices import add_device_flag, pick_device
 from lab.layouts import load_unlabeled, parse_class_list, unlabeled_specimens
-from lab.pictures import draw_confusion
+from lab.pictures import draw_confusion, made_here
 from lab.recipe import in_precision
-from lab.runs import (
-    check_not_an_input,
-    check_output_file,
-    load_checkpoint,
-    network_from_checkpoint,
-    preprocessing,
-)
+from lab.runs import check_output_file, check_outputs, load_checkpoint, network_from_checkpoint, preprocessing
 from lab.splits import known_specimens, labeled_data_for
 
 # ---------------------------------------------------------------------------------------------
@@ -208,12 +202,13 @@ def run(args):
         ("one_specimen", args.predict is not None, "it names the one specimen of a flat --predict folder"),
     ])
     inputs = {"--checkpoint": args.checkpoint, "--data": args.data, "--specimens": args.specimens}
+    folders = {"--predict": args.predict, "--data": args.data}
     if args.predict:
         check_output_file(args.out, "--out")
-        check_not_an_input(args.out, "--out", inputs)
+        check_outputs([("--out", args.out, True, None)], inputs, folders)
     # Not confusion.png: that is the picture a run drew of its own test side, and stays the run's.
     png = args.png or str(Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}-evaluated.png"))
-    check_not_an_input(png, "--png", inputs)
+    check_outputs([("--png", png, args.png is not None, made_here)], inputs, folders)
     device = pick_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model = network_from_checkpoint(checkpoint, f"--checkpoint {args.checkpoint}").to(device)
@@ -242,6 +237,13 @@ def predict_folder(model, checkpoint: dict, args, device) -> list[dict]:
     specimens known (as --data knows them), each specimen's call too (lab/records.write_predictions)."""
     unreadable: list[tuple[str, str]] = []
     paths, specimens = unlabeled_specimens(args.predict, args.specimens, args.one_specimen)
+    if specimens is not None:  # the calls' CSV beside --out: derived, so never over a file it did not make
+        inputs = {"--checkpoint": args.checkpoint, "--specimens": args.specimens}
+        what = [("--out's specimens file", reports.specimens_path(args.out), False, reports.made_by_predict)]
+        check_outputs(what, inputs, {"--predict": args.predict})
+    if checkpoint["derived"].get("data_kind", "source") == "source":
+        print(f"note: {args.checkpoint} is train.py's pretraining, not fine-tuned on the target: it calls its source "
+              f"classes ({', '.join(checkpoint['class_names'])}); active.py's model.pt is the target's model")
     images, files = load_unlabeled(args.predict, *preprocessing(checkpoint), unreadable=unreadable, paths=paths)
     if specimens is not None:  # the cells read, each with its specimen
         of_path = dict(zip(map(str, paths), specimens))

@@ -117,6 +117,12 @@ def list_images_under(folder: Path) -> list[Path]:
     return sorted(images)
 
 
+def say_left_out(paths: list, one: str, many: str) -> None:
+    """One line for what a command passes over or reads otherwise than the plain way: the count and an example."""
+    if paths:
+        print(f"{len(paths)} {one if len(paths) == 1 else many} (e.g. {shown(paths[0])})")
+
+
 def read_text(path: Path) -> str:
     """A text file as spreadsheet programs save it: UTF-8 (with or without BOM), UTF-16, else cp1252."""
     raw = Path(path).read_bytes()
@@ -278,6 +284,9 @@ def read_specimens(specimens_csv: Path, root: Path, paths: list[Path]) -> list[s
             raise DataError(f"{specimens_csv}:{line_number}: {again}")
         listed[key], first_line[key] = row[1].strip(), line_number
     specimens = [listed.get(path.resolve()) for path in paths]
+    missing = [path for path in listed if not path.exists()]
+    say_left_out(missing, f"file listed in {shown(specimens_csv)} does not exist", f"files listed in "
+                 f"{shown(specimens_csv)} do not exist")  # fmt: skip
     if listed and paths and all(specimen is None for specimen in specimens):
         example = next(iter(first_line))
         raise DataError(
@@ -456,8 +465,13 @@ def unlabeled_specimens(folder, specimens_csv=None, one_specimen: str | None = N
             f"--predict {folder}: holds both cells ({shown(direct[0])}) and subfolders ({shown(subfolders[0])}); "
             "expected one subfolder per specimen, or the cells of one folder"
         )
-    if subfolders:
-        pairs = [(path, sub.name) for sub in subfolders for path in list_images(sub)]
+    if subfolders:  # a specimen's cells may sit in folders of their own (a day, a well): all are its cells
+        pairs = [(path, sub.name) for sub in subfolders for path in list_images_under(sub)]
+        say_left_out([sub for sub in subfolders if not any(specimen == sub.name for _, specimen in pairs)],
+                      "specimen folder holds no image and is left out", "specimen folders hold no image and are left out")
+        deeper = [path for path, _ in pairs if path.parent.parent != folder]
+        say_left_out(deeper, "cell in a subfolder of its specimen's folder is counted as that specimen's",
+                     "cells in subfolders of their specimen's folder are counted as that specimen's")
         return [path for path, _ in pairs], [specimen for _, specimen in pairs]
     return direct, None if one_specimen is None else [one_specimen] * len(direct)
 

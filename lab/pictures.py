@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from lab.runs import write_bytes_atomic
 
@@ -45,9 +45,23 @@ def draw_confusion(confusion, class_names: list[str], path: str | Path, title: s
     save_png(image, path)
 
 
+MADE_BY = "HEp-2 active learning reference (lab/pictures.py)"  # a PNG text chunk: this project drew the file
+
+
+def made_here(path) -> bool:
+    """Whether a PNG was drawn by this project (its Software text chunk), so a rerun may replace it."""
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get("Software") == MADE_BY
+    except (OSError, ValueError):
+        return False
+
+
 def save_png(image: Image.Image, path: str | Path) -> None:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", MADE_BY)
+    image.save(buffer, format="PNG", pnginfo=info)
     write_bytes_atomic(buffer.getvalue(), path)
 
 

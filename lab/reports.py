@@ -9,12 +9,16 @@ as the cells' accuracy on that serum, and a serum that shows two patterns is cal
 
 import csv
 import io
+import secrets
+import time
 from pathlib import Path
 
-from lab.layouts import spreadsheet_cell
-from lab.runs import write_text_atomic
+from data import DataError
+from lab.layouts import read_text, spreadsheet_cell
+from lab.runs import write_all_atomic
 
 SECOND_SHARE = 0.2  # a second pattern is named where it holds at least a fifth of the cells (real sera show two)
+PAIR_COLUMN = "prediction_id"  # one id a --predict run, in every row of both its CSVs: a mixed pair shows
 FEW_CELLS = 20  # a call on fewer cells is flagged: one or two cells then move the vote's share by 5 to 10 points
 
 
@@ -34,46 +38,87 @@ def specimen_calls(class_names: list[str], probabilities, votes: dict) -> list[d
     return rows
 
 
+def specimens_path(out) -> Path:
+    """Where the specimens' calls go: OUT-specimens.csv beside --out."""
+    return Path(out).with_name(Path(out).stem + "-specimens.csv")
+
+
+def made_by_predict(path) -> bool:
+    """Whether a file is a specimens CSV that --predict wrote (its header, with the pair's id column)."""
+    try:
+        first = read_text(Path(path)).splitlines()[:1]
+    except OSError:
+        return False
+    return bool(first) and first[0].startswith("specimen,cells,call,") and first[0].endswith(f",{PAIR_COLUMN}")
+
+
+def prediction_id(path) -> str | None:
+    """The id a --predict wrote in every row of both its CSVs (None where the file has none)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        row = next(csv.DictReader(handle), None)
+    return None if row is None else row.get(PAIR_COLUMN) or None
+
+
+def check_pair(out) -> None:
+    """A reader's check that OUT and OUT-specimens.csv were made by one --predict (a kill between their two renames
+    leaves one new and one old: their ids differ)."""
+    ids = prediction_id(out), prediction_id(specimens_path(out))
+    if ids[0] is None or ids[0] != ids[1]:
+        raise DataError(f"{out} and {specimens_path(out)}: not made together (prediction ids {ids[0]}, {ids[1]})")
+
+
 def write_predictions(out, folder, class_names: list[str], cells: tuple, votes: dict | None, unreadable) -> list:
     """OUT: file, specimen (where known), predicted class, each class's probability, entropy, error; unreadable
-    files listed with why, not counted. With specimens, OUT-specimens.csv and a short table on the console."""
+    files listed with why, not counted. With specimens, OUT-specimens.csv and a short table on the console. Both
+    CSVs are written in one step (lab/runs.write_all_atomic) and carry one id a run in every row (PAIR_COLUMN)."""
     files, specimens, probabilities, uncertainty = cells
+    pair = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     where = ["specimen"] if specimens is not None else []
-    writer.writerow(["file", *where, "predicted", *[f"p_{name}" for name in class_names], "entropy", "error"])
+    classes = [f"p_{name}" for name in class_names]
+    writer.writerow(["file", *where, "predicted", *classes, "entropy", "error", PAIR_COLUMN])
     rows = []
     for index, (file, row, value) in enumerate(zip(files, probabilities.tolist(), uncertainty.tolist())):
         predicted = class_names[max(range(len(row)), key=row.__getitem__)]
         specimen = [spreadsheet_cell(specimens[index])] if specimens is not None else []
-        writer.writerow([spreadsheet_cell(file), *specimen, predicted, *[f"{p:.6f}" for p in row], f"{value:.6f}", ""])
+        written = [*specimen, predicted, *[f"{p:.6f}" for p in row], f"{value:.6f}", "", pair]
+        writer.writerow([spreadsheet_cell(file), *written])
         rows.append({"file": file, "predicted": predicted, "entropy": value})
     for file, error in unreadable:  # listed, not classified
-        writer.writerow([spreadsheet_cell(file), *[""] * len(where), "", *[""] * len(class_names), "", error])
-    write_text_atomic(buffer.getvalue(), out)
-    print(f"classified {len(files)} cells from {folder}; predictions written to {out}")
+        writer.writerow([spreadsheet_cell(file), *[""] * len(where), "", *[""] * len(class_names), "", error, pair])
+    replaced = Path(out).exists()
+    calls = None if votes is None else specimen_calls(class_names, probabilities, votes)
+    writes = [] if calls is None else [(specimens_path(out), calls_csv(calls, class_names, pair))]
+    write_all_atomic([(path, lambda temporary, text=text: temporary.write_bytes(text.encode()))
+                      for path, text in [*writes, (out, buffer.getvalue())]])  # fmt: skip
+    print(f"classified {len(files)} cells from {folder}; predictions written to {out}"
+          + (" (it replaced the file there, as --out named it)" if replaced else ""))  # fmt: skip
     if unreadable:
         example = unreadable[0][0]
         print(f"{len(unreadable)} image(s) could not be read, e.g. {example}; their rows in {out} say why")
-    if votes is None:
+    if calls is None:
         return rows
-    calls = specimen_calls(class_names, probabilities, votes)
-    write_calls(calls, class_names, Path(out).with_name(Path(out).stem + "-specimens.csv"))
+    print_calls(calls, specimens_path(out))
     return calls
 
 
-def write_calls(calls: list[dict], class_names: list[str], path: Path) -> None:
-    """OUT-specimens.csv, and the table: specimen, cells, call (share), second pattern, flag."""
+def calls_csv(calls: list[dict], class_names: list[str], pair: str) -> str:
+    """OUT-specimens.csv's text: specimen, cells, call, share, second pattern, each class's mean, flag, the pair's id."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["specimen", "cells", "call", "share", "second", "second_share"]
-                    + [f"mean_p_{name}" for name in class_names] + ["flag"])  # fmt: skip
+                    + [f"mean_p_{name}" for name in class_names] + ["flag", PAIR_COLUMN])  # fmt: skip
     for row in calls:
         means = [f"{row['mean'][name]:.4f}" for name in class_names]
         second = [row["second"], f"{row['second_share']:.4f}" if row["second"] else ""]
         writer.writerow([spreadsheet_cell(row["specimen"]), row["cells"], row["call"], f"{row['share']:.4f}",
-                         *second, *means, row["flag"]])  # fmt: skip
-    write_text_atomic(buffer.getvalue(), path)
+                         *second, *means, row["flag"], pair])  # fmt: skip
+    return buffer.getvalue()
+
+
+def print_calls(calls: list[dict], path: Path) -> None:
+    """The table on the console: specimen, cells, call (share), second pattern, flag."""
     width = max(len("specimen"), *(len(row["specimen"]) for row in calls))
     print(f"{'specimen':<{width}}  cells  call (share of its cells)       second pattern        flag")
     for row in calls:

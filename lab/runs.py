@@ -305,6 +305,21 @@ def check_not_an_input(path: str | Path, flag: str, inputs: dict) -> None:
             raise DataError(f"{flag} {path}: is the file {given} reads; write the output elsewhere")
 
 
+def check_outputs(outputs: list, inputs: dict, folders: dict) -> None:
+    """The one check of a command's outputs (#63), before any work: none is a file the command reads (inputs:
+    {flag: path}), lies inside a folder it reads (folders: {flag: path}), or replaces a file the command did not make,
+    unless the user named it. outputs: (what, path, named, made_here), made_here(path) telling this project's own
+    file of that kind (a rerun replaces its own outputs; a named one is replaced as the user asked)."""
+    for what, path, named, made_here in outputs:
+        path = Path(path)
+        check_not_an_input(path, what, inputs)
+        for flag, folder in folders.items():
+            if folder is not None and Path(folder).is_dir() and Path(folder).resolve() in path.resolve().parents:
+                raise DataError(f"{what} {path}: inside the folder {flag} reads ({folder}); write it elsewhere")
+        if not named and path.exists() and not made_here(path):
+            raise DataError(f"{what} {path}: exists and was not made by this command; move it or choose another --out")
+
+
 def _identity(pid: int) -> str | None:
     """Who a process is, beyond its id: the boot and the process's start time (in clock ticks since boot), so that
     a process id reused after a reboot, or by another process, never passes for the one that took a lock.

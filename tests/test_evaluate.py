@@ -46,10 +46,12 @@ def test_evaluate_cli_agrees_with_training(pretrained, tmp_path, capsys):
 
 def test_predict_folder_writes_probabilities_and_entropy(pretrained, tmp_path):
     rng = np.random.default_rng(0)
+    (tmp_path / "cells").mkdir()
     for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(tmp_path / f"cell{i}.png")
-    out = tmp_path / "predictions.csv"
-    evaluate.main(["--checkpoint", str(pretrained), "--predict", str(tmp_path), "--out", str(out), "--device", "cpu"])
+        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(tmp_path / "cells" / f"cell{i}.png")
+    out = tmp_path / "predictions.csv"  # beside the folder: never inside one the command reads (#63)
+    folder = str(tmp_path / "cells")
+    evaluate.main(["--checkpoint", str(pretrained), "--predict", folder, "--out", str(out), "--device", "cpu"])
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 3
     probabilities = [float(v) for k, v in rows[0].items() if k.startswith("p_")]

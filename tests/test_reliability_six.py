@@ -1,0 +1,146 @@
+"""#63, reliability round six: a patient's folder, a given split, `--paper`'s flags and the ceiling tool."""
+
+import csv
+import os
+
+import pytest
+from conftest import TINY, fails
+from test_predict_specimens import cells, predict
+
+import train
+from data import DataError
+from lab import reports
+
+
+def predicts(arguments):
+    """predict() with its arguments as one list, as conftest.fails calls a main."""
+    return predict(*arguments)
+
+# ---------------------------------------------------------------------------------------------
+# 1. No output replaces an input, a file inside a folder the command reads, or a file it did not make
+
+
+def slide(tmp_path, specimens=("p1", "p2")):
+    for index, name in enumerate(specimens):
+        cells(tmp_path / "slide" / name, 3, seed=index)
+    return tmp_path / "slide"
+
+
+def test_a_derived_output_never_replaces_a_users_file(pretrained, tmp_path):
+    mine = tmp_path / "p-specimens.csv"
+    mine.write_text("my own notes\n")
+    fails(predicts, [pretrained, slide(tmp_path), tmp_path / "p.csv"], str(mine), "not made by")
+    assert mine.read_text() == "my own notes\n" and not (tmp_path / "p.csv").exists()
+
+
+def test_a_rerun_replaces_its_own_pair_and_a_named_out(pretrained, tmp_path, capsys):
+    folder = slide(tmp_path)
+    (tmp_path / "p.csv").write_text("an older file the user names as --out\n")
+    predict(pretrained, folder, tmp_path / "p.csv")
+    assert "replaced" in capsys.readouterr().out  # a named --out is replaced, and the run says so
+    predict(pretrained, folder, tmp_path / "p.csv")  # its own p-specimens.csv: replaced without a word
+    rows = list(csv.DictReader((tmp_path / "p-specimens.csv").open()))
+    assert [row["specimen"] for row in rows] == ["p1", "p2"]
+
+
+def test_no_output_inside_the_folder_the_command_reads(pretrained, tmp_path):
+    folder = slide(tmp_path)
+    (folder / "specimens.csv").write_text("file,specimen\n")
+    listed = tmp_path / "flat"
+    cells(listed, 3)
+    with open(listed / "specimens.csv", "w") as handle:
+        handle.write("file,specimen\n" + "".join(f"cell{i:02d}.png,s\n" for i in range(3)))
+    before = (listed / "specimens.csv").read_text()
+    fails(predicts, [pretrained, listed, listed / "specimens.csv"], "--out", "inside the folder --predict reads")
+    assert (listed / "specimens.csv").read_text() == before
+    flat = tmp_path / "one"
+    cells(flat, 3)
+    png = (flat / "cell00.png").read_bytes()
+    fails(predicts, [pretrained, flat, flat / "cell00.png", "--one-specimen", "P"], "inside the folder --predict reads")
+    assert (flat / "cell00.png").read_bytes() == png
+
+
+def test_the_specimens_file_read_is_never_the_derived_output(pretrained, tmp_path):
+    flat = tmp_path / "flat"
+    cells(flat, 3)
+    given = tmp_path / "out-specimens.csv"
+    given.write_text("file,specimen\n" + "".join(f"cell{i:02d}.png,s\n" for i in range(3)))
+    before = given.read_text()
+    fails(predicts, [pretrained, flat, tmp_path / "out.csv", "--specimens", str(given)], "--specimens")
+    assert given.read_text() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The two CSVs of a --predict carry one id a run: a pair made together can be told from a mixed one
+
+
+def test_a_kill_between_the_two_renames_leaves_a_pair_that_says_it_is_mixed(pretrained, tmp_path, monkeypatch):
+    folder = slide(tmp_path)
+    predict(pretrained, folder, tmp_path / "p.csv")
+    ids = {reports.prediction_id(tmp_path / "p.csv"), reports.prediction_id(tmp_path / "p-specimens.csv")}
+    assert len(ids) == 1 and None not in ids  # made together
+    renames = []
+    real_replace = os.replace
+
+    def killed_after_one(source, target):
+        if renames:
+            raise KeyboardInterrupt
+        renames.append(target)
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed_after_one)
+    with pytest.raises(SystemExit):
+        predict(pretrained, folder, tmp_path / "p.csv")
+    monkeypatch.setattr(os, "replace", real_replace)
+    first, second = reports.prediction_id(tmp_path / "p.csv"), reports.prediction_id(tmp_path / "p-specimens.csv")
+    assert first != second  # a reader (and reports.check_pair) tells the mixed pair
+    with pytest.raises(DataError, match="not made together"):
+        reports.check_pair(tmp_path / "p.csv")
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Every cell a command leaves out is said, with the count and an example
+
+
+def test_an_empty_specimen_folder_is_said(pretrained, tmp_path, capsys):
+    folder = slide(tmp_path)
+    (folder / "p3").mkdir()
+    predict(pretrained, folder, tmp_path / "p.csv")
+    printed = capsys.readouterr().out
+    assert "1 specimen folder holds no image" in printed and "p3" in printed
+
+
+def test_cells_one_folder_deeper_belong_to_their_specimen(pretrained, tmp_path, capsys):
+    folder = slide(tmp_path)
+    cells(folder / "p3" / "day1", 4, seed=5)
+    calls = predict(pretrained, folder, tmp_path / "p.csv")
+    assert {row["specimen"]: row["cells"] for row in calls} == {"p1": 3, "p2": 3, "p3": 4}
+    assert "4 cells in subfolders" in capsys.readouterr().out
+
+
+def test_listed_files_that_do_not_exist_are_said(pretrained, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    cells(flat, 3)
+    rows = "".join(f"cell{i:02d}.png,s\n" for i in range(3)) + "gone1.png,s\ngone2.png,t\n"
+    (flat / "specimens.csv").write_text("file,specimen\n" + rows)
+    predict(pretrained, flat, tmp_path / "p.csv")
+    printed = capsys.readouterr().out
+    assert "2 files listed" in printed and "gone1.png" in printed
+
+
+def test_a_pretraining_checkpoint_says_it_is_not_fine_tuned(pretrained, tmp_path, capsys):
+    predict(pretrained, slide(tmp_path), tmp_path / "p.csv")
+    printed = capsys.readouterr().out
+    assert "pretraining" in printed and "not fine-tuned" in printed
+
+
+def test_a_fine_tuned_checkpoint_has_no_such_note(tmp_path, pretrained, capsys):
+    from test_active import run_active
+
+    _, out = run_active(tmp_path, "in-al", [], pretrained)
+    predict(out / "model.pt", slide(tmp_path), tmp_path / "p.csv")
+    assert "not fine-tuned" not in capsys.readouterr().out
+
+
+def _unused():  # keep the imports the later kinds use
+    return TINY, train
