@@ -206,18 +206,18 @@ def run(args):
     if args.predict:
         check_output_file(args.out, "--out")
         check_outputs([("--out", args.out, True, None)], inputs, folders)
-    # Not confusion.png: that is the picture a run drew of its own test side, and stays the run's.
-    png = args.png or str(Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}-evaluated.png"))
-    check_outputs([("--png", png, args.png is not None, made_here)], inputs, folders)
-    device = pick_device(args.device)
+    device, where = pick_device(args.device), f"--checkpoint {args.checkpoint}"
     checkpoint = load_checkpoint(args.checkpoint)
-    model = network_from_checkpoint(checkpoint, f"--checkpoint {args.checkpoint}").to(device)
+    model = network_from_checkpoint(checkpoint, where).to(device)
     class_names = checkpoint["class_names"]
     if args.predict:
         return predict_folder(model, checkpoint, args, device)
+    # Not confusion.png: that is the picture a run drew of its own test side, and stays the run's.
+    png = args.png or str(Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}-evaluated.png"))
     check_output_file(png, "--png")
+    check_outputs([("--png", png, args.png is not None, made_here)], inputs, folders)
     classes = parse_class_list(args.classes)
-    dataset, split = labeled_data_for(checkpoint, args.data, args.split, classes, args.specimens)
+    dataset, split = labeled_data_for(checkpoint, args.data, args.split, classes, args.specimens, where)
     probabilities = predict_probabilities(model, dataset.images, device, args.batch_size)
     metrics = summarize(dataset.labels, probabilities, class_names, known_specimens(dataset))
     title = f"{Path(args.checkpoint).name} on {dataset.source} ({split})"

@@ -4,6 +4,8 @@ training and test images and its validation folds, Sec. 3.1), from --split-file 
 Not the paper (the workshop): lab/splits.py makes the seeded splits; this file reads the given ones.
 """
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -25,6 +27,13 @@ def labels_with_split(data: str | None) -> Path | None:
         return None
     rows, _ = read_csv_rows(labels)
     return labels if rows and any(squash(cell) in SPLIT_COLUMNS for cell in rows[0]) else None
+
+
+def sides_digest(parts: list) -> str:
+    """A digest of a given split's sides (the cells' indices in the data's stable order): the checkpoint keeps it,
+    so that an edited split file is not taken for the one the run was trained and tested on."""
+    text = json.dumps([sorted(part.tolist()) for part in parts])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def given_split(dataset: CellDataset, path) -> list[torch.Tensor]:
@@ -50,7 +59,9 @@ def given_split(dataset: CellDataset, path) -> list[torch.Tensor]:
         if len(row) <= max(file_column, split_column) or not row[file_column].strip():
             raise DataError(f"{path}:{line}: expected 'file,split', got {','.join(row)!r}")
         file, side = row[file_column].strip().replace("\\", "/"), SIDE_NAMES.get(squash(row[split_column]))
-        index = cells.get((root / file).resolve(), cells.get(file.lower(), cells.get(Path(file).stem.lower())))
+        index = cells.get((root / file).resolve())
+        if "/" not in file:  # a bare name or id; a path names its file only, never a cell elsewhere of that name
+            index = cells.get((root / file).resolve(), cells.get(file.lower(), cells.get(Path(file).stem.lower())))
         if side is None:
             raise DataError(f"{path}:{line}: split {row[split_column].strip()!r}; expected train, val or test")
         if index is None or index == -1:

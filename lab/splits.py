@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from data import CellDataset, DataError
-from lab.given import given_split, labels_with_split
+from lab.given import given_split, labels_with_split, sides_digest
 from lab.layouts import get_dataset, parse_class_list
 from lab.runs import preprocessing
 
@@ -177,6 +177,7 @@ def source_split(args, parser) -> tuple:
     given = args.split_file or labels_with_split(args.data)
     if given is not None:
         parts = given_split(dataset, given)
+        digest = sides_digest(parts)
         val_from = args.val_from if len(parts[1]) == 0 else None  # only a split without a val side needs one
         usable = {None: (), "test": ("val_from",), "train": ("val_from", "split", "val_fraction")}[val_from]
         for flag in ("split", "val_fraction", "test_fraction", "val_from"):  # one this split cannot use: one line
@@ -202,7 +203,7 @@ def source_split(args, parser) -> tuple:
     derived = {"data_kind": "source", "image_size": args.image_size, "normalize": args.normalize, "split": split}
     derived.update(split_parts={"names": names, "fractions": fractions, "seed": args.seed})
     if given is not None:  # evaluate.py reads the sides from it again, and makes a validation side as this did
-        derived["split_parts"].update(file=str(Path(given).resolve()), validation=how)
+        derived["split_parts"].update(file=str(Path(given).resolve()), validation=how, digest=digest)
     derived["test_specimens"] = specimens_of(dataset, parts[2])
     return dataset, derived, [dataset.subset(part) for part in parts]
 
@@ -413,15 +414,22 @@ def describe_split(dataset: CellDataset, by: str, parts: list[torch.Tensor], nam
 # The cells a checkpoint is evaluated on: its run's split made again (evaluate.py)
 
 
-def split_of_checkpoint(checkpoint: dict, dataset, split: str):
+def split_of_checkpoint(checkpoint: dict, dataset, split: str, name="--checkpoint"):
     """Recreate the split the checkpoint's run made (same sides, fractions, seed and unit) and return one side."""
     by, info = checkpoint["derived"].get("split") or "cells", checkpoint["derived"].get("split_parts")
     if not info:
         raise DataError("--split: this checkpoint records no split; use --split all")
     if split not in info["names"]:
         raise DataError(f"--split {split}: this checkpoint's run made the splits {', '.join(info['names'])}")
-    if by == "given":  # the data's own split (train.py --split-file), read again from its file
-        parts = with_validation_side(dataset, given_split(dataset, info["file"]), info.get("validation", {}), "")
+    if by == "given":  # the data's own split (train.py --split-file), read again from its file, checked unchanged
+        file, again = info["file"], "restore it, or evaluate every cell with --split all"
+        if not Path(file).is_file():
+            raise DataError(f"{name}: was trained on the split file {file}, which is gone; {again}")
+        parts = given_split(dataset, file)
+        if info.get("digest") is not None and sides_digest(parts) != info["digest"]:
+            raise DataError(f"{name}: the split file {file} has changed since it was trained (other cells on its "
+                            f"sides); {again}")
+        parts = with_validation_side(dataset, parts, info.get("validation", {}), "")
         return dataset.subset(parts[info["names"].index(split)])
     by = resolve_split(by, dataset)
     if info["names"] == ["pool", "test"]:  # active.py's Step 1: 80/20 or a fold, --development's split
@@ -431,7 +439,7 @@ def split_of_checkpoint(checkpoint: dict, dataset, split: str):
     return dataset.subset(parts[info["names"].index(split)])
 
 
-def labeled_data_for(checkpoint: dict, data: str | None, split: str, classes=None, specimens=None):
+def labeled_data_for(checkpoint: dict, data: str | None, split: str, classes=None, specimens=None, name="--checkpoint"):
     """The cells to evaluate (only `classes` if given), with labels in the checkpoint's class order.
 
     On the checkpoint's own data the run's classes are loaded and its split made again first, so
@@ -468,7 +476,7 @@ def labeled_data_for(checkpoint: dict, data: str | None, split: str, classes=Non
     if split == "auto":
         split = "test" if own_data and checkpoint["derived"].get("split") else "all"
     if split != "all":
-        dataset = split_of_checkpoint(checkpoint, dataset, split)
+        dataset = split_of_checkpoint(checkpoint, dataset, split, name)
     if classes is not None and own_data:
         keep = torch.tensor([class_names[label] in classes for label in dataset.labels.tolist()], dtype=torch.bool)
         dataset = dataset.subset(torch.nonzero(keep).squeeze(1))

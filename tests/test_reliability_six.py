@@ -70,6 +70,24 @@ def test_the_specimens_file_read_is_never_the_derived_output(pretrained, tmp_pat
     assert given.read_text() == before
 
 
+def test_the_default_picture_never_replaces_a_users_png(pretrained, tmp_path):
+    import shutil
+
+    import evaluate
+    from PIL import Image
+
+    checkpoint = tmp_path / "mine.pt"
+    shutil.copy(pretrained, checkpoint)
+    theirs = tmp_path / "mine-evaluated.png"
+    Image.new("L", (4, 4)).save(theirs)
+    before = theirs.read_bytes()
+    fails(evaluate.main, ["--checkpoint", str(checkpoint), "--device", "cpu"], str(theirs), "not made by")
+    assert theirs.read_bytes() == before
+    theirs.unlink()
+    evaluate.main(["--checkpoint", str(checkpoint), "--device", "cpu"])  # drawn here: a rerun replaces it
+    evaluate.main(["--checkpoint", str(checkpoint), "--device", "cpu"])
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. The two CSVs of a --predict carry one id a run: a pair made together can be told from a mixed one
 
@@ -142,5 +160,41 @@ def test_a_fine_tuned_checkpoint_has_no_such_note(tmp_path, pretrained, capsys):
     assert "not fine-tuned" not in capsys.readouterr().out
 
 
-def _unused():  # keep the imports the later kinds use
-    return TINY, train
+# ---------------------------------------------------------------------------------------------
+# 4. A given split is what it was: a path names its file only, and the checkpoint holds the sides' digest
+
+
+def given_run(tmp_path):
+    from test_specimens import LAYOUT, write_cells
+
+    root = tmp_path / "cells"
+    files = [file for file, _ in write_cells(root, LAYOUT)]
+    sides = {file: "val" if n % 3 == 1 else "test" if n % 4 == 2 else "train" for n, file in enumerate(files)}
+    split = tmp_path / "split.csv"
+    split.write_text("file,split\n" + "".join(f"{f},{side}\n" for f, side in sides.items()))
+    out = tmp_path / "given.pt"
+    train.main(TINY + ["--data", str(root), "--split-file", str(split), "--max-epochs", "1", "--rotations", "1",
+                       "--out", str(out)])  # fmt: skip
+    return root, split, sides, out
+
+
+def test_a_path_outside_the_data_is_not_a_cell_of_the_same_name(tmp_path):
+    root, split, sides, _ = given_run(tmp_path)
+    first = next(iter(sides))
+    text = split.read_text().replace(f"{first},", f"../../elsewhere/{first.split('/')[-1]},", 1)
+    split.write_text(text)
+    fails(train.main, TINY + ["--data", str(root), "--split-file", str(split), "--out", str(tmp_path / "x.pt")],
+          "elsewhere", "is not a cell of the data")
+
+
+def test_an_edited_split_file_is_refused_with_the_file_and_the_checkpoint(tmp_path):
+    import evaluate
+
+    _, split, sides, out = given_run(tmp_path)
+    swapped = {"train": "test", "test": "train", "val": "val"}
+    split.write_text("file,split\n" + "".join(f"{f},{swapped[side]}\n" for f, side in sides.items()))
+    png = ["--png", str(tmp_path / "e.png")]
+    fails(evaluate.main, ["--checkpoint", str(out), "--split", "test"] + png, str(split), str(out), "changed")
+    split.unlink()
+    text = fails(evaluate.main, ["--checkpoint", str(out), "--split", "test"] + png, str(split), "--split all")
+    assert "--split-file" not in text  # evaluate.py has no such flag
