@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from data import NORMALIZATIONS
 from evaluate import predict_probabilities, summarize
 from lab import recipe, records, splits
-from lab.commands import run_command
+from lab.commands import parse_typed, run_command
 from lab.devices import add_device_flag
 from lab.splits import add_split_flags
 from model import ParallelResNet, trainable_parameters, transfer
@@ -293,7 +293,7 @@ def build_parser():
 def main(argv=None):
     """The command line: the workshop opens the run (flags, device, --out, the cells), Table 1 runs it."""
     parser = build_parser()
-    return run_command(lambda args: run(records.open_run(args, parser)), parser.parse_args(argv))
+    return run_command(lambda args: run(records.open_run(args, parser)), parse_typed(parser, argv))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from data import NORMALIZATIONS, model_inputs, rotation_angles
 from evaluate import format_report, predict_probabilities, summarize
 from lab import records
-from lab.commands import run_command
+from lab.commands import parse_typed, run_command
 from lab.devices import add_device_flag
 from lab.recipe import PRETRAINING, in_precision, paper_flags
 from lab.splits import add_split_flags
@@ -152,7 +152,7 @@ def build_parser():
 def main(argv=None):
     """The command line: the workshop opens the run (flags, device, --out, the source cells, the split), then run."""
     parser = build_parser()
-    return run_command(lambda args: run(records.open_pretraining(args, parser)), parser.parse_args(argv))
+    return run_command(lambda args: run(records.open_pretraining(args, parser)), parse_typed(parser, argv))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ the finished runs back and writes the pooled rows, which need all five.
 import argparse
 import csv
 import io
+import re
 from pathlib import Path
 
 import torch
@@ -31,8 +32,9 @@ import active
 from data import DataError
 from evaluate import confusion_matrix, mca_aca_of, predict_probabilities
 from lab import records
-from lab.commands import run_command
+from lab.commands import parse_typed, refuse_unused, run_command
 from lab.devices import add_device_flag, pick_device
+from lab.layouts import say_left_out
 from lab.pictures import draw_line_chart
 from lab.runs import load_checkpoint, network_from_checkpoint, write_text_atomic
 from lab.splits import labeled_data_for, specimens_by_class
@@ -109,19 +111,53 @@ def specimen_curve(args, out: Path) -> list[dict]:
     return rows
 
 
+RUN_NAME = re.compile(r"rs-limit1-seed(\d+)-fold(\d+)")
+SAME = ("data", "image_size", "normalize", "split", "fold", "folds", "test_specimens")  # one grid, one test side a fold
+
+
+def grid_runs(grid: Path) -> list[int]:
+    """The seeds of a grid's RS at 100% runs, every fold of each finished; a stray folder named like a run is said."""
+    named = sorted(path for path in grid.glob("rs-limit1-seed*-fold*") if path.is_dir())
+    runs = [(path, RUN_NAME.fullmatch(path.name)) for path in named]
+    say_left_out([path for path, match in runs if match is None], "folder not named rs-limit1-seedS-foldF is "
+                 "ignored", "folders not named rs-limit1-seedS-foldF are ignored")  # fmt: skip
+    seeds = sorted({int(match[1]) for _, match in runs if match is not None})
+    if not seeds:
+        raise DataError(f"--ensemble {grid}: no rs-limit1-seedS-foldF run folders")
+    missing = [f"rs-limit1-seed{seed}-fold{fold}" for seed in seeds for fold in range(FOLDS)
+               if not (grid / f"rs-limit1-seed{seed}-fold{fold}" / "model.pt").is_file()]  # fmt: skip
+    if missing:
+        raise DataError(f"--ensemble {grid}: {len(missing)} run(s) unfinished or missing (e.g. {missing[0]}); finish "
+                        "the grid with the same python -m lab.experiments command first")
+    return seeds
+
+
+def made_alike(checkpoint: dict, first: dict | None, run: Path) -> dict:
+    """What a run was made on (data, preprocessing, fold, test specimens); refused in one line where it differs from
+    the first seed's on the same fold: averaging networks makes sense only on one test side, prepared one way."""
+    made = {**checkpoint["args"], **checkpoint["derived"]}
+    made = {key: str(Path(made[key]).resolve()) if key == "data" and made.get(key) else made.get(key) for key in SAME}
+    differs = [key for key in SAME if first is not None and made[key] != first[key]]
+    if differs:
+        key = differs[0]
+        raise DataError(f"--ensemble: {run.name} was made with {key} {made[key]}, its first seed's with "
+                        f"{first[key]}; an ensemble needs one data and preprocessing")
+    return made
+
+
 @torch.inference_mode()
 def ensemble(args, out: Path) -> dict:
     """The variance diagnostic: each seed's pooled MCA, and that of the mean of the seeds' probabilities."""
     grid, device = Path(args.ensemble), pick_device(args.device)
-    runs = sorted(grid.glob("rs-limit1-seed*-fold*"))
-    seeds = sorted({int(run.name.split("-seed")[1].split("-")[0]) for run in runs})
-    if not runs:
-        raise DataError(f"--ensemble {grid}: no rs-limit1-seedS-foldF run folders")
+    seeds = grid_runs(grid)
     confusions: dict[str, torch.Tensor] = {}
     for fold in range(FOLDS):
-        probabilities, test = {}, None
+        probabilities, test, first = {}, None, None
         for seed in seeds:
-            checkpoint = load_checkpoint(grid / f"rs-limit1-seed{seed}-fold{fold}" / "model.pt")
+            run = grid / f"rs-limit1-seed{seed}-fold{fold}"
+            checkpoint = load_checkpoint(run / "model.pt", "--ensemble")
+            made = made_alike(checkpoint, first, run)  # each seed's against the fold's first
+            first = first or made
             if test is None:  # the fold's test side, as evaluate.py makes it again
                 test, _ = labeled_data_for(checkpoint, None, "test")
             model = network_from_checkpoint(checkpoint).to(device)
@@ -142,10 +178,15 @@ def ensemble(args, out: Path) -> dict:
     return pooled
 
 
-def run(args):
+def run(args, parser):
     out = Path(args.out)
+    with_ensemble = "--ensemble averages a finished grid's runs; it trains nothing"
+    refuse_unused(args, parser, [(flag, not args.ensemble, with_ensemble) for flag in ("shares", "folds")]
+                  + [("data", not args.ensemble, with_ensemble + " and reads the data its runs name")])  # fmt: skip
     if args.ensemble:
         return ensemble(args, out)
+    if args.data is None:
+        raise DataError("--data: required: labeled target cells with specimens (or --ensemble GRID)")
     if not args.shares or not all(0 < share <= 1 for share in args.shares):
         raise DataError("--shares: expected shares of the training specimens in (0, 1]")
     if not args.folds or not set(args.folds) <= set(range(FOLDS)):
@@ -155,8 +196,11 @@ def run(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=None, help="labeled target cells with specimens (default: the synthetic set)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    data = "labeled target cells with specimens (required, but with --ensemble)"
+    parser.add_argument("--data", default=None, help=data)
     shares = "shares of each fold's training specimens to train on (default: 0.25 0.5 0.75)"
     parser.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75], help=shares)
     folds = f"the folds to run (default: all {FOLDS}; the pooled rows need all)"
@@ -169,7 +213,8 @@ def build_parser():
 
 
 def main(argv=None):
-    return run_command(run, build_parser().parse_args(argv))
+    parser = build_parser()
+    return run_command(lambda args: run(args, parser), parse_typed(parser, argv))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,28 @@
 Not the paper (the workshop).
 """
 
+import argparse
 import sys
 
 from data import DataError
+
+
+def parse_typed(parser, argv=None):
+    """parser.parse_args(argv), noting on the parser which flags the user typed (parser.typed_dests): a flag typed
+    at its default value is typed all the same, so --paper and the unused-flag checks judge what the user asked
+    for, not values (#63)."""
+    args = parser.parse_args(argv)
+    unset = object()
+    probe = argparse.Namespace(**{action.dest: unset for action in parser._actions if action.dest != "help"})
+    parser.parse_args(argv, probe)  # argparse fills in a default only where the namespace has no value yet
+    parser.typed_dests = {dest for dest, value in vars(probe).items() if value is not unset}
+    return args
+
+
+def was_typed(args, parser, dest: str) -> bool:
+    """Whether the user typed this flag (parse_typed), else, for args made otherwise, whether it left its default."""
+    typed = getattr(parser, "typed_dests", None)
+    return dest in typed if typed is not None else getattr(args, dest) != parser.get_default(dest)
 
 
 def check_flags(args, positive_integers=()) -> None:
@@ -24,7 +43,7 @@ def refuse_unused(args, parser, rules: list) -> None:
     """A flag that cannot apply to this run is refused in one line, never ignored without a word: rules are
     (flag's dest, whether it applies, why not); a flag left at its default is never refused."""
     for dest, applies, why in rules:
-        if not applies and getattr(args, dest) != parser.get_default(dest):
+        if not applies and was_typed(args, parser, dest):
             raise DataError(f"--{dest.replace('_', '-')} {getattr(args, dest)}: {why}")
 
 

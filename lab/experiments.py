@@ -25,7 +25,7 @@ import active
 from data import SHORT_NAMES, DataError
 from evaluate import mca_aca_of, per_class_accuracy
 from lab import records
-from lab.commands import run_command
+from lab.commands import parse_typed, run_command
 from lab.pictures import draw_bar_chart, draw_confusion, draw_line_chart
 from lab.recipe import paper_settings
 from lab.records import read_results
@@ -126,10 +126,11 @@ def run_grid(grid_args, run_flags: list[str]) -> list[dict]:
         if fold is not None:
             flags += ["--fold", str(fold), "--folds", str(grid_args.cv)]
         parser = active.build_parser()
-        args = parser.parse_args(run_flags + flags)
+        args = parse_typed(parser, run_flags + flags)
         for dest, applies, _ in records.unused_flags(args):  # the grid's flags go to every case; not those it can't use
             if not applies:
                 setattr(args, dest, parser.get_default(dest))
+                parser.typed_dests.discard(dest)
         paper_settings(args, parser)  # --paper's values, as its runs record them
         if (run_dir / "results.json").exists():
             results = read_results(run_dir / "results.json")

@@ -25,6 +25,7 @@ import time
 import torch
 
 from data import DataError, model_inputs
+from lab.commands import was_typed
 
 # --max-epochs: 10 scored higher than 30 on a development split of the pool's own specimens (docs/results-i3a.md,
 # "The stopping rule"); the paper stops on its rule alone (--max-epochs NO_CAP below).
@@ -52,13 +53,13 @@ PRETRAINING = ("normalize", "float32", "max_epochs")  # train.py's share of PAPE
 
 
 def paper_settings(args, parser, dests=tuple(PAPER)) -> None:
-    """--paper: each of these PAPER flags set to the paper's value; one given otherwise is refused in one line (a
-    flag left at its default takes the paper's)."""
+    """--paper: each of these PAPER flags set to the paper's value; one the user typed otherwise is refused in one line,
+    even at the recipe's default (a flag not typed takes the paper's)."""
     if not args.paper:
         return
     for dest in dests:
         value, given = PAPER[dest], getattr(args, dest)
-        if given != parser.get_default(dest) and given != value:
+        if was_typed(args, parser, dest) and given != value:
             flag = dest.replace("_", "-")
             raise DataError(f"--{flag} {given}: --paper sets --{flag} {value}, the paper's; leave one of the two out")
         setattr(args, dest, value)

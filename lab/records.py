@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from data import SHORT_NAMES, DataError
-from lab.commands import check_flags, check_image_size, refuse_unused
+from lab.commands import check_flags, check_image_size, refuse_unused, was_typed
 from lab.devices import check_same_precision, pick_device, pick_precision, precision_line, seed_everything
 from lab.layouts import get_dataset, spreadsheet_cell
 from lab.pictures import draw_confusion
@@ -172,7 +172,7 @@ def target_data(args, parser):
         raise DataError(f"--paper: {why}; pretrain with `python train.py --paper` first (or add --scratch)")
     for flag, value in (("image_size", image_size), ("normalize", normalize)):
         given = getattr(args, flag)
-        if given != parser.get_default(flag) and given != value:  # a flag this run cannot use, refused in one line
+        if was_typed(args, parser, flag) and given != value:  # a flag this run cannot use, refused in one line
             why = f"a pretrained run prepares its cells as its --checkpoint's were ({value}; add --scratch to set it)"
             raise DataError(f"--{flag.replace('_', '-')} {given}: {why}")
     made = (args.seed, args.synthetic_cells, args.specimens)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from data import CellDataset, DataError
+from lab.commands import was_typed
 from lab.given import given_split, labels_with_split, sides_digest
 from lab.layouts import get_dataset, parse_class_list
 from lab.runs import preprocessing
@@ -181,7 +182,7 @@ def source_split(args, parser) -> tuple:
         val_from = args.val_from if len(parts[1]) == 0 else None  # only a split without a val side needs one
         usable = {None: (), "test": ("val_from",), "train": ("val_from", "split", "val_fraction")}[val_from]
         for flag in ("split", "val_fraction", "test_fraction", "val_from"):  # one this split cannot use: one line
-            if flag not in usable and getattr(args, flag) != parser.get_default(flag):
+            if flag not in usable and was_typed(args, parser, flag):
                 name = f"--{flag.replace('_', '-')} {getattr(args, flag)}"
                 raise DataError(f"{name}: the data comes with its own split ({given}), which sets every side")
         how = {"val_from": val_from, "fraction": args.val_fraction, "seed": args.seed}
@@ -189,7 +190,7 @@ def source_split(args, parser) -> tuple:
         parts = with_validation_side(dataset, parts, how, given)
         split, fractions = "given", [len(part) / len(dataset) for part in parts]
     else:
-        if args.val_from != parser.get_default("val_from"):
+        if was_typed(args, parser, "val_from"):
             raise DataError(f"--val-from {args.val_from}: applies only to a given split that lists no val side")
         fractions = [1 - args.val_fraction - args.test_fraction, args.val_fraction, args.test_fraction]
         split = resolve_split(args.split, dataset)

@@ -198,3 +198,112 @@ def test_an_edited_split_file_is_refused_with_the_file_and_the_checkpoint(tmp_pa
     split.unlink()
     text = fails(evaluate.main, ["--checkpoint", str(out), "--split", "test"] + png, str(split), "--split all")
     assert "--split-file" not in text  # evaluate.py has no such flag
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. --paper (and every unused-flag check) judges the flags the user typed, not their values
+
+
+def test_paper_refuses_a_typed_flag_even_at_the_recipes_default(tmp_path):
+    import active
+
+    out = ["--out", str(tmp_path / "x.pt")]
+    fails(train.main, TINY + ["--paper", "--normalize", "percentile"] + out, "--normalize percentile", "--paper")
+    fails(active.main, TINY + ["--paper", "--max-epochs", "10", "--scratch", "--out", str(tmp_path / "run")],
+          "--max-epochs 10", "--paper sets --max-epochs 1000")  # fmt: skip
+
+
+def test_a_flag_typed_at_its_default_where_it_cannot_apply_is_refused(tmp_path):
+    import active
+
+    none = tmp_path / "none.pt"  # a source prepared without the stretch: --normalize percentile cannot apply
+    train.main(TINY + ["--synthetic-cells", "60", "--max-epochs", "1", "--rotations", "1", "--normalize", "none",
+                       "--out", str(none)])  # fmt: skip
+    flags = TINY[2:] + ["--checkpoint", str(none), "--normalize", "percentile", "--out", str(tmp_path / "r")]
+    fails(active.main, flags, "--normalize percentile", "its --checkpoint's")
+
+
+def test_typed_flags_are_the_ones_on_the_command_line():
+    from lab.commands import parse_typed
+
+    parser = train.build_parser()
+    parse_typed(parser, ["--max-epochs", "30", "--paper"])
+    assert parser.typed_dests == {"max_epochs", "paper"}
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The ceiling tool: one data and preprocessing a grid, no flag ignored, no abbreviation, no traceback
+
+
+@pytest.fixture(scope="module")
+def seeds_grid(tmp_path_factory):
+    from test_ceiling import LAYOUT
+    from test_specimens import write_cells, write_specimens_csv
+
+    from lab import experiments
+
+    root = tmp_path_factory.mktemp("ceiling") / "cells"
+    write_specimens_csv(root / "specimens.csv", write_cells(root, LAYOUT))
+    grid = root.parent / "grid"
+    flags = ["--data", str(root), "--cv", "5", "--cases", "rs", "--limits", "1", "--seeds", "0", "1"]
+    experiments.main(flags + ["--out", str(grid), "--max-epochs", "1"] + TINY)
+    return root, grid
+
+
+def copy_of(grid, tmp_path):
+    import shutil
+
+    return shutil.copytree(grid, tmp_path / "grid")
+
+
+def test_an_ensemble_of_runs_on_other_preprocessing_is_refused(seeds_grid, tmp_path):
+    import torch
+
+    from lab import ceiling
+
+    grid = copy_of(seeds_grid[1], tmp_path)
+    path = grid / "rs-limit1-seed1-fold2" / "model.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["derived"]["image_size"] = 48  # as if that seed ran at another image size
+    torch.save(checkpoint, path)
+    fails(ceiling.main, ["--ensemble", str(grid), "--out", str(tmp_path / "c"), "--device", "cpu"],
+          "rs-limit1-seed1-fold2", "image_size")  # fmt: skip
+
+
+def test_flags_the_ensemble_cannot_use_are_refused(seeds_grid, tmp_path):
+    from lab import ceiling
+
+    common = ["--ensemble", str(seeds_grid[1]), "--out", str(tmp_path / "c")]
+    fails(ceiling.main, common + ["--shares", "0.5"], "--shares", "--ensemble")
+    fails(ceiling.main, common + ["--folds", "0", "1", "2", "3", "4"], "--folds", "--ensemble")
+
+
+def test_the_specimen_curve_needs_data_at_once_and_no_abbreviation(tmp_path):
+    from lab import ceiling
+
+    fails(ceiling.main, ["--out", str(tmp_path / "c")], "--data", "required")
+    assert "synthetic" not in ceiling.build_parser().format_help()
+    with pytest.raises(SystemExit) as exit_info:
+        ceiling.main(["--sha", "0", "--out", str(tmp_path / "c")])
+    assert exit_info.value.code == 2  # argparse's usage error: --sha is not --shares
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_partial_grid_names_its_missing_runs(seeds_grid, tmp_path):
+    from lab import ceiling
+
+    grid = copy_of(seeds_grid[1], tmp_path)
+    (grid / "rs-limit1-seed1-fold3" / "model.pt").unlink()
+    text = fails(ceiling.main, ["--ensemble", str(grid), "--out", str(tmp_path / "c")], "rs-limit1-seed1-fold3",
+                 "lab.experiments")  # fmt: skip
+    assert "train.py" not in text
+
+
+def test_a_stray_folder_named_like_a_run_is_said(seeds_grid, tmp_path, capsys):
+    from lab import ceiling
+
+    grid = copy_of(seeds_grid[1], tmp_path)
+    (grid / "rs-limit1-seedX-fold0").mkdir()
+    pooled = ceiling.main(["--ensemble", str(grid), "--out", str(tmp_path / "c"), "--device", "cpu"])
+    assert set(pooled) == {"seed 0", "seed 1", "mean of the seeds"}
+    assert "rs-limit1-seedX-fold0" in capsys.readouterr().out
