@@ -24,7 +24,7 @@ from data import SHORT_NAMES, DataError
 from lab.commands import check_flags, check_image_size, refuse_unused, was_typed
 from lab.devices import check_same_precision, pick_device, pick_precision, precision_line, seed_everything
 from lab.layouts import get_dataset, spreadsheet_cell
-from lab.pictures import draw_confusion
+from lab.pictures import draw_confusion, made_here
 from lab.recipe import PRETRAINING, paper_settings
 from lab.runs import (
     CHECKPOINT_FORMAT,
@@ -32,6 +32,7 @@ from lab.runs import (
     check_fields,
     check_output_file,
     check_output_folder,
+    check_outputs,
     check_resume,
     check_same_data,
     data_fingerprint,
@@ -316,6 +317,8 @@ def open_folder(args) -> tuple[Path, dict | None]:
 
     A run folder belongs to one run: a new run is refused where one of other settings was made."""
     out = check_output_folder(run_folder(args))
+    inputs = {"--checkpoint": None if args.scratch else args.checkpoint, "--specimens": args.specimens}
+    check_outputs([("--out", out / "model.pt", True, None)], inputs, {"--data": args.data})  # not among the cells
     take_lock(out / "run.lock", f"--out {out}")
     for name in ("state.pt", "model.pt", "results.json", "labeled.csv", "confusion.png"):
         remove_stale_temporaries(out / name)  # what a save killed half-way left behind
@@ -384,6 +387,10 @@ def open_checkpoint_file(args) -> dict | None:
 
     A checkpoint of another kind at --out (active.py's model.pt, a campaign's) is never overwritten."""
     out = check_output_file(args.out, "--out")
+    picture = out.with_name(out.stem + "-confusion.png")  # derived: never over a picture this project did not draw
+    inputs = {"--split-file": args.split_file, "--specimens": args.specimens}
+    check_outputs([("--out", out, True, None), ("--out's picture", picture, False, made_here)], inputs,
+                  {"--data": args.data})  # fmt: skip
     take_lock(_beside(out, ".lock"), f"--out {out}")
     for path in (out, _beside(out, ".state")):  # what a save killed half-way left behind
         remove_stale_temporaries(path)

@@ -88,6 +88,22 @@ def test_the_default_picture_never_replaces_a_users_png(pretrained, tmp_path):
     evaluate.main(["--checkpoint", str(checkpoint), "--device", "cpu"])
 
 
+def test_training_never_writes_among_the_cells_or_over_a_users_picture(tmp_path):
+    import active
+    from PIL import Image
+
+    from test_specimens import LAYOUT, write_cells
+
+    root = tmp_path / "cells"
+    write_cells(root, LAYOUT)
+    inside = "inside the folder --data"
+    fails(train.main, TINY + ["--data", str(root), "--out", str(root / "Golgi" / "p.pt")], inside)
+    fails(active.main, TINY + ["--data", str(root), "--scratch", "--out", str(root / "run")], inside)
+    Image.new("L", (4, 4)).save(tmp_path / "p-confusion.png")
+    out = ["--out", str(tmp_path / "p.pt")]
+    fails(train.main, TINY + ["--synthetic-cells", "60"] + out, "p-confusion.png", "not made by")
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. The two CSVs of a --predict carry one id a run: a pair made together can be told from a mixed one
 
