@@ -103,7 +103,7 @@ def table_2_cell(rows: list[dict]) -> list[float]:
 def test_the_readme_table_2_is_its_csvs():
     """Each measured cell of the README's Table 2 is the mean ± std over seeds of its committed per-run CSV (the
     folds' pooled rows); a cell not measured says so and holds no number."""
-    section = (ROOT / "README.md").read_text().split("### The paper's Table 2 side by side")[1].split("###")[0]
+    section = (ROOT / "README.md").read_text().split("## The paper's Table 2 side by side")[1].split("\n## ")[0]
     rows = [line.split("|")[1:-1] for line in section.splitlines() if re.match(r"\| (IN-)?(RS|AL) ", line)]
     assert [row[0].split()[0] for row in rows] == ["RS", "AL", "IN-RS", "IN-AL"]
     checked = 0
@@ -184,8 +184,10 @@ def readme_figures():
     yield (r"lift `--paper` by (\d+) to (\d+) points", [min(lift), max(lift)], 0)
     yield (r"flatters them by (\d+\.\d+) to (\d+\.\d+)", [min(flatters), max(flatters)], 1)
     yield (r"IN-AL at 20% is (\d+\.\d+) points", [pooled(cv, "in-al", 0.2) - pooled(cv, "in-rs", 0.2)], 2)
+    rounds = "docs/i3a-rounds/cv-rounds/results.csv"
+    yield (r"only (\d+\.\d+) above random picks", [pooled(cv, "in-al", 0.2) - pooled(rounds, "in-rs-rounds", 0.2)], 2)
     yield (r"within (\d+\.\d+) of every label", [pooled(cv, "rs", 1.0) - pooled(cv, "in-al", 0.2)], 2)
-    yield (r"moves its MCA from (\d+\.\d+) to (\d+\.\d+)", [min(in_al), max(in_al)], 1)
+    yield (r"a fold's MCA runs from (\d+\.\d+) to (\d+\.\d+)", [min(in_al), max(in_al)], 1)
     yield (r"training specimens give (\d+\.\d+), (\d+\.\d+), (\d+\.\d+) and (\d+\.\d+) pooled MCA",
            column(ceiling.format("specimens"), "mca", fold="pooled"), 1)
     ensemble = column(ceiling.format("ensemble"), "pooled_mca", networks="mean of the seeds")
@@ -207,15 +209,34 @@ def test_the_readme_figures_are_their_csvs():
 
 def test_the_readme_cv_table_is_its_csv():
     """Each row of the README's cross-validation table: pooled MCA and ACA, the folds' mean ± std and each fold."""
-    section = (ROOT / "README.md").read_text().split("### Unseen specimens")[1].split("```")[0]
+    section = (ROOT / "README.md").read_text().split("## Unseen specimens")[1].split("```")[0]
     rows = [[cell.strip(" *") for cell in line.split("|")[1:-1]] for line in section.splitlines()
             if re.match(r"\| (IN-)?RS|\| (IN-)?AL", line)]  # fmt: skip
     assert len(rows) >= 6
     for row in rows:
         case, limit = row[0].split()[0].lower().rstrip(","), float(row[1].rstrip("%")) / 100
-        source = "docs/i3a-cv/results.csv"
+        source = "docs/i3a-rounds/cv-rounds/results.csv" if "rounds" in case else "docs/i3a-cv/results.csv"
         folds = folds_of(source, case, limit)
         expected = [pooled(source, case, limit), pooled(source, case, limit, "aca"), statistics.mean(folds),
                     statistics.stdev(folds), *folds]
         shown = [float(number) for number in re.findall(r"\d+\.\d+", " ".join(row[2:]))]
         assert shown == pytest.approx(expected, abs=0.006), f"README CV table, {case} at {limit}"
+
+
+def test_the_issue_61_figures_are_their_csvs():
+    """The #61 section's shares of IN-AL's lead: the loop's (IN-RS-ROUNDS - IN-RS) and entropy's (IN-AL - IN-RS-ROUNDS),
+    pooled and fold by fold, from the committed CSVs."""
+    page = " ".join((ROOT / "docs" / "results-i3a.md").read_text().split())
+    cv, rounds = "docs/i3a-cv/results.csv", "docs/i3a-rounds/cv-rounds/results.csv"
+    in_al, in_rs, loop = folds_of(cv, "in-al", 0.2), folds_of(cv, "in-rs", 0.2), folds_of(rounds, "in-rs-rounds", 0.2)
+    lead = pooled(cv, "in-al", 0.2) - pooled(cv, "in-rs", 0.2)
+    words = r"of IN-AL's (\d+\.\d+)-point lead .*?, (\d+\.\d+) come from the loop .*? and (\d+\.\d+) from"
+    found = re.search(words, page)
+    assert found, "results-i3a.md: the pooled shares"
+    shares = [lead, pooled(rounds, "in-rs-rounds", 0.2) - pooled(cv, "in-rs", 0.2),
+              pooled(cv, "in-al", 0.2) - pooled(rounds, "in-rs-rounds", 0.2)]
+    assert [float(group) for group in found.groups()] == [round(value, 2) for value in shares]
+    sentence = page.split("Fold by fold the loop's share")[1][:300]
+    per_fold = re.findall(r"(\d+\.\d+) of (\d+\.\d+) \(?(?:fold )?(\d)\)", sentence)
+    assert [(float(a), float(b), int(f)) for a, b, f in per_fold] == [
+        (round(loop[f] - in_rs[f], 2), round(in_al[f] - in_rs[f], 2), f) for f in range(5)]
