@@ -70,9 +70,9 @@ def test_every_help_reads_as_written():
 
 
 def test_the_readme_smoke_run_runs_as_written(tmp_path, monkeypatch):
-    """The README's short commands (the smoke run of the whole chain) run as written, from a fresh folder."""
+    """docs/data.md's short commands (the smoke run of the whole chain the README links) run as written."""
     smoke = [(script, arguments) for page, script, arguments in shown_commands()
-             if page == "README.md" and "runs/smoke/pretrained.pt" in arguments]
+             if page == "data.md" and "runs/smoke/pretrained.pt" in arguments]
     assert [script for script, _ in smoke] == ["train.py", "active.py"]
     monkeypatch.chdir(tmp_path)
     for script, arguments in smoke:
@@ -82,12 +82,18 @@ def test_the_readme_smoke_run_runs_as_written(tmp_path, monkeypatch):
 
 
 # The README's Table 2: which committed per-run CSV each measured column is computed from, and whether from the
-# pooled rows of specimen folds (True) or from one run a seed (False).
+# pooled rows of specimen folds (True) or from one run a seed (False); the random-in-rounds rows (#61) have their own.
 TABLE_2_SOURCES = {
     2: ("docs/i3a-table2/paper-cells/results.csv", False),
     3: ("docs/i3a-table2/defaults-cells/results.csv", False),
     4: ("docs/i3a-table2/paper-folds/results.csv", True),
     5: ("docs/i3a-cv/results.csv", True),
+    6: ("docs/i3a-rounds/paper-cells-teststop/results.csv", False),  # stopped on the test split, marked so
+}
+ROUNDS_SOURCES = {
+    2: ("docs/i3a-rounds/paper-cells-rounds/results.csv", False),
+    3: ("docs/i3a-rounds/cells-rounds/results.csv", False),
+    5: ("docs/i3a-rounds/cv-rounds/results.csv", True),
 }
 
 
@@ -102,24 +108,28 @@ def table_2_cell(rows: list[dict]) -> list[float]:
 
 def test_the_readme_table_2_is_its_csvs():
     """Each measured cell of the README's Table 2 is the mean ± std over seeds of its committed per-run CSV (the
-    folds' pooled rows); a cell not measured says so and holds no number."""
+    folds' pooled rows); a cell not measured says so and holds no number; the test-split column's runs say so."""
     section = (ROOT / "README.md").read_text().split("## The paper's Table 2 side by side")[1].split("\n## ")[0]
-    rows = [line.split("|")[1:-1] for line in section.splitlines() if re.match(r"\| (IN-)?(RS|AL) ", line)]
-    assert [row[0].split()[0] for row in rows] == ["RS", "AL", "IN-RS", "IN-AL"]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if re.match(r"\| (IN-)?(RS|AL)", line)]
+    cases = [row[0].split()[0].rstrip(":") for row in rows]
+    assert cases == ["RS", "AL", "IN-RS", "IN-AL", "RS-ROUNDS", "IN-RS-ROUNDS"]
     checked = 0
     for row in rows:
-        case = row[0].split()[0].lower()
-        for column, (source, pooled) in TABLE_2_SOURCES.items():
+        case = row[0].split()[0].rstrip(":").lower()
+        for column in range(2, 7):
             shown = [float(number) for number in re.findall(r"\d+\.\d+", row[column])]
             if not shown:
                 assert "not run" in row[column], f"README Table 2, {case}, column {column}: no number, not 'not run'"
                 continue
+            source, pooled = (ROUNDS_SOURCES if "rounds" in case else TABLE_2_SOURCES)[column]
             runs = [r for r in csv.DictReader((ROOT / source).open()) if r["case"] == case and float(r["limit"]) == 0.2]
-            expected = table_2_cell([r for r in runs if (r["fold"] == "pooled") == pooled])
+            runs = [r for r in runs if (r["fold"] == "pooled") == pooled]
             # 0.011: the CSV's 4-decimal fractions move a mean by up to 0.005 points, the README's 2 decimals 0.005 more
-            assert shown == pytest.approx(expected, abs=0.011), f"README Table 2, {case}, column {column}: {source}"
+            assert shown == pytest.approx(table_2_cell(runs), abs=0.011), f"README Table 2, {case}, column {column}"
+            if column == 6:
+                assert all(r["stopped_on"] == "the test split" for r in runs), f"{source}: {case}"
             checked += 1
-    assert checked >= 8
+    assert checked >= 12
 
 
 def test_the_issue_61_runs_in_the_docs_are_their_csvs():
