@@ -192,6 +192,13 @@ def readme_figures():
     yield (r"cross-validation gives (\d+\.\d+)% pooled MCA", [pooled(cv, "in-al", 0.2)], 2)
     yield (r"\(RS (\d+\.\d+), (\d+\.\d+), (\d+\.\d+) on cells\)", column(paper_cells, "mca", case="rs"), 2)
     yield (r"lift `--paper` by (\d+) to (\d+) points", [min(lift), max(lift)], 0)
+    stop = "docs/i3a-rounds/paper-cells-teststop/results.csv"
+    cases = ("rs", "in-rs", "in-al")
+    on_test = {case: column(stop, "mca", case=case, stopped_on="the test split")[0] for case in cases}
+    on_train = {case: column(paper_cells, "mca", case=case, seed="0")[0] for case in on_test}
+    yield (r"`--paper` gives RS (\d+\.\d+), IN-RS (\d+\.\d+) and IN-AL (\d+\.\d+)", list(on_test.values()), 2)
+    yield (r"moves each case by (-?\d+\.\d+), (-?\d+\.\d+) and (-?\d+\.\d+) points",
+           [on_test[case] - on_train[case] for case in on_test], 2)
     yield (r"flatters them by (\d+\.\d+) to (\d+\.\d+)", [min(flatters), max(flatters)], 1)
     yield (r"IN-AL at 20% is (\d+\.\d+) points", [pooled(cv, "in-al", 0.2) - pooled(cv, "in-rs", 0.2)], 2)
     rounds = "docs/i3a-rounds/cv-rounds/results.csv"
@@ -250,3 +257,6 @@ def test_the_issue_61_figures_are_their_csvs():
     per_fold = re.findall(r"(\d+\.\d+) of (\d+\.\d+) \(?(?:fold )?(\d)\)", sentence)
     assert [(float(a), float(b), int(f)) for a, b, f in per_fold] == [
         (round(loop[f] - in_rs[f], 2), round(in_al[f] - in_rs[f], 2), f) for f in range(5)]
+    rounds = column("docs/i3a-rounds/paper-cells-teststop/rounds.csv", "mca", case="in-al")
+    sequence = re.search(r"choosing every stop: ([\d., ]+) \(rounds.csv", page)
+    assert sequence and [float(x) for x in sequence[1].split(", ")] == [round(value, 1) for value in rounds]
