@@ -28,7 +28,13 @@ from lab import recipe
 from lab.commands import run_command
 from lab.devices import add_device_flag, pick_device
 from lab.records import read_results
-from lab.runs import load_checkpoint, network_from_checkpoint
+from lab.runs import (
+    check_output_file,
+    check_outputs,
+    load_checkpoint,
+    network_from_checkpoint,
+    write_text_atomic,
+)
 from lab.splits import labeled_data_for, split_of_checkpoint
 from model import freeze_early_layers
 
@@ -40,6 +46,7 @@ def build_parser():
     parser.add_argument("--run", required=True, help="a finished active.py run folder (model.pt, labeled.csv, "
                         "results.json); required")
     parser.add_argument("--batch-size", type=int, default=64, help="cells a forward pass (default: 64)")
+    parser.add_argument("--out", default=None, help="also write the rows to this CSV (default: none)")
     add_device_flag(parser)
     return parser
 
@@ -77,6 +84,8 @@ def run(args):
     for name in ("model.pt", "results.json"):
         if not (folder / name).is_file():
             raise DataError(f"--run: {folder / name} is missing; expected a finished active.py run folder")
+    if args.out is not None:  # never a file of the run folder it reads
+        check_outputs([("--out", check_output_file(args.out, "--out"), True, None)], {}, {"--run": folder})
     device = pick_device(args.device)
     checkpoint = load_checkpoint(str(folder / "model.pt"))
     model = network_from_checkpoint(checkpoint, f"--run {folder}")
@@ -96,6 +105,10 @@ def run(args):
         rows.append({"statistics": name, "cells": 0 if cells is None else len(cells), **metrics})
         print(f"{name:34s} | cells {rows[-1]['cells']:5d} | MCA {100 * metrics['mca']:6.2f}% "
               f"ACA {100 * metrics['aca']:6.2f}% | test loss {metrics['loss']:.4f}")
+    if args.out is not None:
+        table = "statistics,cells,mca,aca,test_loss\n" + "".join(
+            f"{row['statistics']},{row['cells']},{row['mca']:.4f},{row['aca']:.4f},{row['loss']:.4f}\n" for row in rows)
+        write_text_atomic(table, args.out)
     print("round | labeled | epochs | train loss | MCA %")
     for record in read_results(folder / "results.json")["rounds"]:
         loss = record.get("train_loss")

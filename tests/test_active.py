@@ -438,7 +438,9 @@ def test_batchnorm_cli_reads_a_run_back(tmp_path, pretrained, capsys):
     capsys.readouterr()
     from lab import batchnorm
 
-    rows = batchnorm.main(["--run", str(out), "--device", "cpu"])
+    rows = batchnorm.main(["--run", str(out), "--device", "cpu", "--out", str(tmp_path / "bn.csv")])
+    written = list(csv.DictReader((tmp_path / "bn.csv").open()))
+    assert [float(row["mca"]) for row in written] == pytest.approx([row["mca"] for row in rows], abs=1e-4)
     assert [row["cells"] for row in rows] == [0, results["labeled"], results["pool"]]
     assert rows[0]["mca"] == pytest.approx(results["mca"])  # as finished: the run's own final report
     printed = capsys.readouterr().out
