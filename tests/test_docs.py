@@ -260,3 +260,26 @@ def test_the_issue_61_figures_are_their_csvs():
     rounds = column("docs/i3a-rounds/paper-cells-teststop/rounds.csv", "mca", case="in-al")
     sequence = re.search(r"choosing every stop: ([\d., ]+) \(rounds.csv", page)
     assert sequence and [float(x) for x in sequence[1].split(", ")] == [round(value, 1) for value in rounds]
+
+
+def test_the_collapse_diagnosis_is_its_csvs():
+    """The #61 collapse: the rounds' MCA, the last round's epochs and loss, and the BatchNorm table, from their CSVs."""
+    page = " ".join((ROOT / "docs" / "results-i3a.md").read_text().split())
+    folder = "docs/i3a-rounds/paper-fold1-collapse"
+    rounds = list(csv.DictReader((ROOT / folder / "rounds.csv").open()))
+    before, last = rounds[-2], rounds[-1]
+    found = re.search(r"(\d+\.\d+) MCA after round 8, (\d+\.\d+) after round 9", page)
+    assert found and [float(x) for x in found.groups()] == [round(100 * float(r["mca"]), 2) for r in (before, last)]
+    losses = [f"{float(r['train_loss']):.4f}" for r in (last, before)]
+    words = rf"trained {last['epochs']} epochs .*? training loss of {losses[0]}, above round 8's last {losses[1]}"
+    assert re.search(words, page)
+    table = list(csv.DictReader((ROOT / folder / "batchnorm.csv").open()))
+    for row in table:
+        shown = re.search(rf"\| {row['cells']} \| (\d+\.\d+) \| (\d+\.\d+) \| (\d+\.\d+) \|", page)
+        assert shown, f"{folder}/batchnorm.csv: {row['statistics']}"
+        expected = [round(100 * float(row["mca"]), 2), round(100 * float(row["aca"]), 2), float(row["test_loss"])]
+        assert [float(x) for x in shown.groups()] == expected
+    lost = 100 * (float(before["mca"]) - float(last["mca"]))
+    back = 100 * (float(table[1]["mca"]) - float(table[0]["mca"]))
+    found = re.search(r"Of the (\d+\.\d+) points that round 9 lost, .*? gives back (\d+\.\d+)", page)
+    assert found and [float(x) for x in found.groups()] == [round(lost, 2), round(back, 2)]
