@@ -91,7 +91,7 @@ TABLE_2_SOURCES = {
     6: ("docs/i3a-rounds/paper-cells-teststop/results.csv", False),  # stopped on the test split, marked so
 }
 ROUNDS_SOURCES = {
-    2: ("docs/i3a-rounds/paper-cells-rounds/results.csv", False),
+    2: ("docs/i3a-rounds/paper-cells-rounds/results.csv", False),  # the runs of seed 0 so far
     3: ("docs/i3a-rounds/cells-rounds/results.csv", False),
     5: ("docs/i3a-rounds/cv-rounds/results.csv", True),
 }
@@ -263,6 +263,19 @@ def test_the_issue_61_figures_are_their_csvs():
     rounds = column("docs/i3a-rounds/paper-cells-teststop/rounds.csv", "mca", case="in-al")
     sequence = re.search(r"choosing every stop: ([\d., ]+) \(rounds.csv", page)
     assert sequence and [float(x) for x in sequence[1].split(", ")] == [round(value, 1) for value in rounds]
+    defaults = "docs/i3a-table2/defaults-cells/results.csv"
+    cells = [column(source, "mca", case=case, seed="0")[0] for source, case in [
+        ("docs/i3a-rounds/cells-rounds/results.csv", "in-rs-rounds"), (defaults, "in-al"), (defaults, "in-rs")]]
+    found = re.search(r"the loop takes (\d+\.\d+) of IN-AL's (\d+\.\d+)-point lead .*?\(IN-RS-ROUNDS (\d+\.\d+), "
+                      r"IN-AL (\d+\.\d+), IN-RS (\d+\.\d+)", page)  # fmt: skip
+    expected = [cells[0] - cells[2], cells[1] - cells[2], *cells]
+    assert found and [float(x) for x in found.groups()] == [round(value, 2) for value in expected]
+    scratch = [folds_of(cv, "al", 0.2)[0], folds_of(cv, "rs", 0.2)[0]]
+    rs_loop = column("docs/i3a-rounds/cv-rounds/results.csv", "mca", case="rs-rounds", fold="0")[0]
+    found = re.search(r"RS-ROUNDS scored (\d+\.\d+) against AL's (\d+\.\d+) and the train-once RS's (\d+\.\d+) "
+                      r"\((\d+\.\d+) of (\d+\.\d+)\)", page)  # fmt: skip
+    expected = [rs_loop, *scratch, rs_loop - scratch[1], scratch[0] - scratch[1]]
+    assert found and [float(x) for x in found.groups()] == [round(value, 2) for value in expected]
     in_loop = column("docs/i3a-rounds/paper-cells-rounds/rounds.csv", "mca", case="in-rs-rounds")
     swing = re.search(r"swinging as IN-AL's do \((\d+\.\d+) to (\d+\.\d+): rounds.csv\)", page)
     assert swing and [float(x) for x in swing.groups()] == [round(min(in_loop), 1), round(max(in_loop), 1)]
