@@ -256,6 +256,9 @@ def test_the_issue_61_figures_are_their_csvs():
     shares = [lead, pooled(rounds, "in-rs-rounds", 0.2) - pooled(cv, "in-rs", 0.2),
               pooled(cv, "in-al", 0.2) - pooled(rounds, "in-rs-rounds", 0.2)]
     assert [float(group) for group in found.groups()] == [round(value, 2) for value in shares]
+    notes = " ".join((ROOT / "docs" / "paper-notes.md").read_text().split())
+    found = re.search(r"the loop alone gives (\d+\.\d+) of IN-AL's (\d+\.\d+)-point pooled lead", notes)
+    assert found and [float(x) for x in found.groups()] == [round(shares[1], 2), round(shares[0], 2)]
     sentence = page.split("Fold by fold the loop's share")[1][:300]
     per_fold = re.findall(r"(\d+\.\d+) of (\d+\.\d+) \(?(?:fold )?(\d)\)", sentence)
     assert [(float(a), float(b), int(f)) for a, b, f in per_fold] == [
