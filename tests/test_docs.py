@@ -91,7 +91,7 @@ TABLE_2_SOURCES = {
     6: ("docs/i3a-rounds/paper-cells-teststop/results.csv", False),  # stopped on the test split, marked so
 }
 ROUNDS_SOURCES = {
-    2: ("docs/i3a-rounds/paper-cells-rounds/results.csv", False),  # the runs of seed 0 so far
+    2: ("docs/i3a-rounds/paper-cells-rounds/results.csv", False),  # the runs of seed 0 so far, said in the cell
     3: ("docs/i3a-rounds/cells-rounds/results.csv", False),
     5: ("docs/i3a-rounds/cv-rounds/results.csv", True),
 }
@@ -279,6 +279,13 @@ def test_the_issue_61_figures_are_their_csvs():
                       r"\((\d+\.\d+) of (\d+\.\d+)\)", page)  # fmt: skip
     expected = [rs_loop, *scratch, rs_loop - scratch[1], scratch[0] - scratch[1]]
     assert found and [float(x) for x in found.groups()] == [round(value, 2) for value in expected]
+    fold_1 = column("docs/i3a-rounds/cv-rounds/results.csv", "mca", case="rs-rounds", fold="1")[0]
+    found = re.search(r"on fold 1, (\d+\.\d+) against AL's (\d+\.\d+), above it", page)
+    assert found and [float(x) for x in found.groups()] == [round(fold_1, 2), round(folds_of(cv, "al", 0.2)[1], 2)]
+    scratch_cells = [column("docs/i3a-rounds/cells-rounds/results.csv", "mca", case="rs-rounds", seed="0")[0],
+                     column(defaults, "mca", case="al", seed="0")[0], column(defaults, "mca", case="rs", seed="0")[0]]
+    found = re.search(r"RS-ROUNDS (\d+\.\d+) against AL's (\d+\.\d+) and RS's (\d+\.\d+)\.", page)
+    assert found and [float(x) for x in found.groups()] == [round(value, 2) for value in scratch_cells]
     in_loop = column("docs/i3a-rounds/paper-cells-rounds/rounds.csv", "mca", case="in-rs-rounds")
     swing = re.search(r"swinging as IN-AL's do \((\d+\.\d+) to (\d+\.\d+): rounds.csv\)", page)
     assert swing and [float(x) for x in swing.groups()] == [round(min(in_loop), 1), round(max(in_loop), 1)]
