@@ -467,7 +467,8 @@ def unlabeled_specimens(folder, specimens_csv=None, one_specimen: str | None = N
         )
     if subfolders:  # a specimen's cells may sit in folders of their own (a day, a well): all are its cells
         pairs = [(path, sub.name) for sub in subfolders for path in list_images_under(sub)]
-        say_left_out([sub for sub in subfolders if not any(specimen == sub.name for _, specimen in pairs)],
+        named = {specimen for _, specimen in pairs}
+        say_left_out([sub for sub in subfolders if sub.name not in named],
                       "specimen folder holds no image and is left out", "specimen folders hold no image and are left out")
         deeper = [path for path, _ in pairs if path.parent.parent != folder]
         say_left_out(deeper, "cell in a subfolder of its specimen's folder is counted as that specimen's",

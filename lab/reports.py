@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from data import DataError
-from lab.layouts import read_text, spreadsheet_cell
+from lab.layouts import spreadsheet_cell
 from lab.runs import write_all_atomic
 
 SECOND_SHARE = 0.2  # a second pattern is named where it holds at least a fifth of the cells (real sera show two)
@@ -46,10 +46,11 @@ def specimens_path(out) -> Path:
 def made_by_predict(path) -> bool:
     """Whether a file is a specimens CSV that --predict wrote (its header, with the pair's id column)."""
     try:
-        first = read_text(Path(path)).splitlines()[:1]
+        with open(path, encoding="utf-8", errors="replace") as handle:  # the header only: --predict writes UTF-8
+            first = handle.readline().rstrip("\r\n")
     except OSError:
         return False
-    return bool(first) and first[0].startswith("specimen,cells,call,") and first[0].endswith(f",{PAIR_COLUMN}")
+    return first.startswith("specimen,cells,call,") and first.endswith(f",{PAIR_COLUMN}")
 
 
 def prediction_id(path) -> str | None:
