@@ -10,10 +10,9 @@ unlabeled cell's uncertainty, entropy by default (Eq. 3); 5. label the m = 10% m
     AL      python active.py --limit 0.2 --scratch          RS      ... --scratch --strategy random
 With --strategy random the whole budget is drawn at random and trained on once, as in the paper; random-rounds
 (RS-ROUNDS, IN-RS-ROUNDS) is the literature's baseline: AL's loop, k and m and fine-tuning, with random picks.
---data DIR reads real cells; --paper sets the paper's values where the defaults depart (lab/recipe.py).
-
-A run folder (--out, default runs/<case>-limit<limit>-seed<seed>) gets state.pt after every round (--resume goes
-on), then results.json, labeled.csv, model.pt, confusion.png. The grid: `python -m lab.experiments`.
+--data DIR reads real cells; --paper sets the paper's values where the defaults depart (lab/recipe.py). A run folder
+(--out, default runs/<case>-limit<limit>-seed<seed>) gets state.pt after every round (--resume goes on), then
+results.json, labeled.csv, model.pt, confusion.png. The grid: `python -m lab.experiments`.
 """
 
 import argparse
@@ -78,13 +77,11 @@ def select_most_uncertain(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def round_sizes(pool_size: int, limit: float, strategy="entropy", k_fraction=0.15, m_fraction=0.10) -> list[int]:
-    """How many images each round labels: [k, m, m, ..., last], summing to the budget exactly.
-
-    Sec. 3.1: budget = limit x pool (20% of 50,758 = 10,152), k = 15% of the budget at random first
-    (1500), then m = 10% per round (1000); the last round is smaller when m does not divide what is
-    left. The random strategy (the paper's RS, trained once), and a budget of the whole pool, label
-    everything at once; random-rounds labels in the rounds of the uncertainty strategies.
-    """
+    """How many images each round labels: [k, m, m, ..., last], summing to the budget exactly. Sec. 3.1: budget =
+    limit x pool (20% of 50,758 = 10,152), k = 15% of the budget at random first (1500), then m = 10% per round
+    (1000); the last round is smaller when m does not divide what is left. The random strategy (the paper's RS,
+    trained once), and a budget of the whole pool, label everything at once; random-rounds labels in the rounds of
+    the uncertainty strategies."""
     budget = min(pool_size, max(1, round(limit * pool_size)))
     if strategy == "random" or budget == pool_size:
         return [budget]  # Sec. 3.3: at 100% there is nothing to choose, so no active learning process
@@ -159,10 +156,10 @@ BATCHNORM_CONSTANTS = {"pytorch": (0.1, 1e-5), "tensorflow": (0.01, 1e-3)}  # (m
 
 def fine_tune(model, forward, cells, labels, generator, settings=TRAINING, stop_loss=None) -> dict:
     """Step 3: fine-tune on the labeled cells until the loss has not decreased for `patience` epochs (Sec. 3.1), or
-    `max_epochs`. The paper says "the loss": the training loss here, a choice that keeps the test side out of
-    training (stop_loss, a function called after each epoch, decides instead where given: --stop-on test); the
-    optimizer is not named: Adam (a choice). forward maps a batch of dataset indices to logits (Eq. 1), the loss is
-    Eq. 2's cross-entropy. Returns the epochs run, the last one's training (and stopping) loss, images seen, seconds."""
+    `max_epochs`. The paper says "the loss": the training loss here, which keeps the test side out of training
+    (stop_loss, called after each epoch, decides instead where given: --stop-on test); the optimizer is not named:
+    Adam (a choice). forward maps dataset indices to logits (Eq. 1), the loss is Eq. 2's cross-entropy. Returns the
+    epochs, the last one's training (and stopping) loss, images seen, seconds."""
     started = last_line = time.time()
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=settings["lr"])
     best, bad, epoch, seen, epoch_loss, watched, averaged = float("inf"), 0, 0, 0, float("nan"), None, None
@@ -206,17 +203,17 @@ def network(pretrained: ParallelResNet | None, num_classes: int, batchnorm_const
 
 
 def run(job: dict) -> dict:
-    """One active learning run, Table 1's steps; with a killed run's state, the rest of it. job: what the workshop
-    opened at the edge (lab/records.open_run): the settings, device, cells, pretrained network, a killed run's state
-    (and lab.ceiling's pool: a share of Step 1's)."""
+    """One active learning run, Table 1's steps (with a killed run's state, the rest of it). job: what the workshop
+    opened at the edge (lab/records.open_run): settings, device, cells, pretrained network, state (ceiling: pool)."""
     settings, dataset, device, precision = job["settings"], job["dataset"], job["device"], job["precision"]
     model = network(job["pretrained"], len(dataset.class_names), settings["batchnorm_constants"]).to(device)
     by, parts, pool_cells, test = job.get("sides") or split_target(dataset, settings)  # Step 1
     pool = Pool(pool_cells, dataset.labels)  # the unlabeled pool; the oracle: the stored labels
     strategy = settings["strategy"]
     sizes = round_sizes(len(pool), settings["limit"], strategy, *settings["fractions"])  # Sec. 3.1: k, then m a round
-    forward = recipe.run_forward(model, dataset.images, device, precision)  # the recipe: cached, bfloat16
     generator = torch.Generator().manual_seed(settings["seed"])
+    forward = recipe.run_forward(model, dataset.images, device, precision)  # the recipe: cached, bfloat16
+    train_forward = recipe.training_forward(model, dataset.images, forward, device, precision, settings, generator)
     training = {key: settings.get(key, value) for key, value in TRAINING.items()}  # lr: Sec. 3.1's 0.001
     def test_loss():  # --stop-on test (off by default, labelled wherever it shows): the test split chooses the stop
         probabilities = predict_probabilities(model, test, device, 64, forward=forward)  # eval mode, then back
@@ -233,7 +230,7 @@ def run(job: dict) -> dict:
             unlabeled = pool.unlabeled()
             scores = UNCERTAINTY[strategy](predict_probabilities(model, unlabeled, device, 64, forward=forward))
             chosen, scored = pool.label_most_uncertain(unlabeled, scores, size, round_index, strategy), len(scores)
-        fit = fine_tune(model, forward, *pool.labeled(), generator, training, stop_loss)  # Step 3
+        fit = fine_tune(model, train_forward, *pool.labeled(), generator, training, stop_loss)  # Step 3
         probabilities = predict_probabilities(model, test, device, 64, forward=forward)  # reported, never a decision
         metrics = summarize(dataset.labels[test], probabilities, dataset.class_names)
         records.end_round(book, round_index, chosen, scored, fit, metrics, started)  # state.pt: a kill resumes here
@@ -278,8 +275,10 @@ def build_parser():
     stop = "the loss that stops each fine-tuning: the training loss, or the test split's, which LETS THE TEST SPLIT "
     stop += "CHOOSE, as the paper appears to have done (Sec. 3.3); marked 'stopped on the test split' (default: train)"
     add("--stop-on", default="train", choices=["train", "test"], help=stop)
+    augment = "fine-tune on each cell in a random view: quarter turns and mirrors, or turns of 18 degrees (issue #64) "
+    add("--augment", default="none", choices=[*recipe.AUGMENTS], help=augment + "(default: none, the paper's)")
     add("--image-size", type=int, default=112, help="with --scratch: cell size (default: 112; else the checkpoint's)")
-    normalize = "with --scratch: per-cell intensity stretch (default: percentile, the recipe; none is the paper's)"
+    normalize = "with --scratch: per-cell stretch (default: percentile, the recipe; none: the paper's; masked: #64)"
     add("--normalize", default="percentile", choices=NORMALIZATIONS, help=normalize)
     float32 = "compute in float32 (the frozen layers' cache stays float16) (default: bfloat16 autocast where the device "
     add("--float32", action="store_true", help=float32 + "computes in it: AVX512-BF16 or AMX CPUs, CUDA GPUs)")

@@ -123,6 +123,36 @@ def say_left_out(paths: list, one: str, many: str) -> None:
         print(f"{len(paths)} {one if len(paths) == 1 else many} (e.g. {shown(paths[0])})")
 
 
+def mask_beside(path: Path) -> Path | None:
+    """The segmentation mask a layout ships beside a cell (I3A: NNNNN.png and NNNNN_Mask.png), or None."""
+    for suffix in ("_Mask", "_mask", "_MASK"):
+        candidate = path.with_name(f"{path.stem}{suffix}{path.suffix}")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def prepared(path: Path, image_size: int, normalize: str, unmasked: list) -> np.ndarray:
+    """One cell read and prepared (data.prepare_cell); with --normalize masked, its mask beside it read too (a cell
+    without one is appended to `unmasked` and stretched whole, as percentile does)."""
+    array, mask = read_cell(path), None
+    if normalize == "masked":
+        mask_path = mask_beside(path)
+        if mask_path is None:
+            unmasked.append(path)
+        else:
+            mask = read_cell(mask_path) > 0
+            if mask.shape != array.shape:
+                raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} px, its cell "
+                                f"{array.shape[1]}x{array.shape[0]} px; expected the same size")
+    return prepare_cell(array, image_size, normalize, mask)
+
+
+def say_unmasked(unmasked: list) -> None:
+    say_left_out(unmasked, "cell has no mask beside it: its whole crop is stretched (--normalize masked)",
+                 "cells have no mask beside them: their whole crops are stretched (--normalize masked)")
+
+
 def read_text(path: Path) -> str:
     """A text file as spreadsheet programs save it: UTF-8 (with or without BOM), UTF-16, else cp1252."""
     raw = Path(path).read_bytes()
@@ -342,13 +372,17 @@ def _cache_path(root: Path, pairs: list[tuple[Path, str]], image_size: int, norm
 
     The key hashes every file's path and bytes (their digest: under a second for I3A's 13,596 cells) together
     with the preprocessing, so editing, adding, removing or swapping a file, whatever its size and time, or
-    changing the size or normalisation, builds a new cache. It lives in the user's cache folder ($HEP2_CACHE,
-    else $XDG_CACHE_HOME/hep2-al, else ~/.cache/hep2-al; `~` expanded), never in the data folder.
+    changing the size or normalisation, builds a new cache; with --normalize masked, the masks' bytes too. It lives
+    in the user's cache folder ($HEP2_CACHE, else $XDG_CACHE_HOME/hep2-al, else ~/.cache/hep2-al; `~` expanded),
+    never in the data folder.
     """
     digest = hashlib.sha256(f"v2|{image_size}|{normalize}".encode())
     for path, class_name in pairs:
         content = hashlib.sha256(path.read_bytes()).hexdigest()
         digest.update(os.fsencode(path.resolve()) + f"|{content}|{class_name}\n".encode())
+        mask = mask_beside(path) if normalize == "masked" else None
+        if mask is not None:
+            digest.update(f"mask|{hashlib.sha256(mask.read_bytes()).hexdigest()}\n".encode())
     base = os.environ.get("HEP2_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "hep2-al")
     return Path(os.path.expanduser(base)) / f"{root.resolve().name}-{digest.hexdigest()[:20]}.pt"
 
@@ -396,8 +430,10 @@ def load_dataset(
         except Exception:
             pass  # a broken cache is rebuilt below
     images = torch.empty((len(paths), 1, image_size, image_size), dtype=torch.uint8)  # filled in place: one copy
+    unmasked: list[Path] = []
     for index, path in enumerate(paths):
-        images[index, 0] = torch.from_numpy(prepare_cell(read_cell(path), image_size, normalize))
+        images[index, 0] = torch.from_numpy(prepared(path, image_size, normalize, unmasked))
+    say_unmasked(unmasked)
     if cache_file is not None:
         try:
             save_atomic(images, cache_file)  # makes the cache folder; any failure is one DataError
@@ -424,11 +460,11 @@ def load_unlabeled(
     paths = list_images(folder) if paths is None else paths
     if not paths:
         raise DataError(f"{flag} {folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    cells, files = [], []
+    cells, files, unmasked = [], [], []
     for path in paths:
         try:
             check_name(path)
-            cells.append(prepare_cell(read_cell(path), image_size, normalize))
+            cells.append(prepared(path, image_size, normalize, unmasked))
             files.append(str(path))
         except DataError as error:
             if unreadable is None:
@@ -436,6 +472,7 @@ def load_unlabeled(
             unreadable.append((shown(path), str(error).removeprefix(f"{shown(path)}: ")))
     if not cells:
         raise DataError(f"{flag} {folder}: none of its {len(paths)} images could be read")
+    say_unmasked(unmasked)
     return torch.from_numpy(np.stack(cells)).unsqueeze(1), files
 
 

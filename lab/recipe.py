@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from data import DataError, model_inputs
+from data import DataError, dihedral_view, model_inputs, rotation_angles
 from lab.commands import was_typed
 
 # --max-epochs: 10 scored higher than 30 on a development split of the pool's own specimens (docs/results-i3a.md,
@@ -40,7 +40,7 @@ AVERAGE_FROM = 3
 # prepares its cells as its checkpoint's were, so `python train.py --paper` comes first).
 NO_CAP = 1000  # --max-epochs that never binds: the paper stops on its rule alone (pretraining: after 32 epochs)
 PAPER = {"normalize": "none", "float32": True, "max_epochs": NO_CAP, "min_decrease": 0.0, "stop_weights": "last"}
-PAPER.update(batchnorm="running")
+PAPER.update(batchnorm="running", augment="none")
 
 
 def paper_flags(dests=tuple(PAPER)) -> str:
@@ -84,20 +84,22 @@ def in_precision(forward, device: torch.device, precision: str):
 
 
 @torch.inference_mode()
-def early_feature_cache(model, images: torch.Tensor, device, batch_size=16, precision="float32"):
+def early_feature_cache(model, images: torch.Tensor, device, batch_size=16, precision="float32", degrees=None):
     """The frozen layers' output for every image, once (float16 on the CPU: 50 KB a cell), so that every
     round trains and scores only the layers above them.
 
     Valid because those layers are fixed and their BatchNorm is in eval mode, so their output for a given
     input never changes (Sec. 3.1). Batches of 16: on a CPU a batch whose activations (800 KB a cell) fit in
-    the caches beats a large one. precision "bfloat16": the convolutions under bfloat16 autocast.
+    the caches beats a large one. precision "bfloat16": the convolutions under bfloat16 autocast. degrees: each
+    image turned first (data.model_inputs), for --augment rotations.
     """
     model.eval()
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
     approximations = details = None
     for start in range(0, len(images), batch_size):
         with autocast:
-            batch = model_inputs(images[start : start + batch_size], device)
+            turns = None if degrees is None else degrees[start : start + batch_size]
+            batch = model_inputs(images[start : start + batch_size], device, turns)
             early_approximation, early_details = model.early_features(*batch)
         if approximations is None:  # filled in place: concatenating batches would hold the cache twice
             approximations = torch.empty((len(images), *early_approximation.shape[1:]), dtype=torch.float16)
@@ -134,6 +136,76 @@ def run_forward(model, images: torch.Tensor, device, precision: str):
         cache = early_feature_cache(model, images, device, precision=precision)
         print(f"cached the frozen layers' output for {len(images)} cells in {time.time() - started:.1f}s")
     return in_precision(forward_fn(model, images, cache, device), device, precision)
+
+
+# ---------------------------------------------------------------------------------------------
+# --augment (issue #64, off by default; not the paper's fine-tuning): each labeled cell trained on in one of its views,
+# drawn at random from the run's generator every time it is seen; scoring and the test see the cell as it is.
+
+AUGMENTS = {"none": 1, "dihedral": 8, "rotations": 20}  # quarter turns and mirrors; Sec. 3.1's 20 turns of 18 degrees
+
+
+def views_of(images: torch.Tensor, views, augment: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(cells, degrees) that data.model_inputs turns into each cell's view (an int: the same view for every cell):
+    quarter turns and mirrors made exactly here (dihedral), or turns of 18 x view degrees done there (rotations)."""
+    views = torch.as_tensor(views).expand(len(images))
+    if augment == "dihedral":
+        return torch.stack([dihedral_view(cell[None], int(view))[0] for cell, view in zip(images, views)]), None
+    return images, rotation_angles(AUGMENTS[augment])[views]
+
+
+def training_forward(model, images: torch.Tensor, forward, device, precision: str, settings: dict, generator):
+    """The forward function fine-tuning trains through: `forward` itself with --augment none; else each cell in a
+    view drawn at random. When the early layers are frozen, through their output for every view of the cells
+    trained on, cached the first time a cell is seen (8 or 20 x 50 KB a labeled cell); the full network else."""
+    augment = settings["augment"]
+    if augment == "none":
+        return forward
+    count = AUGMENTS[augment]
+
+    def drawn(index):  # one view a cell, from the run's generator: a resumed run draws the same
+        return torch.randint(count, (len(index),), generator=generator)
+
+    if not model.early_frozen:
+
+        def through_network(index):
+            cells, degrees = views_of(images[index], drawn(index), augment)
+            return model(*model_inputs(cells, device, degrees))
+
+        return in_precision(through_network, device, precision)
+    store = {"row": torch.full((len(images),), -1), "count": 0, "approximations": None, "details": None}
+
+    def through_views(index):
+        index = torch.as_tensor(index)
+        new = index[store["row"][index] < 0].unique()
+        if len(new):  # outside the forward's autocast: the cache is filled in its own precision
+            with torch.autocast(torch.device(device).type, enabled=False):
+                add_views(store, model, images, new, device, precision, augment)
+        rows, views = store["row"][index], drawn(index)
+        inputs = (store[name][rows, views].to(device).float() for name in ("approximations", "details"))
+        return model.head(model.late_features(*inputs))
+
+    return in_precision(through_views, device, precision)
+
+
+def add_views(store: dict, model, images, new: torch.Tensor, device, precision: str, augment: str) -> None:
+    """The frozen layers' output for every view of the cells `new` (dataset indices), appended to the store (its
+    rows grown by doubling); the model's mode kept."""
+    was_training, features = model.training, []
+    for view in range(AUGMENTS[augment]):
+        cells, degrees = views_of(images[new], view, augment)
+        features.append(early_feature_cache(model, cells, device, precision=precision, degrees=degrees))
+    model.train(was_training)  # early_feature_cache puts the model in eval mode
+    start, end = store["count"], store["count"] + len(new)
+    for position, name in enumerate(("approximations", "details")):
+        stacked = torch.stack([feature[position] for feature in features], dim=1)  # (cells, views, ...)
+        if store[name] is None or end > len(store[name]):
+            grown = torch.empty((max(2 * start, end), *stacked.shape[1:]), dtype=stacked.dtype)
+            grown[:start] = store[name][:start] if store[name] is not None else grown[:0]
+            store[name] = grown
+        store[name][start:end] = stacked
+    store["row"][new] = torch.arange(start, end)
+    store["count"] = end
 
 
 # ---------------------------------------------------------------------------------------------

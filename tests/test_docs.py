@@ -13,13 +13,13 @@ import pytest
 import active
 import evaluate
 import train
-from lab import bench, campaign, ceiling, experiments, labeling
+from lab import batchnorm, bench, campaign, ceiling, experiments, labeling, views
 
 ROOT = Path(__file__).resolve().parent.parent
 # The paper's scripts run as `python SCRIPT.py`, the workshop's as `python -m lab.NAME` from the repository root.
 SCRIPTS = {"train.py": train, "active.py": active, "evaluate.py": evaluate}
 SCRIPTS.update({"-m lab.bench": bench, "-m lab.campaign": campaign, "-m lab.experiments": experiments})
-SCRIPTS.update({"-m lab.labeling": labeling, "-m lab.ceiling": ceiling})
+SCRIPTS.update({"-m lab.labeling": labeling, "-m lab.ceiling": ceiling, "-m lab.batchnorm": batchnorm, "-m lab.views": views})
 
 
 def shown_commands():

@@ -1,0 +1,142 @@
+"""Issue #64's levers for how a specimen looks: each measured on the development split before it is built in."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from conftest import fails
+from test_active import run_active
+
+import data
+from data import DataError
+from evaluate import predict_probabilities
+from lab import views
+
+
+def test_the_eight_views_are_the_exact_quarter_turns_and_mirrors():
+    cells = torch.arange(2 * 5 * 5, dtype=torch.uint8).reshape(2, 1, 5, 5)  # no symmetry: every view differs
+    seen = [data.dihedral_view(cells, view) for view in range(8)]
+    assert len({tuple(view.flatten().tolist()) for view in seen}) == 8
+    for view in seen:  # every pixel kept, only moved
+        assert torch.equal(view.flatten(1).sort(dim=1).values, cells.flatten(1).sort(dim=1).values)
+    assert torch.equal(seen[1], cells.transpose(2, 3).flip(2))  # a quarter turn counterclockwise
+    assert torch.equal(seen[4], cells.flip(3)) and torch.equal(seen[6], cells.flip(2))
+    assert torch.equal(data.dihedral_view(seen[1], 3), cells)  # four quarter turns: the cell again
+
+
+def test_views_score_a_run_as_it_reported_and_average_the_views(tmp_path, pretrained, capsys):
+    results, out = run_active(tmp_path, "in-al", [], pretrained)
+    rows = views.main(["--runs", str(out), "--device", "cpu", "--out", str(tmp_path / "views.csv")])
+    assert [row["views"] for row in rows] == list(views.VIEWS)
+    assert rows[0]["mca"] == pytest.approx(results["mca"]) and rows[0]["aca"] == pytest.approx(results["aca"])
+    assert {row["cells"] for row in rows} == {results["test"]}
+    written = list(csv.DictReader((tmp_path / "views.csv").open()))
+    assert [float(row["mca"]) for row in written] == pytest.approx([row["mca"] for row in rows], abs=1e-4)
+    # the 8 views' mean is the mean of the network's probabilities over them, not one view again
+    from lab.runs import load_checkpoint, network_from_checkpoint
+    from lab.splits import labeled_data_for, split_of_checkpoint
+
+    checkpoint = load_checkpoint(str(out / "model.pt"))
+    model = network_from_checkpoint(checkpoint)
+    test = split_of_checkpoint(checkpoint, labeled_data_for(checkpoint, None, "all")[0], "test")
+    mean = sum(predict_probabilities(model, data.dihedral_view(test.images, v), "cpu") for v in range(8)) / 8
+    assert rows[2]["loss"] == pytest.approx(torch.nn.functional.nll_loss(mean.log(), test.labels).item(), rel=1e-4)
+    fails(views.main, ["--runs", str(out), "--out", str(out / "views.csv")], "--out", str(out))
+    fails(views.main, ["--runs", str(tmp_path / "none")], "--runs", "model.pt is missing")
+
+
+def test_dilation_is_the_disk_of_its_radius():
+    mask = np.zeros((31, 40), bool)
+    mask[15, 12] = mask[3, 35] = True
+    grown = data.dilate(mask, 6)
+    rows, columns = np.mgrid[0:31, 0:40]
+    near = lambda y, x: (rows - y) ** 2 + (columns - x) ** 2 <= 36
+    assert np.array_equal(grown, near(15, 12) | near(3, 35))
+
+
+def test_the_cell_alone_keeps_the_dilated_mask_and_flattens_the_rest():
+    rng = np.random.default_rng(1)
+    array = rng.random((40, 40)).astype(np.float32)
+    mask = np.zeros((40, 40), bool)
+    mask[18:22, 18:22] = True
+    alone = data.cell_alone(array, mask)
+    inside = data.dilate(mask, round(data.MASK_DILATION * 40))
+    assert np.array_equal(alone[inside], array[inside])
+    assert np.all(alone[~inside] == np.median(array[~inside]))
+    assert np.array_equal(data.cell_alone(array, np.ones((40, 40), bool)), array)  # nothing outside: as it was
+    # masked without a mask is the percentile stretch of the whole crop; with one, the surroundings set nothing
+    assert np.array_equal(data.prepare_cell(array, 32, "masked"), data.prepare_cell(array, 32, "percentile"))
+    assert not np.array_equal(data.prepare_cell(array, 32, "masked", mask), data.prepare_cell(array, 32, "percentile"))
+
+
+def test_masked_cells_read_their_masks_and_say_the_ones_without(tmp_path, capsys):
+    from test_data import make_folder_dataset, write_cell
+
+    from lab.layouts import load_dataset
+
+    root = make_folder_dataset(tmp_path / "cells")
+    rng = np.random.default_rng(2)
+    for path in sorted(root.glob("*/*_Mask.png")):  # a nucleus in the middle of each crop
+        mask = np.zeros((40, 50), np.uint8)
+        mask[15:25, 20:30] = 255
+        write_cell(path, mask)
+    (root / "golgi" / "golgi000_Mask.png").unlink()
+    plain, masked = (load_dataset(root, normalize=normalize) for normalize in ("percentile", "masked"))
+    printed = capsys.readouterr().out
+    assert "1 cell has no mask beside it" in printed and "golgi000.png" in printed
+    golgi = masked.files.index(str(root / "golgi" / "golgi000.png"))
+    assert torch.equal(masked.images[golgi], plain.images[golgi])  # no mask: the whole crop stretched
+    assert not torch.equal(masked.images[0], plain.images[0])
+    write_cell(root / "golgi" / "golgi000_Mask.png", rng.integers(0, 2, (20, 20), dtype=np.uint8) * 255)
+    with pytest.raises(DataError, match="golgi000_Mask.png: mask is 20x20 px, its cell 50x40 px"):
+        load_dataset(root, normalize="masked")
+
+
+@pytest.mark.parametrize("augment", ["dihedral", "rotations"])
+def test_training_views_through_the_cache_are_the_networks_own(pretrained, augment):
+    """--augment: a cell's drawn view through the cached frozen layers gives the full network's logits on that view."""
+    from lab import recipe
+    from lab.runs import load_checkpoint, network_from_checkpoint
+    from model import transfer
+
+    torch.manual_seed(0)
+    model = transfer(network_from_checkpoint(load_checkpoint(str(pretrained))), 6).eval()
+    images = torch.randint(0, 256, (12, 1, 32, 32), dtype=torch.uint8)
+    settings = {"augment": augment}
+    forward = recipe.training_forward(model, images, None, "cpu", "float32", settings, torch.Generator().manual_seed(3))
+    index = torch.tensor([5, 1, 5, 9, 0])
+    logits = forward(index)
+    views = torch.randint(recipe.AUGMENTS[augment], (5,), generator=torch.Generator().manual_seed(3))
+    cells, degrees = recipe.views_of(images[index], views, augment)
+    with torch.no_grad():
+        expected = model(*data.model_inputs(cells, "cpu", degrees))
+    assert torch.allclose(logits, expected, atol=2e-2)  # the cache holds float16
+    assert not model.training  # the mode the views were cached in is given back
+    again = forward(torch.tensor([1, 2]))  # a new cell joins the cache; the ones seen before keep their rows
+    assert again.shape == (2, 6)
+    none = recipe.training_forward(model, images, forward, "cpu", "float32", {"augment": "none"}, None)
+    assert none is forward
+
+
+def test_dihedral_views_and_turns_of_18_degrees():
+    from lab import recipe
+
+    cells = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    turned, degrees = recipe.views_of(cells, torch.tensor([0, 5, 7]), "dihedral")
+    assert degrees is None
+    assert all(torch.equal(turned[i], data.dihedral_view(cells[i : i + 1], v)[0]) for i, v in enumerate([0, 5, 7]))
+    same, degrees = recipe.views_of(cells, 3, "rotations")
+    assert same is cells and degrees.tolist() == [54.0, 54.0, 54.0]
+
+
+def test_augmented_fine_tuning_runs_end_to_end_and_paper_refuses_it(tmp_path, pretrained):
+    import active
+
+    results, _ = run_active(tmp_path, "in-al-dihedral", ["--augment", "dihedral"], pretrained)
+    plain, _ = run_active(tmp_path, "in-al", [], pretrained)
+    assert results["args"]["augment"] == "dihedral" and results["labeled"] == plain["labeled"]
+    assert results["mca"] != plain["mca"] or results["rounds"][-1]["train_loss"] != plain["rounds"][-1]["train_loss"]
+    scratch, _ = run_active(tmp_path, "al-rotations", ["--scratch", "--augment", "rotations"])
+    assert scratch["args"]["augment"] == "rotations"
+    fails(active.main, ["--paper", "--augment", "dihedral"], "--augment dihedral", "--paper")
