@@ -201,7 +201,8 @@ def add_views(store: dict, model, images, new: torch.Tensor, device, precision: 
         stacked = torch.stack([feature[position] for feature in features], dim=1)  # (cells, views, ...)
         if store[name] is None or end > len(store[name]):
             grown = torch.empty((max(2 * start, end), *stacked.shape[1:]), dtype=stacked.dtype)
-            grown[:start] = store[name][:start] if store[name] is not None else grown[:0]
+            if store[name] is not None:
+                grown[:start] = store[name][:start]
             store[name] = grown
         store[name][start:end] = stacked
     store["row"][new] = torch.arange(start, end)
