@@ -259,6 +259,9 @@ def test_the_issue_61_figures_are_their_csvs():
     notes = " ".join((ROOT / "docs" / "paper-notes.md").read_text().split())
     found = re.search(r"the loop alone gives (\d+\.\d+) of IN-AL's (\d+\.\d+)-point pooled lead", notes)
     assert found and [float(x) for x in found.groups()] == [round(shares[1], 2), round(shares[0], 2)]
+    scratch = [pooled(rounds, "rs-rounds", 0.2) - pooled(cv, "rs", 0.2), pooled(cv, "al", 0.2) - pooled(cv, "rs", 0.2)]
+    found = re.search(r"from scratch (\d+\.\d+) of AL's (\d+\.\d+)-point lead over RS", notes)
+    assert found and [float(x) for x in found.groups()] == [round(value, 2) for value in scratch]
     sentence = page.split("Fold by fold the loop's share")[1][:300]
     per_fold = re.findall(r"(\d+\.\d+) of (\d+\.\d+) \(?(?:fold )?(\d)\)", sentence)
     assert [(float(a), float(b), int(f)) for a, b, f in per_fold] == [
@@ -282,6 +285,16 @@ def test_the_issue_61_figures_are_their_csvs():
     fold_1 = column("docs/i3a-rounds/cv-rounds/results.csv", "mca", case="rs-rounds", fold="1")[0]
     found = re.search(r"on fold 1, (\d+\.\d+) against AL's (\d+\.\d+), above it", page)
     assert found and [float(x) for x in found.groups()] == [round(fold_1, 2), round(folds_of(cv, "al", 0.2)[1], 2)]
+    cv_rounds = "docs/i3a-rounds/cv-rounds/results.csv"
+    scratch_pooled = [pooled(cv_rounds, "rs-rounds", 0.2), pooled(cv, "al", 0.2), pooled(cv, "rs", 0.2)]
+    found = re.search(r"RS-ROUNDS scored (\d+\.\d+) against AL's (\d+\.\d+) and the train-once RS's (\d+\.\d+): of "
+                      r"AL's (\d+\.\d+)-point lead, the loop takes (\d+\.\d+) and entropy (\d+\.\d+)", page)  # fmt: skip
+    expected = [*scratch_pooled, scratch_pooled[1] - scratch_pooled[2], scratch_pooled[0] - scratch_pooled[2],
+                scratch_pooled[1] - scratch_pooled[0]]
+    assert found and [float(x) for x in found.groups()] == [round(value, 2) for value in expected]
+    seconds = column(cv_rounds, "seconds", case="rs-rounds")  # the folds', then the pooled row's sum
+    found = re.search(r"wall time ([\d,]+) to ([\d,]+) s a fold, ([\d,]+) s in all", page)
+    assert found and [float(x.replace(",", "")) for x in found.groups()] == [min(seconds[:5]), max(seconds[:5]), seconds[5]]
     scratch_cells = [column("docs/i3a-rounds/cells-rounds/results.csv", "mca", case="rs-rounds", seed="0")[0],
                      column(defaults, "mca", case="al", seed="0")[0], column(defaults, "mca", case="rs", seed="0")[0]]
     found = re.search(r"RS-ROUNDS (\d+\.\d+) against AL's (\d+\.\d+) and RS's (\d+\.\d+)\.", page)
