@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The paper's scripts run as `python SCRIPT.py`, the workshop's as `python -m lab.NAME` from the repository root.
 SCRIPTS = {"train.py": train, "active.py": active, "evaluate.py": evaluate}
 SCRIPTS.update({"-m lab.bench": bench, "-m lab.campaign": campaign, "-m lab.experiments": experiments})
-SCRIPTS.update({"-m lab.labeling": labeling, "-m lab.ceiling": ceiling, "-m lab.batchnorm": batchnorm, "-m lab.views": views})
+SCRIPTS.update({"-m lab.labeling": labeling, "-m lab.ceiling": ceiling})
+SCRIPTS.update({"-m lab.batchnorm": batchnorm, "-m lab.views": views})
 
 
 def shown_commands():
@@ -288,13 +289,15 @@ def test_the_issue_61_figures_are_their_csvs():
     cv_rounds = "docs/i3a-rounds/cv-rounds/results.csv"
     scratch_pooled = [pooled(cv_rounds, "rs-rounds", 0.2), pooled(cv, "al", 0.2), pooled(cv, "rs", 0.2)]
     found = re.search(r"RS-ROUNDS scored (\d+\.\d+) against AL's (\d+\.\d+) and the train-once RS's (\d+\.\d+): of "
-                      r"AL's (\d+\.\d+)-point lead, the loop takes (\d+\.\d+) and entropy (\d+\.\d+)", page)  # fmt: skip
+                      r"AL's (\d+\.\d+)-point lead, the loop takes (\d+\.\d+) and entropy (\d+\.\d+)",
+                      page)  # fmt: skip
     expected = [*scratch_pooled, scratch_pooled[1] - scratch_pooled[2], scratch_pooled[0] - scratch_pooled[2],
                 scratch_pooled[1] - scratch_pooled[0]]
     assert found and [float(x) for x in found.groups()] == [round(value, 2) for value in expected]
     seconds = column(cv_rounds, "seconds", case="rs-rounds")  # the folds', then the pooled row's sum
     found = re.search(r"wall time ([\d,]+) to ([\d,]+) s a fold, ([\d,]+) s in all", page)
-    assert found and [float(x.replace(",", "")) for x in found.groups()] == [min(seconds[:5]), max(seconds[:5]), seconds[5]]
+    shown = [float(x.replace(",", "")) for x in found.groups()] if found else []
+    assert shown == [min(seconds[:5]), max(seconds[:5]), seconds[5]]
     scratch_cells = [column("docs/i3a-rounds/cells-rounds/results.csv", "mca", case="rs-rounds", seed="0")[0],
                      column(defaults, "mca", case="al", seed="0")[0], column(defaults, "mca", case="rs", seed="0")[0]]
     found = re.search(r"RS-ROUNDS (\d+\.\d+) against AL's (\d+\.\d+) and RS's (\d+\.\d+)\.", page)
