@@ -15,6 +15,7 @@ never used to recompute anything. Then each round's labeled cells, epochs, train
 results.json, to see which round fell and how long it trained.
 """
 
+import argparse
 import copy
 import csv
 from pathlib import Path
@@ -24,8 +25,8 @@ import torch
 from data import DataError, model_inputs
 from evaluate import predict_probabilities, summarize
 from lab import recipe
-from lab.commands import rescoring_parser, run_command
-from lab.devices import pick_device
+from lab.commands import run_command
+from lab.devices import add_device_flag, pick_device
 from lab.records import read_results
 from lab.runs import (
     check_output_file,
@@ -39,8 +40,15 @@ from model import freeze_early_layers
 
 
 def build_parser():
-    run = {"help": "a finished active.py run folder (model.pt, labeled.csv, results.json); required"}
-    return rescoring_parser(__doc__, ("--run",), run)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--run", required=True, help="a finished active.py run folder (model.pt, labeled.csv, "
+                        "results.json); required")
+    parser.add_argument("--batch-size", type=int, default=64, help="cells a forward pass (default: 64)")
+    parser.add_argument("--out", default=None, help="also write the rows to this CSV (default: none)")
+    add_device_flag(parser)
+    return parser
 
 
 def main(argv=None):

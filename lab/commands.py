@@ -7,7 +7,6 @@ import argparse
 import sys
 
 from data import DataError
-from lab.devices import add_device_flag
 
 
 def parse_typed(parser, argv=None):
@@ -20,18 +19,6 @@ def parse_typed(parser, argv=None):
     parser.parse_args(argv, probe)  # argparse fills in a default only where the namespace has no value yet
     parser.typed_dests = {dest for dest, value in vars(probe).items() if value is not unset}
     return args
-
-
-def rescoring_parser(doc: str, runs_flag: tuple, runs_help: dict):
-    """The parser of a tool that scores finished runs again (lab.batchnorm, lab.views): the run flag, then
-    --batch-size, --out (a CSV of the rows) and --device."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    parser.add_argument(*runs_flag, required=True, **runs_help)
-    parser.add_argument("--batch-size", type=int, default=64, help="cells a forward pass (default: 64)")
-    parser.add_argument("--out", default=None, help="also write the rows to this CSV (default: none)")
-    add_device_flag(parser)
-    return parser
 
 
 def was_typed(args, parser, dest: str) -> bool:

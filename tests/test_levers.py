@@ -1,6 +1,4 @@
-"""Issue #64's levers for how a specimen looks: each measured on the development split before it is built in."""
-
-import csv
+"""Issue #64's levers for how a specimen looks, each off by default until the development split keeps it."""
 
 import numpy as np
 import pytest
@@ -10,8 +8,6 @@ from test_active import run_active
 
 import data
 from data import DataError
-from evaluate import predict_probabilities
-from lab import views
 
 
 def test_the_eight_views_are_the_exact_quarter_turns_and_mirrors():
@@ -23,27 +19,6 @@ def test_the_eight_views_are_the_exact_quarter_turns_and_mirrors():
     assert torch.equal(seen[1], cells.transpose(2, 3).flip(2))  # a quarter turn counterclockwise
     assert torch.equal(seen[4], cells.flip(3)) and torch.equal(seen[6], cells.flip(2))
     assert torch.equal(data.dihedral_view(seen[1], 3), cells)  # four quarter turns: the cell again
-
-
-def test_views_score_a_run_as_it_reported_and_average_the_views(tmp_path, pretrained, capsys):
-    results, out = run_active(tmp_path, "in-al", [], pretrained)
-    rows = views.main(["--runs", str(out), "--device", "cpu", "--out", str(tmp_path / "views.csv")])
-    assert [row["views"] for row in rows] == list(views.VIEWS)
-    assert rows[0]["mca"] == pytest.approx(results["mca"]) and rows[0]["aca"] == pytest.approx(results["aca"])
-    assert {row["cells"] for row in rows} == {results["test"]}
-    written = list(csv.DictReader((tmp_path / "views.csv").open()))
-    assert [float(row["mca"]) for row in written] == pytest.approx([row["mca"] for row in rows], abs=1e-4)
-    # the 8 views' mean is the mean of the network's probabilities over them, not one view again
-    from lab.runs import load_checkpoint, network_from_checkpoint
-    from lab.splits import labeled_data_for, split_of_checkpoint
-
-    checkpoint = load_checkpoint(str(out / "model.pt"))
-    model = network_from_checkpoint(checkpoint)
-    test = split_of_checkpoint(checkpoint, labeled_data_for(checkpoint, None, "all")[0], "test")
-    mean = sum(predict_probabilities(model, data.dihedral_view(test.images, v), "cpu") for v in range(8)) / 8
-    assert rows[2]["loss"] == pytest.approx(torch.nn.functional.nll_loss(mean.log(), test.labels).item(), rel=1e-4)
-    fails(views.main, ["--runs", str(out), "--out", str(out / "views.csv")], "--out", str(out))
-    fails(views.main, ["--runs", str(tmp_path / "none")], "--runs", "model.pt is missing")
 
 
 def test_dilation_is_the_disk_of_its_radius():
