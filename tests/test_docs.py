@@ -195,13 +195,14 @@ def readme_figures():
     yield (r"`--paper` moves by up to (\d+) points with the seed", [max(rs) - min(rs)], 0)
     yield (r"lift it by (\d+) to (\d+) points", [min(lift), max(lift)], 0)
     stop = "docs/i3a-rounds/paper-cells-teststop/results.csv"
-    cases = ("rs", "in-rs", "in-al")
+    cases = ("rs", "al", "in-rs", "in-al")
     on_test = {case: column(stop, "mca", case=case, stopped_on="the test split")[0] for case in cases}
     on_train = {case: column(paper_cells, "mca", case=case, seed="0")[0] for case in on_test}
-    yield (r"`--paper` gives RS (\d+\.\d+), IN-RS (\d+\.\d+), IN-AL (\d+\.\d+)", list(on_test.values()), 2)
+    gives = r"`--paper` gives RS (\d+\.\d+), AL (\d+\.\d+), IN-RS (\d+\.\d+), IN-AL (\d+\.\d+)"
+    yield (gives, list(on_test.values()), 2)
     in_loop = column("docs/i3a-rounds/paper-cells-rounds/results.csv", "mca", case="in-rs-rounds", seed="0")
     yield (r"cells\) score (\d+\.\d+), above IN-AL's (\d+\.\d+)", in_loop + [on_train["in-al"]], 2)
-    yield (r"moving each by (-?\d+\.\d+), (-?\d+\.\d+), (-?\d+\.\d+) points",
+    yield (r"moving each by (-?\d+\.\d+), (-?\d+\.\d+), (-?\d+\.\d+), (-?\d+\.\d+) points",
            [on_test[case] - on_train[case] for case in on_test], 2)
     yield (r"cells split flatter by (\d+\.\d+) to (\d+\.\d+)", [min(flatters), max(flatters)], 1)
     yield (r"IN-AL at 20% is (\d+\.\d+) points", [pooled(cv, "in-al", 0.2) - pooled(cv, "in-rs", 0.2)], 2)
@@ -270,6 +271,16 @@ def test_the_issue_61_figures_are_their_csvs():
     rounds = column("docs/i3a-rounds/paper-cells-teststop/rounds.csv", "mca", case="in-al")
     sequence = re.search(r"choosing every stop: ([\d., ]+) \(rounds.csv", page)
     assert sequence and [float(x) for x in sequence[1].split(", ")] == [round(value, 1) for value in rounds]
+    al_rounds = column("docs/i3a-rounds/paper-cells-teststop/rounds.csv", "mca", case="al")
+    al = column("docs/i3a-rounds/paper-cells-teststop/results.csv", "mca", case="al")[0]
+    al_train = column("docs/i3a-table2/paper-cells/results.csv", "mca", case="al", seed="0")[0]
+    found = re.search(r"(?<!IN-)AL stopped on the test split scored (\d+\.\d+) \((\d+\.\d+) on the training loss; "
+                      r"the paper 90.35\), (\d+) to (\d+) epochs a round, its rounds swinging as widely: ([\d., ]+) "
+                      r"\(rounds.csv", page)  # fmt: skip
+    assert found and [float(found[1]), float(found[2])] == [round(al, 2), round(al_train, 2)]
+    epochs = column("docs/i3a-rounds/paper-cells-teststop/rounds.csv", "epochs", case="al")
+    assert [int(found[3]), int(found[4])] == [min(epochs), max(epochs)]
+    assert [float(x) for x in found[5].split(", ")] == [round(value, 1) for value in al_rounds]
     defaults = "docs/i3a-table2/defaults-cells/results.csv"
     cells = [column(source, "mca", case=case, seed="0")[0] for source, case in [
         ("docs/i3a-rounds/cells-rounds/results.csv", "in-rs-rounds"), (defaults, "in-al"), (defaults, "in-rs")]]
