@@ -281,6 +281,14 @@ def test_the_issue_61_figures_are_their_csvs():
     epochs = column("docs/i3a-rounds/paper-cells-teststop/rounds.csv", "epochs", case="al")
     assert [int(found[3]), int(found[4])] == [min(epochs), max(epochs)]
     assert [float(x) for x in found[5].split(", ")] == [round(value, 1) for value in al_rounds]
+    tfbn = "docs/i3a-rounds/paper-cells-teststop-tfbn/"
+    found = re.search(r"IN-RS stopped on the test split trained (\d+) epochs and scored (\d+\.\d+) MCA and (\d+\.\d+) "
+                      r"ACA \(the paper: 71.75 and 87.54\): the MCA lands on the paper's, the ACA (\d+\.\d+) points",
+                      page)  # fmt: skip
+    tf_in_rs = [column(tfbn + "results.csv", metric, case="in-rs", stopped_on="the test split")[0]
+                for metric in ("mca", "aca")]  # fmt: skip
+    expected = [column(tfbn + "rounds.csv", "epochs", case="in-rs")[0], *tf_in_rs, 87.54 - tf_in_rs[1]]
+    assert found and [float(x) for x in found.groups()] == [round(value, 2) for value in expected]
     defaults = "docs/i3a-table2/defaults-cells/results.csv"
     cells = [column(source, "mca", case=case, seed="0")[0] for source, case in [
         ("docs/i3a-rounds/cells-rounds/results.csv", "in-rs-rounds"), (defaults, "in-al"), (defaults, "in-rs")]]
