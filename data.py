@@ -92,28 +92,7 @@ def read_cell(path: Path) -> np.ndarray:
 
 
 NORMALIZATIONS = ("none", "max", "percentile", "masked")
-# --normalize masked (issue #64, a lever on a development split, not the paper): the nucleus mask a layout ships beside
-# a cell, dilated by a disk of this share of the crop's longer side so that it holds the cytoplasm (Golgi's fragments
-# lie beside the nucleus: 62% of their signal outside the undilated mask, docs/results-i3a.md "The cell masks").
-MASK_DILATION = 0.25
-
-
-def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """The boolean mask grown by a disk of `radius` pixels: a pixel is in when any mask pixel lies within radius."""
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    disk = ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= radius**2).float()[None, None]
-    reached = F.conv2d(torch.from_numpy(mask.astype(np.float32))[None, None], disk, padding=radius)
-    return reached[0, 0].numpy() > 0.5
-
-
-def cell_alone(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The cell without its surroundings: every pixel outside the dilated mask (MASK_DILATION) set to the median of
-    those pixels, so that a neighbour's fragment or a specimen's uneven background sets nothing in the stretch."""
-    inside = dilate(mask, max(1, round(MASK_DILATION * max(mask.shape))))
-    return np.where(inside, array, np.median(array[~inside])) if not inside.all() else array
-
-
-def normalize_cell(array: np.ndarray, normalize: str = "none", mask: np.ndarray | None = None) -> np.ndarray:
+def normalize_cell(array: np.ndarray, normalize: str = "none") -> np.ndarray:
     """Per-cell intensity stretch, from this cell's own pixels only (never from other cells).
 
     'max' divides by the cell's brightest pixel; 'percentile' maps the cell's 1st
@@ -123,10 +102,8 @@ def normalize_cell(array: np.ndarray, normalize: str = "none", mask: np.ndarray 
     cell. The paper does neither: it argues that the wavelet approximation
     homogenises intensity by itself (Sec. 2.1); 'none' is that literal reading. The
     scripts default to 'percentile', chosen on unseen specimens' development split. 'masked' is
-    'percentile' of the cell alone (cell_alone) where a mask is given, the whole crop's where not.
+    'percentile' of a cell whose surroundings lab/masks.py has flattened (issue #64).
     """
-    if normalize == "masked" and mask is not None:
-        array = cell_alone(array, mask)
     if normalize == "max":
         peak = float(array.max())
         return array / peak if peak > 0 else array
@@ -136,9 +113,9 @@ def normalize_cell(array: np.ndarray, normalize: str = "none", mask: np.ndarray 
     return array
 
 
-def prepare_cell(array: np.ndarray, image_size: int = IMAGE_SIZE, normalize: str = "none", mask=None) -> np.ndarray:
+def prepare_cell(array: np.ndarray, image_size: int = IMAGE_SIZE, normalize: str = "none") -> np.ndarray:
     """Per-cell normalisation (normalize_cell), bicubic resize to image_size x image_size (Sec. 3.1), uint8."""
-    array = normalize_cell(array, normalize, mask)
+    array = normalize_cell(array, normalize)
     resized = Image.fromarray(array.astype(np.float32), mode="F").resize((image_size, image_size), Image.BICUBIC)
     return (np.clip(np.asarray(resized), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from data import IMAGE_SIZE, CellDataset, DataError, prepare_cell, read_cell
+from lab.masks import mask_beside, read_cell_alone
 from lab.runs import remove_stale_temporaries, save_atomic
 from lab.synthetic import synthetic_dataset
 
@@ -123,29 +124,10 @@ def say_left_out(paths: list, one: str, many: str) -> None:
         print(f"{len(paths)} {one if len(paths) == 1 else many} (e.g. {shown(paths[0])})")
 
 
-def mask_beside(path: Path) -> Path | None:
-    """The segmentation mask a layout ships beside a cell (I3A: NNNNN.png and NNNNN_Mask.png), or None."""
-    for suffix in ("_Mask", "_mask", "_MASK"):
-        candidate = path.with_name(f"{path.stem}{suffix}{path.suffix}")
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def prepared(path: Path, image_size: int, normalize: str, unmasked: list) -> np.ndarray:
-    """One cell read and prepared (data.prepare_cell); with --normalize masked, its mask beside it read too (a cell
-    without one is appended to `unmasked` and stretched whole, as percentile does)."""
-    array, mask = read_cell(path), None
-    if normalize == "masked":
-        mask_path = mask_beside(path)
-        if mask_path is None:
-            unmasked.append(path)
-        else:
-            mask = read_cell(mask_path) > 0
-            if mask.shape != array.shape:
-                raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} px, its cell "
-                                f"{array.shape[1]}x{array.shape[0]} px; expected the same size")
-    return prepare_cell(array, image_size, normalize, mask)
+    """One cell read and prepared (data.prepare_cell); with --normalize masked, alone first (lab/masks.py)."""
+    array = read_cell_alone(path, unmasked) if normalize == "masked" else read_cell(path)
+    return prepare_cell(array, image_size, normalize)
 
 
 def say_unmasked(unmasked: list) -> None:

@@ -8,6 +8,7 @@ from test_active import run_active
 
 import data
 from data import DataError
+from lab import masks
 
 
 def test_the_eight_views_are_the_exact_quarter_turns_and_mirrors():
@@ -24,7 +25,7 @@ def test_the_eight_views_are_the_exact_quarter_turns_and_mirrors():
 def test_dilation_is_the_disk_of_its_radius():
     mask = np.zeros((31, 40), bool)
     mask[15, 12] = mask[3, 35] = True
-    grown = data.dilate(mask, 6)
+    grown = masks.dilate(mask, 6)
     rows, columns = np.mgrid[0:31, 0:40]
     near = lambda y, x: (rows - y) ** 2 + (columns - x) ** 2 <= 36
     assert np.array_equal(grown, near(15, 12) | near(3, 35))
@@ -35,14 +36,14 @@ def test_the_cell_alone_keeps_the_dilated_mask_and_flattens_the_rest():
     array = rng.random((40, 40)).astype(np.float32)
     mask = np.zeros((40, 40), bool)
     mask[18:22, 18:22] = True
-    alone = data.cell_alone(array, mask)
-    inside = data.dilate(mask, round(data.MASK_DILATION * 40))
+    alone = masks.cell_alone(array, mask)
+    inside = masks.dilate(mask, round(masks.MASK_DILATION * 40))
     assert np.array_equal(alone[inside], array[inside])
     assert np.all(alone[~inside] == np.median(array[~inside]))
-    assert np.array_equal(data.cell_alone(array, np.ones((40, 40), bool)), array)  # nothing outside: as it was
+    assert np.array_equal(masks.cell_alone(array, np.ones((40, 40), bool)), array)  # nothing outside: as it was
     # masked without a mask is the percentile stretch of the whole crop; with one, the surroundings set nothing
     assert np.array_equal(data.prepare_cell(array, 32, "masked"), data.prepare_cell(array, 32, "percentile"))
-    assert not np.array_equal(data.prepare_cell(array, 32, "masked", mask), data.prepare_cell(array, 32, "percentile"))
+    assert not np.array_equal(data.prepare_cell(alone, 32, "masked"), data.prepare_cell(array, 32, "percentile"))
 
 
 def test_masked_cells_read_their_masks_and_say_the_ones_without(tmp_path, capsys):
