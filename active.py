@@ -278,7 +278,7 @@ def build_parser():
     augment = "fine-tune on each cell in a random view: quarter turns and mirrors, or turns of 18 degrees (issue #64) "
     add("--augment", default="none", choices=[*recipe.AUGMENTS], help=augment + "(default: none, the paper's)")
     add("--image-size", type=int, default=112, help="with --scratch: cell size (default: 112; else the checkpoint's)")
-    normalize = "with --scratch: per-cell stretch (default: percentile, the recipe; none: the paper's; masked: #64)"
+    normalize = "with --scratch: per-cell intensity stretch (default: percentile, the recipe; none is the paper's)"
     add("--normalize", default="percentile", choices=NORMALIZATIONS, help=normalize)
     float32 = "compute in float32 (the frozen layers' cache stays float16) (default: bfloat16 autocast where the device "
     add("--float32", action="store_true", help=float32 + "computes in it: AVX512-BF16 or AMX CPUs, CUDA GPUs)")

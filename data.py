@@ -91,7 +91,9 @@ def read_cell(path: Path) -> np.ndarray:
     return np.clip(array, 0.0, 1.0)
 
 
-NORMALIZATIONS = ("none", "max", "percentile", "masked")
+NORMALIZATIONS = ("none", "max", "percentile")
+
+
 def normalize_cell(array: np.ndarray, normalize: str = "none") -> np.ndarray:
     """Per-cell intensity stretch, from this cell's own pixels only (never from other cells).
 
@@ -101,13 +103,12 @@ def normalize_cell(array: np.ndarray, normalize: str = "none") -> np.ndarray:
     the positive/negative intensity difference (Sec. 2.1) before the network sees the
     cell. The paper does neither: it argues that the wavelet approximation
     homogenises intensity by itself (Sec. 2.1); 'none' is that literal reading. The
-    scripts default to 'percentile', chosen on unseen specimens' development split. 'masked' is
-    'percentile' of a cell whose surroundings lab/masks.py has flattened (issue #64).
+    scripts default to 'percentile', chosen on unseen specimens' development split.
     """
     if normalize == "max":
         peak = float(array.max())
         return array / peak if peak > 0 else array
-    if normalize in ("percentile", "masked"):
+    if normalize == "percentile":
         low, high = np.percentile(array, [1.0, 99.0])
         return np.clip((array - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(array)
     return array

@@ -136,8 +136,7 @@ def build_parser():
     add("--test-fraction", type=float, default=0.15, help=test + "test set (default: 0.15)")
     add("--image-size", type=int, default=112, help="cells are resized to this (default: 112, Sec. 3.1)")
     normalize = "per-cell intensity stretch before the network: its 1st-99th percentiles to 0-1, or to its maximum, "
-    normalize += "or none as in the paper; masked: the background outside a cell's dilated mask set to its median, "
-    normalize += "then percentile (issue #64) (default: percentile, chosen on unseen specimens: docs/results-i3a.md)"
+    normalize += "or none as in the paper (default: percentile, chosen on unseen specimens: docs/results-i3a.md)"
     add("--normalize", default="percentile", choices=NORMALIZATIONS, help=normalize)
     float32 = "compute in float32 everywhere, the exact path (default: bfloat16 autocast where the device computes "
     add("--float32", action="store_true", help=float32 + "in it: CPUs with AVX512-BF16 or AMX, CUDA GPUs)")

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from data import IMAGE_SIZE, CellDataset, DataError, prepare_cell, read_cell
-from lab.masks import mask_beside, read_cell_alone
 from lab.runs import remove_stale_temporaries, save_atomic
 from lab.synthetic import synthetic_dataset
 
@@ -122,17 +121,6 @@ def say_left_out(paths: list, one: str, many: str) -> None:
     """One line for what a command passes over or reads otherwise than the plain way: the count and an example."""
     if paths:
         print(f"{len(paths)} {one if len(paths) == 1 else many} (e.g. {shown(paths[0])})")
-
-
-def prepared(path: Path, image_size: int, normalize: str, unmasked: list) -> np.ndarray:
-    """One cell read and prepared (data.prepare_cell); with --normalize masked, alone first (lab/masks.py)."""
-    array = read_cell_alone(path, unmasked) if normalize == "masked" else read_cell(path)
-    return prepare_cell(array, image_size, normalize)
-
-
-def say_unmasked(unmasked: list) -> None:
-    say_left_out(unmasked, "cell has no mask beside it: its whole crop is stretched (--normalize masked)",
-                 "cells have no mask beside them: their whole crops are stretched (--normalize masked)")
 
 
 def read_text(path: Path) -> str:
@@ -354,17 +342,13 @@ def _cache_path(root: Path, pairs: list[tuple[Path, str]], image_size: int, norm
 
     The key hashes every file's path and bytes (their digest: under a second for I3A's 13,596 cells) together
     with the preprocessing, so editing, adding, removing or swapping a file, whatever its size and time, or
-    changing the size or normalisation, builds a new cache; with --normalize masked, the masks' bytes too. It lives
-    in the user's cache folder ($HEP2_CACHE, else $XDG_CACHE_HOME/hep2-al, else ~/.cache/hep2-al; `~` expanded),
-    never in the data folder.
+    changing the size or normalisation, builds a new cache. It lives in the user's cache folder ($HEP2_CACHE,
+    else $XDG_CACHE_HOME/hep2-al, else ~/.cache/hep2-al; `~` expanded), never in the data folder.
     """
     digest = hashlib.sha256(f"v2|{image_size}|{normalize}".encode())
     for path, class_name in pairs:
         content = hashlib.sha256(path.read_bytes()).hexdigest()
         digest.update(os.fsencode(path.resolve()) + f"|{content}|{class_name}\n".encode())
-        mask = mask_beside(path) if normalize == "masked" else None
-        if mask is not None:
-            digest.update(f"mask|{hashlib.sha256(mask.read_bytes()).hexdigest()}\n".encode())
     base = os.environ.get("HEP2_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "hep2-al")
     return Path(os.path.expanduser(base)) / f"{root.resolve().name}-{digest.hexdigest()[:20]}.pt"
 
@@ -412,10 +396,8 @@ def load_dataset(
         except Exception:
             pass  # a broken cache is rebuilt below
     images = torch.empty((len(paths), 1, image_size, image_size), dtype=torch.uint8)  # filled in place: one copy
-    unmasked: list[Path] = []
     for index, path in enumerate(paths):
-        images[index, 0] = torch.from_numpy(prepared(path, image_size, normalize, unmasked))
-    say_unmasked(unmasked)
+        images[index, 0] = torch.from_numpy(prepare_cell(read_cell(path), image_size, normalize))
     if cache_file is not None:
         try:
             save_atomic(images, cache_file)  # makes the cache folder; any failure is one DataError
@@ -442,11 +424,11 @@ def load_unlabeled(
     paths = list_images(folder) if paths is None else paths
     if not paths:
         raise DataError(f"{flag} {folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    cells, files, unmasked = [], [], []
+    cells, files = [], []
     for path in paths:
         try:
             check_name(path)
-            cells.append(prepared(path, image_size, normalize, unmasked))
+            cells.append(prepare_cell(read_cell(path), image_size, normalize))
             files.append(str(path))
         except DataError as error:
             if unreadable is None:
@@ -454,7 +436,6 @@ def load_unlabeled(
             unreadable.append((shown(path), str(error).removeprefix(f"{shown(path)}: ")))
     if not cells:
         raise DataError(f"{flag} {folder}: none of its {len(paths)} images could be read")
-    say_unmasked(unmasked)
     return torch.from_numpy(np.stack(cells)).unsqueeze(1), files
 
 

@@ -363,8 +363,16 @@ def test_the_issue_64_development_runs_are_their_csvs():
     views = list(csv.DictReader((ROOT / "docs" / "i3a-appearance" / "views.csv").open()))
     text = " ".join(section.split())
     mca = {(r["lever"], r["seed"]): round(100 * float(r["mca"]), 2) for r in runs}
-    found = re.search(r"Development seed 0: (\d+\.\d+) against the defaults' (\d+\.\d+)", text)
-    assert found and [float(x) for x in found.groups()] == [mca["masked", "0"], mca["defaults", "0"]]
+    found = re.search(r"Development seeds 0, 1, 2: (\d+\.\d+), (\d+\.\d+), (\d+\.\d+) against the defaults' "
+                      r"(\d+\.\d+), (\d+\.\d+), (\d+\.\d+): (-?\d+\.\d+), (-?\d+\.\d+) and (-?\d+\.\d+) "
+                      r"\(mean (-?\d+\.\d+)\)", text)  # fmt: skip
+    masked = [mca["masked", seed] for seed in "012"]
+    defaults = [mca["defaults", seed] for seed in "012"]
+    moved = [a - b for a, b in zip(masked, defaults)]
+    expected = [*masked, *defaults, *moved, statistics.mean(moved)]
+    assert found and [float(x) for x in found.groups()] == [round(value, 2) for value in expected]
+    assert statistics.mean(moved) < 1 and "**The cell alone fails its rule**" in section
+    assert f"| {statistics.mean(masked):.2f} ({statistics.mean(defaults):.2f}) | no | 7b01924 |" in page
     for name, words in (("8 quarter turns and mirrors", "the 8 quarter turns and mirrors moves the development MCA"),
                         ("4 quarter turns", "the 4 quarter turns")):
         one = {r["seed"]: 100 * float(r["mca"]) for r in views if r["views"] == "one view"}

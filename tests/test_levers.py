@@ -8,7 +8,6 @@ from test_active import run_active
 
 import data
 from data import DataError
-from lab import masks
 
 
 def test_the_eight_views_are_the_exact_quarter_turns_and_mirrors():
@@ -20,53 +19,6 @@ def test_the_eight_views_are_the_exact_quarter_turns_and_mirrors():
     assert torch.equal(seen[1], cells.transpose(2, 3).flip(2))  # a quarter turn counterclockwise
     assert torch.equal(seen[4], cells.flip(3)) and torch.equal(seen[6], cells.flip(2))
     assert torch.equal(data.dihedral_view(seen[1], 3), cells)  # four quarter turns: the cell again
-
-
-def test_dilation_is_the_disk_of_its_radius():
-    mask = np.zeros((31, 40), bool)
-    mask[15, 12] = mask[3, 35] = True
-    grown = masks.dilate(mask, 6)
-    rows, columns = np.mgrid[0:31, 0:40]
-    near = lambda y, x: (rows - y) ** 2 + (columns - x) ** 2 <= 36
-    assert np.array_equal(grown, near(15, 12) | near(3, 35))
-
-
-def test_the_cell_alone_keeps_the_dilated_mask_and_flattens_the_rest():
-    rng = np.random.default_rng(1)
-    array = rng.random((40, 40)).astype(np.float32)
-    mask = np.zeros((40, 40), bool)
-    mask[18:22, 18:22] = True
-    alone = masks.cell_alone(array, mask)
-    inside = masks.dilate(mask, round(masks.MASK_DILATION * 40))
-    assert np.array_equal(alone[inside], array[inside])
-    assert np.all(alone[~inside] == np.median(array[~inside]))
-    assert np.array_equal(masks.cell_alone(array, np.ones((40, 40), bool)), array)  # nothing outside: as it was
-    # masked without a mask is the percentile stretch of the whole crop; with one, the surroundings set nothing
-    assert np.array_equal(data.prepare_cell(array, 32, "masked"), data.prepare_cell(array, 32, "percentile"))
-    assert not np.array_equal(data.prepare_cell(alone, 32, "masked"), data.prepare_cell(array, 32, "percentile"))
-
-
-def test_masked_cells_read_their_masks_and_say_the_ones_without(tmp_path, capsys):
-    from test_data import make_folder_dataset, write_cell
-
-    from lab.layouts import load_dataset
-
-    root = make_folder_dataset(tmp_path / "cells")
-    rng = np.random.default_rng(2)
-    for path in sorted(root.glob("*/*_Mask.png")):  # a nucleus in the middle of each crop
-        mask = np.zeros((40, 50), np.uint8)
-        mask[15:25, 20:30] = 255
-        write_cell(path, mask)
-    (root / "golgi" / "golgi000_Mask.png").unlink()
-    plain, masked = (load_dataset(root, normalize=normalize) for normalize in ("percentile", "masked"))
-    printed = capsys.readouterr().out
-    assert "1 cell has no mask beside it" in printed and "golgi000.png" in printed
-    golgi = masked.files.index(str(root / "golgi" / "golgi000.png"))
-    assert torch.equal(masked.images[golgi], plain.images[golgi])  # no mask: the whole crop stretched
-    assert not torch.equal(masked.images[0], plain.images[0])
-    write_cell(root / "golgi" / "golgi000_Mask.png", rng.integers(0, 2, (20, 20), dtype=np.uint8) * 255)
-    with pytest.raises(DataError, match="golgi000_Mask.png: mask is 20x20 px, its cell 50x40 px"):
-        load_dataset(root, normalize="masked")
 
 
 @pytest.mark.parametrize("augment", ["dihedral", "rotations"])
