@@ -1,13 +1,11 @@
 """Issue #64's levers for how a specimen looks, each off by default until the development split keeps it."""
 
-import numpy as np
 import pytest
 import torch
 from conftest import fails
 from test_active import run_active
 
 import data
-from data import DataError
 
 
 def test_the_eight_views_are_the_exact_quarter_turns_and_mirrors():
