@@ -289,6 +289,14 @@ def test_the_issue_61_figures_are_their_csvs():
                 for metric in ("mca", "aca")]  # fmt: skip
     expected = [column(tfbn + "rounds.csv", "epochs", case="in-rs")[0], *tf_in_rs, 87.54 - tf_in_rs[1]]
     assert found and [float(x) for x in found.groups()] == [round(value, 2) for value in expected]
+    found = re.search(r"RS from scratch with them collapsed: (\d+\.\d+) MCA, (\d+\.\d+) ACA after (\d+) epochs "
+                      r"\(its last training loss (\d+\.\d+), its test-split loss (\d+\.\d+)\)", page)  # fmt: skip
+    tf_rs = [column(tfbn + "results.csv", metric, case="rs", stopped_on="the test split")[0]
+             for metric in ("mca", "aca")]  # fmt: skip
+    last = next(r for r in csv.DictReader((ROOT / tfbn / "rounds.csv").open()) if r["case"] == "rs")
+    shown = [float(x) for x in found.groups()] if found else []
+    assert shown == [round(tf_rs[0], 2), round(tf_rs[1], 2), int(last["epochs"]), float(last["train_loss"]),
+                     float(last["stop_loss"])]
     defaults = "docs/i3a-table2/defaults-cells/results.csv"
     cells = [column(source, "mca", case=case, seed="0")[0] for source, case in [
         ("docs/i3a-rounds/cells-rounds/results.csv", "in-rs-rounds"), (defaults, "in-al"), (defaults, "in-rs")]]
