@@ -149,9 +149,13 @@ def views_of(images: torch.Tensor, views, augment: str) -> tuple[torch.Tensor, t
     """(cells, degrees) that data.model_inputs turns into each cell's view (an int: the same view for every cell):
     quarter turns and mirrors made exactly here (dihedral), or turns of 18 x view degrees done there (rotations)."""
     views = torch.as_tensor(views).expand(len(images))
-    if augment == "dihedral":
-        return torch.stack([dihedral_view(cell[None], int(view))[0] for cell, view in zip(images, views)]), None
-    return images, rotation_angles(AUGMENTS[augment])[views]
+    if augment != "dihedral":
+        return images, rotation_angles(AUGMENTS[augment])[views]
+    turned = torch.empty_like(images)
+    for view in views.unique().tolist():  # one call a view drawn (at most 8), not one a cell
+        at = views == view
+        turned[at] = dihedral_view(images[at], view)
+    return turned, None
 
 
 def training_forward(model, images: torch.Tensor, forward, device, precision: str, settings: dict, generator):
